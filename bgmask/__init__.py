@@ -1,0 +1,1 @@
+"""Shared library: data, models, masking and training engine for background-masking experiments."""

@@ -1,0 +1,88 @@
+"""Checkpoints: atomic writes, ``last.pt`` / ``best.pt`` / periodic snapshots, exact resume with RNG state."""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """Write ``obj`` to ``path`` so that readers only ever see the old file or the complete new one.
+
+    The data goes to a temporary file in the same folder, is flushed to disk, then renamed over ``path``.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """Load a checkpoint written by this project (trusted: it holds optimizer and RNG state, not only tensors)."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint {path} does not exist") from None
+    except Exception as e:  # truncated or foreign file
+        raise RuntimeError(f"cannot read checkpoint {path} ({type(e).__name__}: {e}); it is corrupt or not a "
+                           f"checkpoint of this project. Delete it to start over.") from None
+
+
+class CheckpointManager:
+    """Owns ``snapshot_dir``: ``last.pt`` every epoch, ``best.pt`` on improvement, ``epoch_N.pt`` periodically."""
+
+    def __init__(self, snapshot_dir: str | os.PathLike, save_every_n_epochs: int = 0, enabled: bool = True):
+        self.dir = Path(snapshot_dir)
+        self.save_every_n_epochs = save_every_n_epochs
+        self.enabled = enabled  # only rank 0 writes
+
+    @property
+    def last_path(self) -> Path:
+        return self.dir / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.dir / "best.pt"
+
+    def save(self, state: dict, epoch: int, is_best: bool) -> None:
+        """Save the end-of-``epoch`` state (epochs are 1-based: ``epoch`` epochs are complete)."""
+        if not self.enabled:
+            return
+        atomic_torch_save(state, self.last_path)
+        if is_best:
+            atomic_torch_save(state, self.best_path)
+        if self.save_every_n_epochs and epoch % self.save_every_n_epochs == 0:
+            atomic_torch_save(state, self.dir / f"epoch_{epoch}.pt")
+
+    def resume_state(self) -> dict | None:
+        """The state in ``last.pt`` (never ``best.pt``: resuming must continue where training stopped)."""
+        return load_checkpoint(self.last_path) if self.last_path.is_file() else None

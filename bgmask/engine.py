@@ -1,0 +1,183 @@
+"""Training and evaluation loops shared by every strategy: AMP, grad clipping, exact cross-process test counts.
+
+Batches are tuples ``(*inputs, labels)``; the model is called as ``model(*inputs)``, so a strategy that needs masks
+just returns ``(image, mask, label)`` from its dataset and takes ``(image, mask)`` in its forward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset, Sampler
+from tqdm import tqdm
+
+from bgmask.distributed import all_reduce_sum
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN/inf; training stops and the last good checkpoint is kept."""
+
+
+@dataclass
+class AmpSettings:
+    """Mixed precision: ``dtype`` None means fp32. fp16 uses a GradScaler, bf16 does not need one."""
+
+    device_type: str = "cpu"
+    dtype: torch.dtype | None = None
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device_type, dtype=self.dtype)
+
+
+class IndexedDataset(Dataset):
+    """Wraps a dataset so each item also carries its index (for per-group metrics): ``(*item, index)``."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        return (*self.dataset[i], i)
+
+
+class ShardSampler(Sampler[int]):
+    """Evaluation sampler: rank ``r`` of ``w`` gets indices ``r, r+w, ...`` — every image exactly once, no padding."""
+
+    def __init__(self, num_samples: int, rank: int = 0, world_size: int = 1):
+        self.indices = range(rank, num_samples, world_size)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def _to_device(batch: Iterable, device: torch.device) -> list:
+    return [x.to(device, non_blocking=True) if torch.is_tensor(x) else x for x in batch]
+
+
+def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, criterion: Callable,
+                    device: torch.device, amp: AmpSettings, scaler: torch.amp.GradScaler | None = None,
+                    batch_transform: Callable | None = None, grad_norm_clip: float = 0.0, max_batches: int = 0,
+                    progress: bool = True, desc: str = "train", on_step: Callable[[int, float], None] | None = None,
+                    should_stop: Callable[[], bool] | None = None) -> dict:
+    """One pass over ``loader``.
+
+    Args:
+        batch_transform: ``(inputs, labels) -> (inputs, targets)`` applied on device (mixup/cutmix).
+        grad_norm_clip: clip the global gradient norm to this value (0: off).
+        max_batches: stop after this many batches (0: the whole loader).
+        on_step: called with ``(step, loss)`` after every optimizer step (logging).
+        should_stop: polled after every step; when it returns True the epoch ends early (preemption).
+
+    Returns:
+        ``{"loss": mean loss over seen samples, "images": count, "seconds": time, "images_per_s": throughput,
+        "completed": False when stopped early}``.
+    """
+    model.train()
+    total_loss, seen, start = 0.0, 0, time.perf_counter()
+    num_batches = len(loader) if not max_batches else min(max_batches, len(loader))
+    bar = tqdm(total=num_batches, desc=desc, leave=False, disable=not progress, dynamic_ncols=True)
+    completed = True
+    for step, batch in enumerate(loader):
+        if step >= num_batches:
+            break
+        *inputs, labels = _to_device(batch, device)
+        targets = labels
+        if batch_transform is not None:
+            inputs, targets = batch_transform(inputs, labels)
+        with amp.autocast():
+            loss = criterion(model(*inputs), targets)
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise NonFiniteLossError(f"training loss is {loss_value} at step {step}; lower --lr, enable "
+                                     f"--grad_norm_clip, or check the inputs. The last good checkpoint is kept.")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            if grad_norm_clip:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), grad_norm_clip)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            if grad_norm_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), grad_norm_clip)
+            optimizer.step()
+        n = labels.shape[0]
+        total_loss += loss_value * n
+        seen += n
+        bar.update()
+        bar.set_postfix(loss=f"{loss_value:.3f}")
+        if on_step is not None:
+            on_step(step, loss_value)
+        if should_stop is not None and should_stop():
+            completed = False
+            break
+    bar.close()
+    seconds = time.perf_counter() - start
+    return {"loss": total_loss / max(seen, 1), "images": seen, "seconds": seconds,
+            "images_per_s": seen / max(seconds, 1e-9), "completed": completed}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: torch.device, amp: AmpSettings, places: np.ndarray | None = None,
+             waterbird_y: np.ndarray | None = None, progress: bool = True, desc: str = "eval") -> dict:
+    """Top-1 over a loader of ``(*inputs, labels, index)`` batches, summed exactly across processes.
+
+    Each process must see a disjoint shard (:class:`ShardSampler`); correct/total counts are all-reduced, so every
+    image counts once whatever the number of processes or batch size. With Waterbirds metadata (``places`` and
+    ``waterbird_y`` indexed by dataset position) it also reports per-place top-1 and top-1 per (y, place) group,
+    and the worst group.
+    """
+    model.eval()
+    num_places = int(places.max()) + 1 if places is not None else 0
+    num_groups = 2 * num_places
+    correct = torch.zeros(2 + 2 * num_groups, dtype=torch.float64)  # [correct, total, group correct..., group n...]
+    place_t = torch.as_tensor(places) if places is not None else None
+    y_t = torch.as_tensor(waterbird_y) if waterbird_y is not None else None
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
+        *inputs, labels, index = batch
+        inputs = _to_device(inputs, device)
+        with amp.autocast():
+            logits = model(*inputs)
+        hits = (logits.argmax(dim=1).cpu() == labels).to(torch.float64)
+        correct[0] += hits.sum()
+        correct[1] += hits.numel()
+        if place_t is not None:
+            group = y_t[index] * num_places + place_t[index]
+            correct[2:2 + num_groups] += torch.bincount(group, weights=hits, minlength=num_groups)
+            correct[2 + num_groups:] += torch.bincount(group, minlength=num_groups).to(torch.float64)
+    counts = all_reduce_sum(correct.to(device)).cpu()
+    total = int(counts[1])
+    result = {"top1": 100.0 * float(counts[0]) / max(total, 1), "correct": int(counts[0]), "num_images": total}
+    if place_t is not None:
+        g_correct, g_total = counts[2:2 + num_groups], counts[2 + num_groups:]
+        groups, per_place = {}, {}
+        for y in range(2):
+            for p in range(num_places):
+                g = y * num_places + p
+                if g_total[g] > 0:
+                    groups[f"y{y}_place{p}"] = {"top1": 100.0 * float(g_correct[g] / g_total[g]),
+                                                "num_images": int(g_total[g])}
+        for p in range(num_places):
+            n = float(g_total[p] + g_total[num_places + p])
+            if n > 0:
+                per_place[str(p)] = 100.0 * float(g_correct[p] + g_correct[num_places + p]) / n
+        result["per_place"] = per_place
+        result["groups"] = groups
+        result["worst_group"] = min(v["top1"] for v in groups.values()) if groups else None
+    return result

@@ -1,0 +1,77 @@
+"""Run logging: one JSON line per epoch, resolved args as YAML, and optional (offline-safe) Weights & Biases."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import yaml
+
+
+def save_args(args, path: str | os.PathLike) -> None:
+    """Write the resolved arguments (after --config and flags) next to the run."""
+    Path(path).write_text(yaml.safe_dump(dict(sorted(vars(args).items())), sort_keys=False))
+
+
+def write_json_atomic(obj, path: str | os.PathLike) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _wandb_mode() -> str:
+    """'online' only when credentials exist; otherwise 'offline' so runs never block on the network."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    has_key = bool(os.environ.get("WANDB_API_KEY")) or (Path.home() / ".netrc").is_file() and \
+        "api.wandb.ai" in (Path.home() / ".netrc").read_text(errors="ignore")
+    return "online" if has_key else "offline"
+
+
+class RunLogger:
+    """Appends epoch records to ``log.jsonl`` and mirrors them to wandb when enabled. Only rank 0 writes."""
+
+    def __init__(self, run_dir: str | os.PathLike, enabled: bool = True, use_wandb: bool = False,
+                 wandb_kwargs: dict | None = None):
+        self.path = Path(run_dir) / "log.jsonl"
+        self.enabled = enabled
+        self.wandb_run = None
+        if enabled and use_wandb:
+            try:
+                import wandb
+            except ImportError:
+                warnings.warn("--wandb given but wandb is not installed; logging to log.jsonl only.", stacklevel=2)
+            else:
+                kwargs = dict(wandb_kwargs or {})
+                self.wandb_run = wandb.init(mode=_wandb_mode(), dir=str(run_dir), resume="allow", **kwargs)
+
+    def log(self, record: dict, step: int | None = None) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.wandb_run is not None:
+            self.wandb_run.log(_flatten(record), step=step)
+
+    def log_step(self, record: dict, step: int) -> None:
+        """High-frequency metrics (per log_interval batches): wandb only."""
+        if self.enabled and self.wandb_run is not None:
+            self.wandb_run.log(record, step=step)
+
+    def close(self) -> None:
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{key}/"))
+        elif isinstance(v, (int, float)) or v is None:
+            out[key] = v
+    return out

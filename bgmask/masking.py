@@ -1,0 +1,121 @@
+"""Masking helpers shared by every strategy: mask folders, image masking (early) and feature masking (late)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from bgmask.data.cub import WATERBIRDS_SUB_PATH
+
+# Where generate_masks.py writes, per source image folder: (mask folder, masked-image folder), all relative to the
+# CUB root and at the same relative paths as the images (masks with a .png suffix).
+MASK_FOLDERS = {
+    "images": ("masks", "images_masked"),
+    WATERBIRDS_SUB_PATH: (f"{WATERBIRDS_SUB_PATH}_masks", f"{WATERBIRDS_SUB_PATH}_masked"),
+}
+
+
+def apply_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Early masking: background pixels (mask == 0) set to 0, foreground unchanged. ``image`` is ``H,W,3`` uint8."""
+    if image.shape[:2] != mask.shape:
+        raise ValueError(f"mask {mask.shape} does not match image {image.shape[:2]}")
+    return image * (mask > 0)[..., None].astype(image.dtype)
+
+
+def atomic_write_image(image: Image.Image, path: str | os.PathLike, **save_kwargs) -> None:
+    """Save through a temporary file in the same folder and rename: never a truncated file at ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = "PNG" if path.suffix.lower() == ".png" else "JPEG"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix + ".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, format=fmt, **save_kwargs)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_mask_and_masked_image(image: Image.Image, mask: np.ndarray, mask_path: Path, masked_path: Path,
+                                jpeg_quality: int = 95) -> None:
+    """Write a binary mask as a {0, 255} PNG and the early-masked image (background black).
+
+    The masked image is written first and the mask last, so an existing mask marks a finished pair (resume).
+    """
+    masked = apply_mask(np.asarray(image.convert("RGB")), mask)
+    atomic_write_image(Image.fromarray(masked), masked_path, quality=jpeg_quality)
+    atomic_write_image(Image.fromarray(((mask > 0) * 255).astype(np.uint8)), mask_path)
+
+
+def mask_to_feature_grid(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Downsample binary masks ``B,H,W`` (or ``B,1,H,W``) to a feature grid ``B,1,h,w`` with nearest-exact.
+
+    The result is float {0, 1} (1 = foreground), ready to multiply into a ``B,C,h,w`` feature map.
+    """
+    if mask.ndim == 3:
+        mask = mask[:, None]
+    return F.interpolate((mask > 0).float(), size=size, mode="nearest-exact")
+
+
+def write_gt_masked_folders(cub_root: str | os.PathLike, progress: bool = True, overwrite: bool = False) -> dict:
+    """Oracle masks: CUB ``segmentations/`` thresholded at > 0, written for ``images/`` and the Waterbirds folder.
+
+    Writes the folders of :data:`MASK_FOLDERS` (skipping pairs already written unless ``overwrite``). Waterbirds
+    keeps every bird at its CUB position, so the same mask is valid for both. Returns ``{folder: written count}``.
+    """
+    from tqdm import tqdm
+
+    from bgmask.data.cub import CUBDataset, load_mask, load_rgb, mask_path_for
+
+    root = Path(cub_root)
+    written = {}
+    for image_sub_path, (mask_dir, masked_dir) in MASK_FOLDERS.items():
+        if not (root / image_sub_path).is_dir():
+            continue
+        ds = CUBDataset(root, "all", image_sub_path=image_sub_path, mask_sub_path="segmentations",
+                        with_metadata=False)
+        count = 0
+        for i in tqdm(range(len(ds)), desc=f"GT masks -> {masked_dir}", disable=not progress):
+            rel = ds.paths[i]
+            mask_path, masked_path = root / mask_dir / mask_path_for(rel), root / masked_dir / rel
+            if mask_path.is_file() and masked_path.is_file() and not overwrite:
+                continue
+            image = load_rgb(ds.image_path(i))
+            mask = np.asarray(load_mask(ds.mask_path(i), image.size, threshold=0))
+            write_mask_and_masked_image(image, mask, mask_path, masked_path)
+            count += 1
+        copy_metadata(root / image_sub_path, root / masked_dir)
+        written[masked_dir] = count
+    return written
+
+
+def copy_metadata(image_dir: Path, masked_dir: Path) -> None:
+    """Carry Waterbirds' metadata.csv into the masked folder so per-place/group metrics work there too."""
+    src = Path(image_dir) / "metadata.csv"
+    if src.is_file():
+        Path(masked_dir).mkdir(parents=True, exist_ok=True)
+        tmp = Path(masked_dir) / ".metadata.csv.tmp"
+        tmp.write_bytes(src.read_bytes())
+        os.replace(tmp, Path(masked_dir) / "metadata.csv")
+
+
+def mask_features(feats: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Late masking: zero the background positions of a ``B,C,h,w`` feature map and block their gradient.
+
+    The mask reaches the feature grid by nearest-exact interpolation. The product is a new tensor (nothing is
+    modified in place), and a backward hook multiplies the incoming gradient by the same mask, so background
+    features receive exactly zero gradient.
+    """
+    grid = mask_to_feature_grid(masks, tuple(feats.shape[-2:])).to(feats.dtype)
+    masked = feats * grid
+    if masked.requires_grad:
+        masked.register_hook(lambda grad: grad * grid)
+    return masked

@@ -1,0 +1,388 @@
+"""The classifier run: build data, model, optimizer and scheduler from args, train with resume, evaluate, report.
+
+Strategies (baseline, early masking, late masking) differ only in the datasets they read and the model wrapper,
+given as a :class:`Strategy`; everything else here is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from timm.data import Mixup
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+from bgmask import distributed
+from bgmask.checkpoint import CheckpointManager, load_checkpoint, rng_state, set_rng_state
+from bgmask.cli import UsageError, check_classifier_args
+from bgmask.data.cub import CUBDataset, DatasetError
+from bgmask.data.transforms import build_eval_transform, build_train_transform
+from bgmask.engine import AmpSettings, IndexedDataset, NonFiniteLossError, ShardSampler, evaluate, train_one_epoch
+from bgmask.logging import RunLogger, save_args, write_json_atomic
+from bgmask.models import ModelSpec, create_classifier, param_groups, vit_head_from_flags
+
+
+@dataclass
+class DataBundle:
+    """The datasets of one run. ``waterbirds`` is None when the OOD folder is absent."""
+
+    train: torch.utils.data.Dataset
+    cub_test: CUBDataset
+    waterbirds: CUBDataset | None
+    num_classes: int
+    val: torch.utils.data.Dataset | None = None
+
+
+@dataclass
+class Strategy:
+    """What a masking strategy changes.
+
+    Attributes:
+        masking: label written to results.json ('none', 'early', 'late').
+        build_data: ``(args, image_size) -> DataBundle``.
+        build_model: ``(args, classifier) -> nn.Module`` wrapping the plain classifier (identity by default).
+        batch_transform: optional ``(args, num_classes) -> callable`` replacing the default mixup/cutmix.
+        extra_results: merged into results.json (e.g. mask source).
+    """
+
+    masking: str
+    build_data: Callable[[argparse.Namespace, int], DataBundle]
+    build_model: Callable[[argparse.Namespace, nn.Module], nn.Module] = lambda args, model: model
+    batch_transform: Callable | None = None
+    extra_results: dict = field(default_factory=dict)
+
+
+def model_spec(args, num_classes: int) -> ModelSpec:
+    return ModelSpec(arch=args.model_arch, num_classes=num_classes, image_size=args.image_size,
+                     pretrained=args.start_weights == "DEFAULT", pretrained_path=args.pretrained_path,
+                     drop_path=args.drop_path, vit_head=vit_head_from_flags(args.class_token_only,
+                                                                           args.patch_tokens_only),
+                     freeze_backbone=args.freeze_backbone)
+
+
+def resolve_image_size(args) -> int:
+    """``--image_size`` or the model's pretrained default input size."""
+    if args.image_size:
+        return args.image_size
+    import timm
+
+    try:
+        cfg = timm.get_pretrained_cfg(args.model_arch)
+    except Exception:  # noqa: BLE001 - unknown names are reported by the model factory
+        cfg = None
+    size = cfg.input_size[-1] if cfg is not None and getattr(cfg, "input_size", None) else 224
+    return int(size)
+
+
+def split_train_val(dataset: CUBDataset, fraction: float, seed: int):
+    """Stratified split of the train split: ``fraction`` per class for training, the rest for validation."""
+    if fraction >= 1:
+        return dataset, None
+    rng = np.random.default_rng(seed)
+    train_idx, val_idx = [], []
+    for c in np.unique(dataset.labels):
+        idx = rng.permutation(np.flatnonzero(dataset.labels == c))
+        k = max(1, round(len(idx) * fraction))
+        train_idx += idx[:k].tolist()
+        val_idx += idx[k:].tolist()
+    return Subset(dataset, sorted(train_idx)), Subset(dataset, sorted(val_idx))
+
+
+def image_folder_data(args, image_size: int, train_sub: str, test_sub: str, ood_sub: str | None) -> DataBundle:
+    """Datasets for strategies that only switch image folders (baseline: images, early masking: masked images)."""
+    eval_tf = build_eval_transform(image_size, args.crop_pct, args.train_interpolation)
+    train_tf = build_train_transform(image_size, args.augmentations_to_use, args.aa, args.color_jitter, args.reprob,
+                                     args.remode, args.recount, args.train_interpolation)
+    train = CUBDataset(args.data_path, "train", image_sub_path=train_sub, transform=train_tf)
+    train, val = split_train_val(train, args.train_split, args.seed)
+    if val is not None:  # validation images use the eval transform
+        val = Subset(CUBDataset(args.data_path, "train", image_sub_path=train_sub, transform=eval_tf), val.indices)
+    cub_test = CUBDataset(args.data_path, "test", image_sub_path=test_sub, transform=eval_tf)
+    waterbirds = None
+    if ood_sub:
+        if (Path(args.data_path) / ood_sub).is_dir() or os.path.isabs(ood_sub) and os.path.isdir(ood_sub):
+            waterbirds = CUBDataset(args.data_path, "test", image_sub_path=ood_sub, transform=eval_tf)
+        else:
+            warnings.warn(f"OOD folder {Path(args.data_path) / ood_sub} not found: Waterbirds evaluation is skipped. "
+                          f"Place {ood_sub}/ inside the CUB root to enable it.", stacklevel=2)
+    return DataBundle(train=train, cub_test=cub_test, waterbirds=waterbirds, num_classes=train_num_classes(train),
+                      val=val)
+
+
+def train_num_classes(ds) -> int:
+    return (ds.dataset if isinstance(ds, Subset) else ds).num_classes
+
+
+def build_optimizer(args, model: nn.Module) -> torch.optim.Optimizer:
+    groups = param_groups(model, args.lr, args.weight_decay, args.scratch_lr_factor)
+    if not groups:
+        raise UsageError("the model has no trainable parameters")
+    if args.optimizer_type == "adamw":
+        return torch.optim.AdamW(groups, lr=args.lr, betas=(args.betas1, args.betas2))
+    if args.optimizer_type == "adam":
+        return torch.optim.Adam(groups, lr=args.lr, betas=(args.betas1, args.betas2))
+    return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum)
+
+
+def lr_factor(args, epoch: int) -> float:
+    """Multiplier of each group's base lr at ``epoch`` (0-based, stepped once per epoch as upstream)."""
+    floor = args.min_lr / args.lr if args.lr > 0 else 0.0
+    total, warm = args.epochs, args.scheduler_warmup_epochs
+
+    def cosine(t: float) -> float:
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(max(t, 0.0), 1.0)))
+
+    kind = args.scheduler_type
+    if kind == "cosine":
+        return cosine(epoch / total)
+    if kind in ("cosine_with_warmup", "cosine_warmup_restart") and epoch < warm:
+        return (epoch + 1) / (warm + 1)
+    if kind == "cosine_with_warmup":
+        return cosine((epoch - warm) / max(1, total - warm))
+    if kind == "cosine_warmup_restart":
+        cycle = args.scheduler_restart_epochs or max(1, (total - warm) // 3)
+        return cosine(((epoch - warm) % cycle) / cycle)
+    if kind == "steplr":
+        return 0.1 ** (epoch // max(1, total // 3))
+    if kind == "linearlr":
+        return 1 - (1 - floor) * epoch / max(1, total - 1)
+    raise UsageError(f"unknown --scheduler_type {kind}")
+
+
+def build_criterion(args, mixup_active: bool) -> nn.Module:
+    if mixup_active:
+        return SoftTargetCrossEntropy()  # mixup targets already carry the label smoothing
+    if args.smoothing > 0:
+        return LabelSmoothingCrossEntropy(smoothing=args.smoothing)
+    return nn.CrossEntropyLoss()
+
+
+def default_batch_transform(args, num_classes: int):
+    """timm mixup/cutmix on the image tensor, or None."""
+    if not args.turn_on_mixup_or_cutmix:
+        return None
+    mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, prob=args.mixup_prob,
+                  switch_prob=args.mixup_switch_prob, mode=args.mixup_mode, label_smoothing=args.smoothing,
+                  num_classes=num_classes)
+
+    def apply(inputs, labels):
+        images, targets = mixup(inputs[0], labels)
+        return [images, *inputs[1:]], targets
+
+    return apply
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def check_writable_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"cannot write to --snapshot_dir {path} ({e.strerror}); choose a writable folder.") from None
+
+
+def run(args: argparse.Namespace, strategy: Strategy) -> dict | None:
+    """Train (or with ``--eval_only`` evaluate) and write results.json. Returns the results on rank 0."""
+    check_classifier_args(args, torch.cuda.is_available())
+    snapshot_dir = Path(args.snapshot_dir)
+    info = distributed.init_distributed(args.device)
+    if info.is_main:
+        check_writable_dir(snapshot_dir)
+    distributed.barrier()
+    seed_everything(args.seed + info.rank)
+    image_size = resolve_image_size(args)
+    data = strategy.build_data(args, image_size)
+    classifier = create_classifier(model_spec(args, data.num_classes))
+    model = strategy.build_model(args, classifier).to(info.device)
+    if info.distributed and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    ddp_model = model
+    if info.distributed and any(p.requires_grad for p in model.parameters()):
+        ddp_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+
+    amp = AmpSettings(info.device.type, {"float16": torch.float16, "bfloat16": torch.bfloat16}[args.amp_dtype]
+                      if args.use_amp else None)
+    scaler = torch.amp.GradScaler("cuda") if args.use_amp and args.amp_dtype == "float16" else None
+    optimizer = build_optimizer(args, model)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(args, e))
+    ckpt = CheckpointManager(snapshot_dir, args.save_every_n_epochs, enabled=info.is_main)
+    loader_kwargs = {"batch_size": args.batch_size, "num_workers": args.num_workers,
+                     "pin_memory": info.device.type == "cuda", "persistent_workers": False}
+
+    def eval_loader(ds):
+        return DataLoader(IndexedDataset(ds), sampler=ShardSampler(len(ds), info.rank, info.world_size),
+                          shuffle=False, drop_last=False, **loader_kwargs)
+
+    eval_sets = {"cub_test": data.cub_test}
+    if data.waterbirds is not None:
+        eval_sets["waterbirds"] = data.waterbirds
+
+    def run_eval(sets: dict) -> dict:
+        out = {}
+        for name, ds in sets.items():
+            out[name] = evaluate(ddp_model, eval_loader(ds), info.device, amp,
+                                 places=getattr(ds, "places", None), waterbird_y=getattr(ds, "waterbird_y", None),
+                                 progress=info.is_main, desc=f"eval {name}")
+        return out
+
+    results_base = {"model_arch": args.model_arch, "masking": strategy.masking, "image_size": image_size,
+                    "num_classes": data.num_classes, "world_size": info.world_size, **strategy.extra_results}
+
+    if args.eval_only:
+        path = Path(args.checkpoint) if args.checkpoint else ckpt.best_path if ckpt.best_path.is_file() \
+            else ckpt.last_path
+        state = load_checkpoint(path)
+        load_model_state(model, state["model"], path)
+        metrics = run_eval(eval_sets)
+        results = {**metrics, "epoch": state["epoch"], "checkpoint": str(path), **results_base}
+        if info.is_main:
+            write_json_atomic(results, snapshot_dir / "results.json")
+        distributed.cleanup()
+        return results if info.is_main else None
+
+    start_epoch, best_top1, best_epoch, history_best = 0, -1.0, 0, None
+    resumed = ckpt.resume_state()
+    if resumed is not None:
+        load_model_state(model, resumed["model"], ckpt.last_path)
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        if scaler is not None and resumed.get("scaler"):
+            scaler.load_state_dict(resumed["scaler"])
+        start_epoch, best_top1, best_epoch = resumed["epoch"], resumed["best_top1"], resumed["best_epoch"]
+        history_best = resumed.get("best_metrics")
+        set_rng_state(resumed["rng"][info.rank] if isinstance(resumed["rng"], list) else resumed["rng"])
+        if info.is_main:
+            print(f"Resumed from {ckpt.last_path} at epoch {start_epoch}/{args.epochs}", flush=True)
+    if info.is_main:
+        save_args(args, snapshot_dir / "args.yaml")
+
+    train_sampler = DistributedSampler(data.train, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                       seed=args.seed, drop_last=False)
+    batch_transform = (strategy.batch_transform or default_batch_transform)(args, data.num_classes)
+    train_loader = DataLoader(data.train, sampler=train_sampler, drop_last=batch_transform is not None
+                              and len(data.train) // info.world_size >= args.batch_size, **loader_kwargs)
+    criterion = build_criterion(args, batch_transform is not None)
+    logger = RunLogger(snapshot_dir, enabled=info.is_main, use_wandb=args.wandb,
+                       wandb_kwargs={"project": args.wandb_project, "entity": args.wandb_entity,
+                                     "group": args.group, "job_type": args.job_type, "config": vars(args),
+                                     "name": snapshot_dir.name})
+    if info.is_main:
+        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        print(f"{strategy.masking} | {args.model_arch} @ {image_size}px | {len(data.train)} train images, "
+              f"{len(data.cub_test)} CUB test, {len(data.waterbirds) if data.waterbirds else 0} Waterbirds | "
+              f"{n_train / 1e6:.2f}M trainable params | {info.world_size} process(es) on {info.device}", flush=True)
+
+    metrics = history_best or {}
+    last_metrics = None
+    for epoch in range(start_epoch, args.epochs):
+        train_sampler.set_epoch(epoch)
+        try:
+            stats = train_one_epoch(ddp_model, train_loader, optimizer, criterion, info.device, amp, scaler,
+                                    batch_transform, args.grad_norm_clip, args.max_train_batches,
+                                    progress=info.is_main, desc=f"epoch {epoch + 1}/{args.epochs}")
+        except NonFiniteLossError as e:
+            logger.close()
+            raise SystemExit(f"error: {e} ({ckpt.last_path} holds the last completed epoch)") from None
+        scheduler.step()
+        done = epoch + 1
+        record = {"epoch": done, "train_loss": stats["loss"], "train_images_per_s": stats["images_per_s"],
+                  "lr": optimizer.param_groups[0]["lr"], "time": time.time()}
+        is_best = False
+        if done % args.eval_every == 0 or done == args.epochs:
+            sets = dict(eval_sets)
+            if args.eval_mode == "val":
+                sets = {"val": data.val, **({} if done < args.epochs else eval_sets)}
+            last_metrics = run_eval(sets)
+            key = "val" if args.eval_mode == "val" else "cub_test"
+            top1 = last_metrics[key]["top1"]
+            is_best = top1 > best_top1
+            if is_best:
+                best_top1, best_epoch, metrics = top1, done, last_metrics
+            record.update({name: _brief(m) for name, m in last_metrics.items()})
+            if info.is_main:
+                summary = ", ".join(f"{n} {m['top1']:.2f}%" for n, m in last_metrics.items())
+                print(f"epoch {done}/{args.epochs}: loss {stats['loss']:.4f}, {summary}", flush=True)
+        logger.log(record, step=done)
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "scaler": scaler.state_dict() if scaler else None, "epoch": done, "best_top1": best_top1,
+                 "best_epoch": best_epoch, "best_metrics": metrics, "rng": gather_rng_states(info),
+                 "args": vars(args), "model_arch": args.model_arch, "num_classes": data.num_classes}
+        ckpt.save(state, done, is_best)
+        distributed.barrier()
+
+    if last_metrics is None:  # resumed after the final epoch: evaluate the final weights again
+        last_metrics = run_eval(eval_sets)
+    results = {**{k: v for k, v in last_metrics.items()}, "epoch": args.epochs,
+               "best": {"epoch": best_epoch, "top1": best_top1,
+                        "selected_on": "val" if args.eval_mode == "val" else "cub_test"},
+               **results_base}
+    if info.is_main:
+        write_json_atomic(results, snapshot_dir / "results.json")
+    logger.close()
+    distributed.cleanup()
+    return results if info.is_main else None
+
+
+def _brief(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k in ("top1", "num_images", "worst_group", "per_place")}
+
+
+def gather_rng_states(info) -> list | dict:
+    """RNG states of every rank (each rank restores its own on resume)."""
+    state = rng_state()
+    if not info.distributed:
+        return state
+    states = [None] * info.world_size
+    torch.distributed.all_gather_object(states, state)
+    return states
+
+
+def load_model_state(model: nn.Module, state: dict, path) -> None:
+    """Load weights, with an error that says which checkpoint does not fit and why."""
+    target = model.state_dict()
+    mismatched = [k for k, v in state.items() if k in target and target[k].shape != v.shape]
+    missing, unexpected = sorted(set(target) - set(state)), sorted(set(state) - set(target))
+    if mismatched or missing or unexpected:
+        details = []
+        if mismatched:
+            k = mismatched[0]
+            details.append(f"{len(mismatched)} tensors differ in shape (e.g. {k}: checkpoint "
+                           f"{tuple(state[k].shape)} vs model {tuple(target[k].shape)})")
+        if missing:
+            details.append(f"{len(missing)} model tensors missing from the checkpoint (e.g. {missing[0]})")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected tensors (e.g. {unexpected[0]})")
+        raise UsageError(f"checkpoint {path} does not match this model: {'; '.join(details)}. It was saved for "
+                         f"another --model_arch, head or class count; use a matching checkpoint or a new "
+                         f"--snapshot_dir.")
+    model.load_state_dict(state)
+
+
+def main_guard(fn: Callable[[], object]) -> int:
+    """Run an entry point, turning user errors into a one-paragraph message and exit code 2."""
+    try:
+        fn()
+    except (UsageError, DatasetError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

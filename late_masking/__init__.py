@@ -1,0 +1,1 @@
+"""Late masking: classifiers whose background features are zeroed before pooling."""

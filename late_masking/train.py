@@ -1,0 +1,120 @@
+#!/usr/bin/env python
+"""Train a late-masked classifier: full images in, background features zeroed before pooling.
+
+Precomputed masks (fast):  python late_masking/train.py --data_path DATA/CUB_200_2011 --snapshot_dir runs/late \
+                               --mask_source precomputed        # masks/ from mmsegmentation/tools/generate_masks.py
+Ground-truth masks:        ... --mask_source gt                 # CUB segmentations/ > 0 (oracle upper bound)
+Online segmenter (upstream): ... --mask_source segmenter --seg_model_config_path CFG --seg_model_checkpoint_path PTH
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bgmask.cli import UsageError, classifier_parent, parse_with_config
+from bgmask.data.cub import WATERBIRDS_SUB_PATH, CUBDataset
+from bgmask.data.transforms import build_joint_eval_transform, build_joint_train_transform
+from bgmask.masking import MASK_FOLDERS
+from bgmask.mixup import MaskAwareMixup
+from bgmask.trainer import DataBundle, Strategy, image_folder_data, main_guard, run, split_train_val
+from late_masking.models import LateMaskedClassifier
+
+MASK_SOURCES = ("precomputed", "gt", "segmenter")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, parents=[classifier_parent()],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("late masking")
+    g.add_argument("--mask_source", choices=MASK_SOURCES, default="precomputed")
+    g.add_argument("--mask_sub_path", default=MASK_FOLDERS["images"][0],
+                   help="precomputed masks for the CUB images (same relative paths, .png)")
+    g.add_argument("--ood_mask_sub_path", default=MASK_FOLDERS[WATERBIRDS_SUB_PATH][0],
+                   help="precomputed masks for the Waterbirds images")
+    g.add_argument("--fm_second_last_block", type=lambda v: v.lower() in ("1", "true", "yes"), nargs="?",
+                   const=True, default=False, help="mask after the second-last stage/block")
+    g.add_argument("--masked_mean", type=lambda v: v.lower() in ("1", "true", "yes"), nargs="?", const=True,
+                   default=False, help="ViT: average foreground patch tokens only (default: all, zeros included)")
+    g.add_argument("--seg_model_config_path", default=None, help="MMSeg config (--mask_source segmenter)")
+    g.add_argument("--seg_model_checkpoint_path", default=None, help="MMSeg checkpoint (--mask_source segmenter)")
+    return p
+
+
+def check_late_args(args) -> None:
+    if args.mask_source == "segmenter":
+        for flag in ("seg_model_config_path", "seg_model_checkpoint_path"):
+            value = getattr(args, flag)
+            if not value or not Path(value).is_file():
+                raise UsageError(f"--mask_source segmenter needs --{flag} pointing at an existing file "
+                                 f"(got {value!r}).")
+    if args.turn_on_mixup_or_cutmix and args.mixup_mode != "batch" and args.mask_source != "segmenter":
+        raise UsageError("mixup/cutmix with masks supports --mixup_mode batch only.")
+
+
+def mask_data(args, image_size: int) -> DataBundle:
+    """Images with their masks, transformed jointly (precomputed or ground-truth masks)."""
+    gt = args.mask_source == "gt"
+    train_masks = test_masks = "segmentations" if gt else args.mask_sub_path
+    ood_masks = "segmentations" if gt else args.ood_mask_sub_path  # GT stays valid: Waterbirds keeps positions
+    train_tf = build_joint_train_transform(image_size, args.augmentations_to_use, args.aa, args.color_jitter,
+                                           args.reprob, args.train_interpolation)
+    eval_tf = build_joint_eval_transform(image_size, args.crop_pct, args.train_interpolation)
+    train = CUBDataset(args.data_path, "train", args.image_sub_path_train, train_masks, transform=train_tf)
+    train, val = split_train_val(train, args.train_split, args.seed)
+    if val is not None:
+        from torch.utils.data import Subset
+
+        val = Subset(CUBDataset(args.data_path, "train", args.image_sub_path_train, train_masks, transform=eval_tf),
+                     val.indices)
+    test = CUBDataset(args.data_path, "test", args.image_sub_path_test, test_masks, transform=eval_tf)
+    waterbirds = None
+    if (Path(args.data_path) / args.ood_image_sub_path).is_dir():
+        waterbirds = CUBDataset(args.data_path, "test", args.ood_image_sub_path, ood_masks, transform=eval_tf)
+    else:
+        import warnings
+
+        warnings.warn(f"OOD folder {args.ood_image_sub_path} not found under {args.data_path}: Waterbirds "
+                      f"evaluation is skipped.", stacklevel=2)
+    return DataBundle(train=train, cub_test=test, waterbirds=waterbirds, num_classes=test.num_classes, val=val)
+
+
+def main(argv=None) -> int:
+    args = parse_with_config(build_parser(), argv)
+
+    def build_model(args, classifier):
+        provider = None
+        if args.mask_source == "segmenter":
+            from cub_seg.inference import SegmenterMaskProvider
+
+            provider = SegmenterMaskProvider(args.seg_model_config_path, args.seg_model_checkpoint_path)
+        return LateMaskedClassifier(classifier, second_last=args.fm_second_last_block,
+                                    masked_mean=args.masked_mean, mask_provider=provider)
+
+    def build_data(args, image_size):
+        if args.mask_source == "segmenter":
+            return image_folder_data(args, image_size, args.image_sub_path_train, args.image_sub_path_test,
+                                     args.ood_image_sub_path)
+        return mask_data(args, image_size)
+
+    def batch_transform(args, num_classes):
+        if not args.turn_on_mixup_or_cutmix:
+            return None
+        if args.mask_source == "segmenter":  # masks are predicted from the mixed images themselves
+            from bgmask.trainer import default_batch_transform
+
+            return default_batch_transform(args, num_classes)
+        return MaskAwareMixup(args.mixup, args.cutmix, args.mixup_prob, args.mixup_switch_prob, args.smoothing,
+                              num_classes)
+
+    strategy = Strategy(masking="late", build_data=build_data, build_model=build_model,
+                        batch_transform=batch_transform,
+                        extra_results={"mask_source": args.mask_source,
+                                       "variant": "second_last" if args.fm_second_last_block else "last",
+                                       "masked_mean": args.masked_mean})
+    return main_guard(lambda: (check_late_args(args), run(args, strategy)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

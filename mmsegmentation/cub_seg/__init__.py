@@ -1,0 +1,1 @@
+"""MMSegmentation plugin for the binary bird segmentation task (registers CUBBinarySegDataset)."""

@@ -1,0 +1,1 @@
+"""Test suite (CPU, tiny synthetic data)."""
