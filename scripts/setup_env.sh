@@ -26,7 +26,7 @@ PY_REQUIREMENTS=(
   "mmsegmentation==1.2.2"
   "mmdet==3.3.0"
   "numpy>=1.26,<2"
-  "pillow>=10"
+  "pillow>=10,<12"
   "matplotlib>=3.8"
   "tqdm>=4.66"
   "wandb>=0.17"

@@ -1,0 +1,230 @@
+"""Late masking: feature zeroing, gradient blocking, head equivalence, joint transforms, mask mixup, training runs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bgmask.data.transforms import build_joint_eval_transform, build_joint_train_transform
+from bgmask.masking import mask_features, mask_to_feature_grid
+from bgmask.mixup import MaskAwareMixup
+from bgmask.models import ModelSpec, create_classifier
+from late_masking.models import LateMaskedClassifier
+
+VIT = "vit_small_patch14_dinov2"
+
+
+def classifier(arch, head="cls_mean"):
+    torch.manual_seed(0)
+    size = 28 if arch == VIT else None
+    return create_classifier(ModelSpec(arch=arch, num_classes=5, image_size=size, vit_head=head)).eval()
+
+
+def inputs(arch, batch=2):
+    size = 28 if arch == VIT else 64
+    torch.manual_seed(1)
+    images = torch.randn(batch, 3, size, size)
+    masks = torch.zeros(batch, size, size, dtype=torch.uint8)
+    masks[:, size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 1
+    return images, masks
+
+
+@pytest.mark.parametrize("arch,head", [("convnext_atto", "cls_mean"), (VIT, "cls_mean"), (VIT, "cls"), (VIT, "mean")])
+def test_all_ones_mask_gives_the_unwrapped_logits(arch, head):
+    clf = classifier(arch, head)
+    images, _ = inputs(arch)
+    ones = torch.ones(images.shape[0], *images.shape[-2:], dtype=torch.uint8)
+    wrapped = LateMaskedClassifier(clf).eval()
+    with torch.no_grad():
+        assert torch.allclose(wrapped(images, ones), clf(images), atol=1e-5)
+    if arch != VIT:  # the CNN second-last variant adds nothing when nothing is masked
+        with torch.no_grad():
+            assert torch.allclose(LateMaskedClassifier(clf, second_last=True).eval()(images, ones), clf(images),
+                                  atol=1e-5)
+
+
+def test_mask_to_feature_grid_nearest_exact():
+    mask = torch.zeros(1, 8, 8)
+    mask[0, :4, :] = 1  # top half
+    grid = mask_to_feature_grid(mask, (2, 2))
+    assert grid.shape == (1, 1, 2, 2) and grid.flatten().tolist() == [1, 1, 0, 0]
+
+
+def test_masked_positions_are_zero_and_background_gets_no_gradient():
+    feats = torch.randn(2, 4, 4, 4, requires_grad=True)
+    masks = torch.zeros(2, 16, 16)
+    masks[:, :8, :8] = 1  # foreground = top-left feature cell block (2x2 of 4x4)
+    out = mask_features(feats, masks)
+    grid = mask_to_feature_grid(masks, (4, 4)).bool().expand_as(feats)
+    assert torch.all(out[~grid] == 0) and torch.equal(out[grid], feats[grid])
+    (out * torch.randn_like(out)).sum().backward()
+    assert torch.all(feats.grad[~grid] == 0) and torch.all(feats.grad[grid] != 0)
+    assert feats.grad is not None and not torch.equal(feats, out)  # input untouched (no in-place masking)
+
+
+@pytest.mark.parametrize("arch,second_last", [("convnext_atto", False), ("convnext_atto", True), (VIT, False),
+                                              (VIT, True)])
+def test_wrapper_blocks_background_gradients_at_the_masked_layer(arch, second_last):
+    clf = classifier(arch)
+    model = LateMaskedClassifier(clf, second_last=second_last).train()
+    captured = {}
+    backbone = clf.backbone
+    if arch == VIT:
+        layer = model.pre_mask_norm if second_last else backbone.norm
+    else:
+        layer = backbone.stages[-2] if second_last else backbone.stages[-1]
+
+    def keep(_, __, out):
+        out.retain_grad()
+        captured["out"] = out
+
+    layer.register_forward_hook(keep)
+    images, masks = inputs(arch)
+    model(images, masks).sum().backward()
+    out = captured["out"]
+    if arch == VIT:
+        h, w = backbone.patch_embed.grid_size
+        grid = mask_to_feature_grid(masks, (h, w)).flatten(1).bool()  # B, N
+        patch_grad = out.grad[:, clf.num_prefix_tokens:]
+        assert torch.all(patch_grad[~grid] == 0) and patch_grad[grid].abs().sum() > 0
+    else:
+        grid = mask_to_feature_grid(masks, tuple(out.shape[-2:])).bool().expand_as(out)
+        assert torch.all(out.grad[~grid] == 0) and out.grad[grid].abs().sum() > 0
+
+
+def test_masked_mean_averages_foreground_tokens_only():
+    clf = classifier(VIT, "mean")
+    images, masks = inputs(VIT)
+    plain = LateMaskedClassifier(clf).eval()
+    fg_only = LateMaskedClassifier(clf, masked_mean=True).eval()
+    with torch.no_grad():
+        feats = plain._vit_features(images, masks)
+        pooled_all, pooled_fg = plain._pool(feats, masks), fg_only._pool(feats, masks)
+    n_fg = mask_to_feature_grid(masks, clf.backbone.patch_embed.grid_size).flatten(1).sum(1, keepdim=True)
+    assert torch.allclose(pooled_fg, pooled_all * feats[:, clf.num_prefix_tokens:].shape[1] / n_fg, atol=1e-5)
+
+
+def test_online_mask_provider_is_frozen_and_not_saved():
+    provider_net = torch.nn.Conv2d(3, 1, 1)
+
+    def provider(images):
+        return (provider_net(images)[:, 0] > 0).long()
+
+    model = LateMaskedClassifier(classifier("convnext_atto"), mask_provider=provider).train()
+    images, _ = inputs("convnext_atto")
+    model(images).sum().backward()
+    assert provider_net.weight.grad is None
+    assert all(not k.startswith("mask_provider") for k in model.state_dict())
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in model.classifier.parameters())
+
+
+# --------------------------------------------------------------------------------------------- transforms
+def bird_image(size=(96, 80)):
+    """Red 'bird' rectangle (the mask) on a blue background."""
+    w, h = size
+    mask = np.zeros((h, w), np.uint8)
+    mask[20:60, 30:70] = 1
+    img = np.zeros((h, w, 3), np.uint8)
+    img[..., 2] = 255
+    img[mask == 1] = (255, 0, 0)
+    return Image.fromarray(img), Image.fromarray(mask)
+
+
+def redness(img_tensor):
+    mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+    std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    rgb = img_tensor * std + mean
+    return rgb[0] - rgb[2]
+
+
+def test_joint_geometric_transforms_keep_image_and_mask_aligned():
+    image, mask = bird_image()
+    tf = build_joint_train_transform(48, aa="", color_jitter=0.0, reprob=0.0)
+    torch.manual_seed(0)
+    for _ in range(25):
+        img_t, mask_t = tf(image, mask)
+        assert img_t.shape == (3, 48, 48) and mask_t.shape == (48, 48) and mask_t.dtype == torch.uint8
+        r = redness(img_t)
+        # Away from the mask boundary (bicubic image vs nearest mask differ by up to half a source pixel, which a
+        # strong zoom stretches over several output pixels), red pixels are exactly the mask pixels.
+        m = mask_t[None, None].float()
+        near_edge = (torch.nn.functional.max_pool2d(m, 9, 1, 4) * torch.nn.functional.max_pool2d(1 - m, 9, 1, 4))[0, 0]
+        far = near_edge == 0
+        assert torch.equal((r[far] > 0), mask_t[far].bool())
+
+
+def test_joint_randaugment_moves_the_mask_with_the_image():
+    image, mask = bird_image()
+    tf = build_joint_train_transform(48, aa="rand-m9-mstd0.5-inc1", color_jitter=0.0, reprob=0.0)
+    torch.manual_seed(0)
+    agree = []
+    for _ in range(40):
+        img_t, mask_t = tf(image, mask)
+        r = redness(img_t)
+        if mask_t.any() and (~mask_t.bool()).any():
+            agree.append(float(r[mask_t.bool()].mean() > r[~mask_t.bool()].mean()))
+    assert np.mean(agree) > 0.85  # photometric ops (e.g. solarize) may invert colours; geometry never misaligns
+
+
+def test_joint_eval_transform_is_deterministic_center_crop():
+    image, mask = bird_image()
+    tf = build_joint_eval_transform(64, crop_pct=1.0)
+    a, b = tf(image, mask), tf(image, mask)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and set(a[1].unique().tolist()) == {0, 1}
+
+
+def test_mask_aware_mixup_cutmix_pastes_same_box_and_mixup_takes_union():
+    images = torch.stack([torch.zeros(3, 16, 16), torch.ones(3, 16, 16)])
+    masks = torch.zeros(2, 16, 16, dtype=torch.uint8)
+    masks[0, :8] = 1
+    masks[1, 8:] = 1
+    labels = torch.tensor([0, 1])
+    np.random.seed(0)
+    cut = MaskAwareMixup(mixup_alpha=0.0, cutmix_alpha=1.0, label_smoothing=0.0, num_classes=2)
+    (img_c, mask_c), targets = cut([images, masks], labels)
+    pasted = img_c[0, 0] == 1  # where image 0 received image 1's pixels
+    assert pasted.any() and torch.equal(mask_c[0][pasted], masks[1][pasted])
+    assert torch.equal(mask_c[0][~pasted], masks[0][~pasted])
+    assert torch.allclose(targets.sum(1), torch.ones(2))
+    mix = MaskAwareMixup(mixup_alpha=0.8, cutmix_alpha=0.0, label_smoothing=0.0, num_classes=2)
+    (img_m, mask_m), _ = mix([images, masks], labels)
+    assert torch.equal(mask_m[0], masks[0] | masks[1]) and 0 < float(img_m[0, 0, 0, 0]) < 1
+
+
+# ------------------------------------------------------------------------------------------ training runs
+def late_main(argv):
+    from late_masking.train import main
+
+    return main(argv)
+
+
+@pytest.mark.parametrize("source,arch,extra", [
+    ("gt", "convnext_atto", []),
+    ("precomputed", "convnext_atto", ["--fm_second_last_block"]),
+    ("gt", VIT, ["--patch_tokens_only", "--masked_mean"]),
+    ("precomputed", VIT, ["--fm_second_last_block", "--turn_on_mixup_or_cutmix"]),
+])
+def test_short_training_runs(tiny_cub_copy, tmp_path, source, arch, extra):
+    from bgmask.masking import write_gt_masked_folders
+
+    if source == "precomputed":
+        write_gt_masked_folders(tiny_cub_copy, progress=False)
+    size = "28" if arch == VIT else "32"
+    run = tmp_path / "late"
+    argv = ["--data_path", str(tiny_cub_copy), "--snapshot_dir", str(run), "--model_arch", arch, "--image_size", size,
+            "--batch_size", "4", "--num_workers", "0", "--epochs", "1", "--mask_source", source, *extra]
+    assert late_main(argv) == 0
+    results = json.loads((run / "results.json").read_text())
+    assert results["masking"] == "late" and results["mask_source"] == source
+    assert results["variant"] == ("second_last" if "--fm_second_last_block" in extra else "last")
+    assert results["cub_test"]["num_images"] == 12 and results["waterbirds"]["num_images"] == 12
+
+
+def test_segmenter_source_requires_its_files(tiny_cub_root, tmp_path, capsys):
+    argv = ["--data_path", str(tiny_cub_root), "--snapshot_dir", str(tmp_path / "r"), "--mask_source", "segmenter"]
+    assert late_main(argv) == 2
+    assert "--seg_model_config_path" in capsys.readouterr().err
