@@ -83,6 +83,11 @@ class CheckpointManager:
         if self.save_every_n_epochs and epoch % self.save_every_n_epochs == 0:
             atomic_torch_save(state, self.dir / f"epoch_{epoch}.pt")
 
+    def save_last(self, state: dict) -> None:
+        """Save a mid-epoch state (preemption): ``last.pt`` only."""
+        if self.enabled:
+            atomic_torch_save(state, self.last_path)
+
     def resume_state(self) -> dict | None:
         """The state in ``last.pt`` (never ``best.pt``: resuming must continue where training stopped)."""
         return load_checkpoint(self.last_path) if self.last_path.is_file() else None

@@ -83,14 +83,14 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         should_stop: polled after every step; when it returns True the epoch ends early (preemption).
 
     Returns:
-        ``{"loss": mean loss over seen samples, "images": count, "seconds": time, "images_per_s": throughput,
-        "completed": False when stopped early}``.
+        ``{"loss": mean loss over seen samples, "images": count, "steps": optimizer steps, "seconds": time,
+        "images_per_s": throughput, "completed": False when stopped early}``.
     """
     model.train()
     total_loss, seen, start = 0.0, 0, time.perf_counter()
     num_batches = len(loader) if not max_batches else min(max_batches, len(loader))
     bar = tqdm(total=num_batches, desc=desc, leave=False, disable=not progress, dynamic_ncols=True)
-    completed = True
+    completed, steps = True, 0
     for step, batch in enumerate(loader):
         if step >= num_batches:
             break
@@ -118,6 +118,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
                 nn.utils.clip_grad_norm_(model.parameters(), grad_norm_clip)
             optimizer.step()
         n = labels.shape[0]
+        steps += 1
         total_loss += loss_value * n
         seen += n
         bar.update()
@@ -129,7 +130,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
             break
     bar.close()
     seconds = time.perf_counter() - start
-    return {"loss": total_loss / max(seen, 1), "images": seen, "seconds": seconds,
+    return {"loss": total_loss / max(seen, 1), "images": seen, "steps": steps, "seconds": seconds,
             "images_per_s": seen / max(seconds, 1e-9), "completed": completed}
 
 

@@ -22,16 +22,18 @@ import torch
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Subset
 
 from bgmask import distributed
 from bgmask.checkpoint import CheckpointManager, load_checkpoint, rng_state, set_rng_state
 from bgmask.cli import UsageError, check_classifier_args
 from bgmask.data.cub import CUBDataset, DatasetError
+from bgmask.data.sampling import ResumableDistributedSampler, SeededAugmentation
 from bgmask.data.transforms import build_eval_transform, build_train_transform
 from bgmask.engine import AmpSettings, IndexedDataset, NonFiniteLossError, ShardSampler, evaluate, train_one_epoch
 from bgmask.logging import RunLogger, save_args, write_json_atomic
 from bgmask.models import ModelSpec, create_classifier, param_groups, vit_head_from_flags
+from bgmask.preemption import REQUEUE_EXIT_CODE, PreemptionFlag
 
 
 @dataclass
@@ -226,8 +228,10 @@ def run(args: argparse.Namespace, strategy: Strategy) -> dict | None:
     optimizer = build_optimizer(args, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(args, e))
     ckpt = CheckpointManager(snapshot_dir, args.save_every_n_epochs, enabled=info.is_main)
+    # A private generator: creating a loader iterator must not consume the global RNG (exact resume).
     loader_kwargs = {"batch_size": args.batch_size, "num_workers": args.num_workers,
-                     "pin_memory": info.device.type == "cuda", "persistent_workers": False}
+                     "pin_memory": info.device.type == "cuda", "persistent_workers": False,
+                     "generator": torch.Generator().manual_seed(args.seed)}
 
     def eval_loader(ds):
         return DataLoader(IndexedDataset(ds), sampler=ShardSampler(len(ds), info.rank, info.world_size),
@@ -260,7 +264,7 @@ def run(args: argparse.Namespace, strategy: Strategy) -> dict | None:
         distributed.cleanup()
         return results if info.is_main else None
 
-    start_epoch, best_top1, best_epoch, history_best = 0, -1.0, 0, None
+    start_epoch, start_step, best_top1, best_epoch, history_best = 0, 0, -1.0, 0, None
     resumed = ckpt.resume_state()
     if resumed is not None:
         load_model_state(model, resumed["model"], ckpt.last_path)
@@ -269,17 +273,22 @@ def run(args: argparse.Namespace, strategy: Strategy) -> dict | None:
         if scaler is not None and resumed.get("scaler"):
             scaler.load_state_dict(resumed["scaler"])
         start_epoch, best_top1, best_epoch = resumed["epoch"], resumed["best_top1"], resumed["best_epoch"]
+        start_step = resumed.get("step", 0)  # optimizer steps already done in epoch start_epoch + 1
         history_best = resumed.get("best_metrics")
         set_rng_state(resumed["rng"][info.rank] if isinstance(resumed["rng"], list) else resumed["rng"])
         if info.is_main:
-            print(f"Resumed from {ckpt.last_path} at epoch {start_epoch}/{args.epochs}", flush=True)
+            where = f" + {start_step} steps" if start_step else ""
+            print(f"Resumed from {ckpt.last_path} after epoch {start_epoch}/{args.epochs}{where}", flush=True)
     if info.is_main:
         save_args(args, snapshot_dir / "args.yaml")
 
-    train_sampler = DistributedSampler(data.train, num_replicas=info.world_size, rank=info.rank, shuffle=True,
-                                       seed=args.seed, drop_last=False)
+    # Data order comes from the sampler (seed, epoch) and augmentation from (seed, epoch, image): both are
+    # independent of the worker count, and a run stopped mid-epoch resumes at the exact batch.
+    train_set = SeededAugmentation(data.train, args.seed)
+    train_sampler = ResumableDistributedSampler(train_set, num_replicas=info.world_size, rank=info.rank,
+                                                shuffle=True, seed=args.seed, drop_last=False)
     batch_transform = (strategy.batch_transform or default_batch_transform)(args, data.num_classes)
-    train_loader = DataLoader(data.train, sampler=train_sampler, drop_last=batch_transform is not None
+    train_loader = DataLoader(train_set, sampler=train_sampler, drop_last=batch_transform is not None
                               and len(data.train) // info.world_size >= args.batch_size, **loader_kwargs)
     criterion = build_criterion(args, batch_transform is not None)
     logger = RunLogger(snapshot_dir, enabled=info.is_main, use_wandb=args.wandb,
@@ -294,15 +303,39 @@ def run(args: argparse.Namespace, strategy: Strategy) -> dict | None:
 
     metrics = history_best or {}
     last_metrics = None
+    preemption = PreemptionFlag(distributed=info.distributed, device=info.device)
+
+    def training_state(epoch_done: int, step: int, best_metrics) -> dict:
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                "epoch": epoch_done, "step": step, "best_top1": best_top1, "best_epoch": best_epoch,
+                "best_metrics": best_metrics, "rng": gather_rng_states(info), "args": vars(args),
+                "model_arch": args.model_arch, "num_classes": data.num_classes}
+
     for epoch in range(start_epoch, args.epochs):
+        train_set.set_epoch(epoch)
         train_sampler.set_epoch(epoch)
+        skip = start_step if epoch == start_epoch else 0
+        train_sampler.set_start(skip * args.batch_size)
+        max_batches = max(0, args.max_train_batches - skip) if args.max_train_batches else 0
         try:
             stats = train_one_epoch(ddp_model, train_loader, optimizer, criterion, info.device, amp, scaler,
-                                    batch_transform, args.grad_norm_clip, args.max_train_batches,
-                                    progress=info.is_main, desc=f"epoch {epoch + 1}/{args.epochs}")
+                                    batch_transform, args.grad_norm_clip, max_batches,
+                                    progress=info.is_main, desc=f"epoch {epoch + 1}/{args.epochs}",
+                                    should_stop=preemption.requested)
         except NonFiniteLossError as e:
             logger.close()
             raise SystemExit(f"error: {e} ({ckpt.last_path} holds the last completed epoch)") from None
+        if not stats["completed"]:  # preempted: save the exact position and ask to be requeued
+            ckpt.save_last(training_state(epoch, skip + stats["steps"], metrics))
+            distributed.barrier()
+            if info.is_main:
+                print(f"Preempted (signal {preemption.signal_received}) in epoch {epoch + 1} after "
+                      f"{skip + stats['steps']} steps: saved {ckpt.last_path}; exiting with code "
+                      f"{REQUEUE_EXIT_CODE} so the job can be requeued.", flush=True)
+            logger.close()
+            distributed.cleanup()
+            raise SystemExit(REQUEUE_EXIT_CODE)
         scheduler.step()
         done = epoch + 1
         record = {"epoch": done, "train_loss": stats["loss"], "train_images_per_s": stats["images_per_s"],
@@ -323,12 +356,9 @@ def run(args: argparse.Namespace, strategy: Strategy) -> dict | None:
                 summary = ", ".join(f"{n} {m['top1']:.2f}%" for n, m in last_metrics.items())
                 print(f"epoch {done}/{args.epochs}: loss {stats['loss']:.4f}, {summary}", flush=True)
         logger.log(record, step=done)
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "scaler": scaler.state_dict() if scaler else None, "epoch": done, "best_top1": best_top1,
-                 "best_epoch": best_epoch, "best_metrics": metrics, "rng": gather_rng_states(info),
-                 "args": vars(args), "model_arch": args.model_arch, "num_classes": data.num_classes}
-        ckpt.save(state, done, is_best)
+        ckpt.save(training_state(done, 0, metrics), done, is_best)
         distributed.barrier()
+    preemption.restore()
 
     if last_metrics is None:  # resumed after the final epoch: evaluate the final weights again
         last_metrics = run_eval(eval_sets)

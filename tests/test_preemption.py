@@ -1,0 +1,104 @@
+"""Preemption and crashes: a signalled run saves its exact position and resumes to the uninterrupted result."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from bgmask.checkpoint import CheckpointManager, atomic_torch_save, load_checkpoint
+from bgmask.preemption import REQUEUE_EXIT_CODE
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def train_cmd(root, run_dir, epochs=3):
+    return [sys.executable, str(REPO / "early_masking_and_baseline/train.py"), "--data_path", str(root),
+            "--snapshot_dir", str(run_dir), "--model_arch", "convnext_atto", "--image_size", "32", "--batch_size",
+            "2", "--num_workers", "0", "--epochs", str(epochs), "--seed", "0", "--device", "cpu"]
+
+
+def final_weights(run_dir):
+    return torch.load(run_dir / "last.pt", weights_only=False)["model"]
+
+
+@pytest.mark.slow
+def test_signal_mid_epoch_saves_requeues_and_resumes_exactly(tiny_cub_root, tmp_path):
+    reference = tmp_path / "reference"
+    subprocess.run(train_cmd(tiny_cub_root, reference), check=True, capture_output=True, timeout=300)
+
+    run = tmp_path / "preempted"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(train_cmd(tiny_cub_root, run), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env)
+    deadline = time.time() + 240
+    while not (run / "log.jsonl").is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)  # wait until epoch 1 is complete, so the signal lands in epoch 2 (or 3)
+    proc.send_signal(signal.SIGUSR1)  # what `#SBATCH --signal=USR1@120` sends
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == REQUEUE_EXIT_CODE, out[-3000:]
+    assert "Preempted" in out
+    state = load_checkpoint(run / "last.pt")
+    assert state["step"] > 0 and state["epoch"] < 3  # a mid-epoch position
+    assert not (run / "results.json").exists()
+
+    resumed = subprocess.run(train_cmd(tiny_cub_root, run), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resumed from" in resumed.stdout
+    a, b = final_weights(reference), final_weights(run)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ra = json.loads((reference / "results.json").read_text())
+    rb = json.loads((run / "results.json").read_text())
+    assert ra["cub_test"] == rb["cub_test"] and ra["waterbirds"] == rb["waterbirds"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_preemption_flag_catches_signals_and_restores_handlers(sig):
+    from bgmask.preemption import PreemptionFlag
+
+    before = signal.getsignal(sig)
+    flag = PreemptionFlag()
+    assert not flag.requested()
+    os.kill(os.getpid(), sig)
+    assert flag.requested() and flag.signal_received == sig
+    flag.restore()
+    assert signal.getsignal(sig) == before
+
+
+def test_crash_during_checkpoint_write_keeps_previous_last(tmp_path, monkeypatch):
+    manager = CheckpointManager(tmp_path)
+    manager.save({"epoch": 1, "weights": torch.ones(3)}, epoch=1, is_best=True)
+
+    def exploding_save(obj, f, *args, **kwargs):
+        f.write(b"partial bytes")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", exploding_save)
+    with pytest.raises(OSError, match="disk full"):
+        manager.save({"epoch": 2, "weights": torch.zeros(3)}, epoch=2, is_best=True)
+    monkeypatch.undo()
+    state = manager.resume_state()
+    assert state["epoch"] == 1 and torch.equal(state["weights"], torch.ones(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]  # no temporary file left
+
+
+def test_killed_writer_leaves_no_partial_checkpoint(tmp_path):
+    """A process killed (SIGKILL) in the middle of a large atomic save leaves last.pt untouched."""
+    path = tmp_path / "last.pt"
+    atomic_torch_save({"epoch": 1}, path)
+    code = ("import torch, sys; from bgmask.checkpoint import atomic_torch_save; "
+            "atomic_torch_save({'epoch': 2, 'w': torch.randn(32, 1024, 1024)}, sys.argv[1])")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path)])
+    deadline = time.time() + 60
+    while not list(tmp_path.glob(".last.pt.*.tmp")) and time.time() < deadline:
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    assert load_checkpoint(path)["epoch"] == 1
