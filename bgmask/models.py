@@ -69,6 +69,10 @@ class Classifier(nn.Module):
             for p in self.backbone.parameters():
                 p.requires_grad_(False)
 
+    def new_parameters(self) -> list[nn.Parameter]:
+        """Parameters trained from scratch (they get ``--scratch_lr_factor``): the head."""
+        return list(self.head.parameters())
+
     @property
     def head_input_width(self) -> int:
         return self.head.in_features
@@ -130,15 +134,17 @@ def create_classifier(spec: ModelSpec) -> Classifier:
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float, scratch_lr_factor: float) -> list[dict]:
-    """Optimizer groups: backbone at ``lr``, the new head at ``lr * scratch_lr_factor``.
+    """Optimizer groups: pretrained parts at ``lr``, parts trained from scratch (``model.new_parameters()``: the
+    head, and e.g. late masking's extra LayerNorm) at ``lr * scratch_lr_factor``.
 
     Biases and norm weights (1-D tensors) get no weight decay, as in timm/DeiT. Frozen parameters are left out.
     """
+    new = {id(p) for p in model.new_parameters()} if hasattr(model, "new_parameters") else set()
     groups = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        part = "head" if name.startswith("head.") else "backbone"
+        part = "head" if id(p) in new else "backbone"
         decay = "no_decay" if p.ndim <= 1 or name.endswith(".bias") else "decay"
         key = (part, decay)
         if key not in groups:

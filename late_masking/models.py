@@ -51,6 +51,11 @@ class LateMaskedClassifier(nn.Module):
     def head(self) -> nn.Module:
         return self.classifier.head
 
+    def new_parameters(self) -> list[nn.Parameter]:
+        """Trained from scratch: the head and, for the ViT second-last variant, the LayerNorm before masking."""
+        extra = list(self.pre_mask_norm.parameters()) if self.pre_mask_norm is not None else []
+        return self.classifier.new_parameters() + extra
+
     def train(self, mode: bool = True):
         super().train(mode)
         self.classifier.train(mode)  # keeps a frozen backbone in eval mode

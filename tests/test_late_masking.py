@@ -228,3 +228,13 @@ def test_segmenter_source_requires_its_files(tiny_cub_root, tmp_path, capsys):
     argv = ["--data_path", str(tiny_cub_root), "--snapshot_dir", str(tmp_path / "r"), "--mask_source", "segmenter"]
     assert late_main(argv) == 2
     assert "--seg_model_config_path" in capsys.readouterr().err
+
+
+def test_param_groups_give_scratch_lr_to_head_and_new_layernorm():
+    from bgmask.models import param_groups
+
+    model = LateMaskedClassifier(classifier(VIT), second_last=True)
+    groups = param_groups(model, lr=1e-4, weight_decay=0.05, scratch_lr_factor=100)
+    scratch = {id(p) for g in groups if g["lr"] == pytest.approx(1e-2) for p in g["params"]}
+    expected = {id(p) for p in [*model.head.parameters(), *model.pre_mask_norm.parameters()]}
+    assert scratch == expected
