@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# ViT head ablation (frozen DINOv2 ViT-S/B/L): CLS only and GAP-pooled patch tokens only, next to the default
+# CLS+GAP of frozen_grid.sh, each as baseline / early / late masking. The paper's most robust model is GAP + early.
+# Usage: DATA_ROOT=data OUT=runs/paper NPROC=4 bash scripts/paper/vit_head_ablation.sh [--dry-run]
+source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
+for size in small base large; do
+  for head in cls gap; do
+    name=vit_${size}_${head}
+    classifier early_masking_and_baseline/train.py early_masking_and_baseline/configs/frozen_$name.yaml frozen_${name}_baseline
+    classifier early_masking_and_baseline/train.py early_masking_and_baseline/configs/frozen_$name.yaml frozen_${name}_early --masking early
+    classifier late_masking/train.py late_masking/configs/frozen_$name.yaml frozen_${name}_late
+  done
+done
