@@ -115,7 +115,8 @@ def image_folder_data(args, image_size: int, train_sub: str, test_sub: str, ood_
     waterbirds = None
     if ood_sub:
         if (Path(args.data_path) / ood_sub).is_dir() or os.path.isabs(ood_sub) and os.path.isdir(ood_sub):
-            waterbirds = CUBDataset(args.data_path, "test", image_sub_path=ood_sub, transform=eval_tf)
+            waterbirds = CUBDataset(args.data_path, "test", image_sub_path=ood_sub, transform=eval_tf,
+                                    skip_missing=True)
         else:
             warnings.warn(f"OOD folder {Path(args.data_path) / ood_sub} not found: Waterbirds evaluation is skipped. "
                           f"Place {ood_sub}/ inside the CUB root to enable it.", stacklevel=2)
@@ -247,6 +248,8 @@ def run(args: argparse.Namespace, strategy: Strategy) -> dict | None:
             out[name] = evaluate(ddp_model, eval_loader(ds), info.device, amp,
                                  places=getattr(ds, "places", None), waterbird_y=getattr(ds, "waterbird_y", None),
                                  progress=info.is_main, desc=f"eval {name}")
+            if getattr(ds, "skipped", None):
+                out[name]["skipped_missing_files"] = len(ds.skipped)
         return out
 
     results_base = {"model_arch": args.model_arch, "masking": strategy.masking, "image_size": image_size,

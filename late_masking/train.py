@@ -71,7 +71,8 @@ def mask_data(args, image_size: int) -> DataBundle:
     test = CUBDataset(args.data_path, "test", args.image_sub_path_test, test_masks, transform=eval_tf)
     waterbirds = None
     if (Path(args.data_path) / args.ood_image_sub_path).is_dir():
-        waterbirds = CUBDataset(args.data_path, "test", args.ood_image_sub_path, ood_masks, transform=eval_tf)
+        waterbirds = CUBDataset(args.data_path, "test", args.ood_image_sub_path, ood_masks, transform=eval_tf,
+                                skip_missing=True)
     else:
         import warnings
 

@@ -112,3 +112,16 @@ def test_absolute_image_root(tiny_cub_root, tmp_path):
     shutil.copytree(tiny_cub_root / "images", copy)
     ds = CUBDataset(tiny_cub_root, "test", image_sub_path=str(copy))
     assert ds.image_path(0).is_relative_to(copy)
+
+
+def test_waterbirds_with_missing_files_is_evaluated_on_what_is_there(tiny_cub_copy):
+    folder = tiny_cub_copy / "waterbird_complete95_forest2water2"
+    ds = CUBDataset(tiny_cub_copy, "test", image_sub_path=folder.name)
+    for i in (0, 5):
+        ds.image_path(i).unlink()
+    with pytest.raises(DatasetError, match="2 of 12 image files"):
+        CUBDataset(tiny_cub_copy, "test", image_sub_path=folder.name)
+    with pytest.warns(UserWarning, match=r"2 of 12 image files .* evaluated on the 10 images"):
+        partial = CUBDataset(tiny_cub_copy, "test", image_sub_path=folder.name, skip_missing=True)
+    assert len(partial) == 10 and len(partial.places) == 10 and len(partial.skipped) == 2
+    assert partial[0][1] == ds[1][1]  # labels stay aligned with the remaining images
