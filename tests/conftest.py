@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
-import pytest
+# One compute thread per process (subprocesses inherit it): tiny models gain nothing from more, and OpenMP threads
+# spinning against data-loader workers or a busy core slow CPU training down by orders of magnitude.
+os.environ["OMP_NUM_THREADS"] = "1"
 
-from bgmask.data.synthetic import SyntheticConfig, generate
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from bgmask.data.synthetic import SyntheticConfig, generate  # noqa: E402
+
+torch.set_num_threads(1)
 
 TINY = SyntheticConfig(num_classes=4, images_per_class=6, image_size=64, habitats=4, bias=0.95, seed=0)
 
