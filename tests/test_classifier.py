@@ -232,12 +232,13 @@ def test_two_process_eval_counts_each_image_once(two_epoch_run, tiny_cub_root, t
     assert a["waterbirds"]["groups"] == b["waterbirds"]["groups"]
 
 
-def test_every_config_parses():
+@pytest.mark.parametrize("trainer", ["early_masking_and_baseline", "late_masking"])
+def test_every_config_parses(trainer):
     import importlib.util
 
-    configs = sorted((REPO / "early_masking_and_baseline/configs").glob("*.yaml"))
-    assert len(configs) >= 8
-    spec = importlib.util.spec_from_file_location("early_train", REPO / "early_masking_and_baseline/train.py")
+    configs = sorted((REPO / trainer / "configs").glob("*.yaml"))
+    assert len(configs) >= 24
+    spec = importlib.util.spec_from_file_location(f"{trainer}_train", REPO / trainer / "train.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     for cfg in configs:

@@ -19,10 +19,10 @@ from bgmask.preemption import REQUEUE_EXIT_CODE
 REPO = Path(__file__).resolve().parents[1]
 
 
-def train_cmd(root, run_dir, epochs=3):
+def train_cmd(root, run_dir, epochs=3, workers=0):
     return [sys.executable, str(REPO / "early_masking_and_baseline/train.py"), "--data_path", str(root),
             "--snapshot_dir", str(run_dir), "--model_arch", "convnext_atto", "--image_size", "32", "--batch_size",
-            "2", "--num_workers", "0", "--epochs", str(epochs), "--seed", "0", "--device", "cpu"]
+            "2", "--num_workers", str(workers), "--epochs", str(epochs), "--seed", "0", "--device", "cpu"]
 
 
 def final_weights(run_dir):
@@ -36,7 +36,9 @@ def test_signal_mid_epoch_saves_requeues_and_resumes_exactly(tiny_cub_root, tmp_
 
     run = tmp_path / "preempted"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(train_cmd(tiny_cub_root, run), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    # The interrupted run uses loader workers, the reference does not: augmentation seeds are per image, so the
+    # result must not depend on it.
+    proc = subprocess.Popen(train_cmd(tiny_cub_root, run, workers=1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=env)
     deadline = time.time() + 240
     while not (run / "log.jsonl").is_file() and time.time() < deadline and proc.poll() is None:
@@ -49,7 +51,7 @@ def test_signal_mid_epoch_saves_requeues_and_resumes_exactly(tiny_cub_root, tmp_
     assert state["step"] > 0 and state["epoch"] < 3  # a mid-epoch position
     assert not (run / "results.json").exists()
 
-    resumed = subprocess.run(train_cmd(tiny_cub_root, run), capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(train_cmd(tiny_cub_root, run, workers=1), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resumed from" in resumed.stdout
     a, b = final_weights(reference), final_weights(run)
