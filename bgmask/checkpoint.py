@@ -46,14 +46,18 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable, or does not fit the model; the message says which file and why."""
+
+
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     """Load a checkpoint written by this project (trusted: it holds optimizer and RNG state, not only tensors)."""
     try:
         return torch.load(path, map_location=map_location, weights_only=False)
     except FileNotFoundError:
-        raise FileNotFoundError(f"checkpoint {path} does not exist") from None
+        raise CheckpointError(f"checkpoint {path} does not exist") from None
     except Exception as e:  # truncated or foreign file
-        raise RuntimeError(f"cannot read checkpoint {path} ({type(e).__name__}: {e}); it is corrupt or not a "
+        raise CheckpointError(f"cannot read checkpoint {path} ({type(e).__name__}: {e}); it is corrupt or not a "
                            f"checkpoint of this project. Delete it to start over.") from None
 
 

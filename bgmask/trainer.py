@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from bgmask import distributed
-from bgmask.checkpoint import CheckpointManager, load_checkpoint, rng_state, set_rng_state
+from bgmask.checkpoint import CheckpointError, CheckpointManager, load_checkpoint, rng_state, set_rng_state
 from bgmask.cli import UsageError, check_classifier_args
 from bgmask.data.cub import CUBDataset, DatasetError
 from bgmask.data.sampling import ResumableDistributedSampler, SeededAugmentation
@@ -268,6 +268,9 @@ def run(args: argparse.Namespace, strategy: Strategy) -> dict | None:
     if args.eval_only:
         path = Path(args.checkpoint) if args.checkpoint else ckpt.best_path if ckpt.best_path.is_file() \
             else ckpt.last_path
+        if not path.is_file():
+            raise UsageError(f"--eval_only found no checkpoint: neither {ckpt.best_path} nor {ckpt.last_path} "
+                             f"exists; pass --checkpoint FILE.")
         state = load_checkpoint(path)
         load_model_state(model, state["model"], path)
         metrics = run_eval(eval_sets)
@@ -288,7 +291,13 @@ def run(args: argparse.Namespace, strategy: Strategy) -> dict | None:
         start_epoch, best_top1, best_epoch = resumed["epoch"], resumed["best_top1"], resumed["best_epoch"]
         start_step = resumed.get("step", 0)  # optimizer steps already done in epoch start_epoch + 1
         history_best = resumed.get("best_metrics")
-        set_rng_state(resumed["rng"][info.rank] if isinstance(resumed["rng"], list) else resumed["rng"])
+        rng = resumed["rng"] if isinstance(resumed["rng"], list) else [resumed["rng"]]
+        if len(rng) == info.world_size:
+            set_rng_state(rng[info.rank])
+        elif info.is_main:
+            warnings.warn(f"{ckpt.last_path} was written by {len(rng)} process(es), this run has "
+                          f"{info.world_size}: training continues, but not bit-identically to an uninterrupted run.",
+                          stacklevel=2)
         if info.is_main:
             where = f" + {start_step} steps" if start_step else ""
             print(f"Resumed from {ckpt.last_path} after epoch {start_epoch}/{args.epochs}{where}", flush=True)
@@ -425,7 +434,7 @@ def main_guard(fn: Callable[[], object]) -> int:
     """Run an entry point, turning user errors into a one-paragraph message and exit code 2."""
     try:
         fn()
-    except (UsageError, DatasetError) as e:
+    except (UsageError, DatasetError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

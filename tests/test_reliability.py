@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -60,8 +61,10 @@ def test_corrupt_last_checkpoint_is_reported(tiny_cub_root, tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
     (run / "last.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(RuntimeError, match="last.pt .*corrupt or not a checkpoint"):
-        early_main(train_argv(tiny_cub_root, run))
+    assert early_main(train_argv(tiny_cub_root, run)) == 2
+    assert re.search("last.pt .*corrupt or not a checkpoint", capsys.readouterr().err)
+    assert early_main(train_argv(tiny_cub_root, tmp_path / "empty", "--eval_only")) == 2
+    assert "--eval_only found no checkpoint" in capsys.readouterr().err
 
 
 def test_unwritable_snapshot_dir(tiny_cub_root, tmp_path, capsys):
