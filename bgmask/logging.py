@@ -22,7 +22,7 @@ def write_json_atomic(obj, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
-def _wandb_mode() -> str:
+def wandb_mode() -> str:
     """'online' only when credentials exist; otherwise 'offline' so runs never block on the network."""
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"]
@@ -46,7 +46,7 @@ class RunLogger:
                 warnings.warn("--wandb given but wandb is not installed; logging to log.jsonl only.", stacklevel=2)
             else:
                 kwargs = dict(wandb_kwargs or {})
-                self.wandb_run = wandb.init(mode=_wandb_mode(), dir=str(run_dir), resume="allow", **kwargs)
+                self.wandb_run = wandb.init(mode=wandb_mode(), dir=str(run_dir), resume="allow", **kwargs)
 
     def log(self, record: dict, step: int | None = None) -> None:
         if not self.enabled:

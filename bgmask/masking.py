@@ -45,13 +45,16 @@ def atomic_write_image(image: Image.Image, path: str | os.PathLike, **save_kwarg
 
 
 def write_mask_and_masked_image(image: Image.Image, mask: np.ndarray, mask_path: Path, masked_path: Path,
-                                jpeg_quality: int = 95) -> None:
+                                jpeg_quality: int = 100) -> None:
     """Write a binary mask as a {0, 255} PNG and the early-masked image (background black).
 
     The masked image is written first and the mask last, so an existing mask marks a finished pair (resume).
+    The masked image keeps the ``.jpg`` name of the original (so the classifiers switch folders by name alone) and
+    is encoded at quality 100 without chroma subsampling: JPEG is lossy, and this keeps decoded background pixels
+    at (almost) exactly 0 — about 1% of them decode to small non-zero values, against 14% at quality 95 with 4:2:0.
     """
     masked = apply_mask(np.asarray(image.convert("RGB")), mask)
-    atomic_write_image(Image.fromarray(masked), masked_path, quality=jpeg_quality)
+    atomic_write_image(Image.fromarray(masked), masked_path, quality=jpeg_quality, subsampling=0)
     atomic_write_image(Image.fromarray(((mask > 0) * 255).astype(np.uint8)), mask_path)
 
 

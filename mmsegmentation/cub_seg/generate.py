@@ -1,0 +1,226 @@
+"""Write bird masks and early-masked images for a CUB root and its Waterbirds folder (resumable, shardable)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from bgmask.data.cub import CUBIndex, DatasetError, load_rgb, mask_path_for
+from bgmask.masking import MASK_FOLDERS, copy_metadata, write_gt_masked_folders, write_mask_and_masked_image
+from cub_seg.inference import Segmenter, TestResize, pad_batch
+
+PROVENANCE = ".provenance.json"  # in each mask folder: which segmenter wrote the masks (never mix two)
+_MAX_LISTED = 5
+
+
+@dataclass
+class FolderPlan:
+    """The work of one process on one image folder."""
+
+    image_dir: str  # relative to the CUB root, e.g. 'images'
+    mask_dir: str
+    masked_dir: str
+    todo: list[str] = field(default_factory=list)  # relative image paths still to write
+    done: int = 0  # this process's share already written (skipped)
+
+
+def shard_from_env() -> tuple[int, int]:
+    """(rank, world size) from torchrun's environment; (0, 1) for a plain ``python`` run."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def plan_folders(cub_root: Path, rank: int = 0, world_size: int = 1, overwrite: bool = False) -> list[FolderPlan]:
+    """List, per image folder present (``images/`` and the Waterbirds folder), the images this process must write.
+
+    Process ``rank`` takes every ``world_size``-th image. An image is finished when its mask exists (the mask is
+    written last) and its masked image exists; finished images are skipped unless ``overwrite``.
+    """
+    index = CUBIndex.load(cub_root)
+    plans = []
+    for image_dir, (mask_dir, masked_dir) in MASK_FOLDERS.items():
+        if not (cub_root / image_dir).is_dir():
+            if image_dir == "images":
+                raise DatasetError(f"{cub_root / 'images'} does not exist; is {cub_root} a CUB_200_2011 folder?")
+            continue
+        missing = [p for p in index.paths if not (cub_root / image_dir / p).is_file()]
+        if missing:
+            shown = ", ".join(missing[:_MAX_LISTED]) + (", ..." if len(missing) > _MAX_LISTED else "")
+            raise DatasetError(f"{len(missing)} images listed in images.txt are missing under "
+                               f"{cub_root / image_dir}: {shown}. Re-extract the dataset.")
+        plan = FolderPlan(image_dir, mask_dir, masked_dir)
+        for rel in index.paths[rank::world_size]:
+            finished = (cub_root / mask_dir / mask_path_for(rel)).is_file() and (cub_root / masked_dir / rel).is_file()
+            if finished and not overwrite:
+                plan.done += 1
+            else:
+                plan.todo.append(rel)
+        plans.append(plan)
+    return plans
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_provenance(cub_root: Path, plans: list[FolderPlan], source: dict, overwrite: bool, write: bool) -> None:
+    """Refuse to add masks of one segmenter to a folder holding another's; record the source for the next run.
+
+    Args:
+        source: what produces the masks, e.g. ``{'source': 'gt'}`` or the checkpoint's sha256.
+        write: record ``source`` in each mask folder (rank 0 only).
+    """
+    for plan in plans:
+        path = cub_root / plan.mask_dir / PROVENANCE
+        if path.is_file() and not overwrite:
+            previous = json.loads(path.read_text())
+            if previous != source:
+                raise DatasetError(f"{cub_root / plan.mask_dir} holds masks from {previous}, not from {source}. "
+                                   f"Pass --overwrite to regenerate every mask, or work on another copy of the "
+                                   f"dataset.")
+        elif not path.is_file() and plan.done and not overwrite:
+            warnings.warn(f"{cub_root / plan.mask_dir} already holds masks of unknown origin; they are kept "
+                          f"(--overwrite regenerates them).", stacklevel=2)
+        if write:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{PROVENANCE}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(source, indent=2) + "\n")
+            os.replace(tmp, path)
+
+
+class _DecodeDataset(torch.utils.data.Dataset):
+    """Decodes images (in DataLoader workers) and applies the segmenter's test resize."""
+
+    def __init__(self, image_root: Path, rel_paths: list[str], resize: TestResize):
+        self.image_root, self.rel_paths, self.resize = image_root, rel_paths, resize
+
+    def __len__(self) -> int:
+        return len(self.rel_paths)
+
+    def __getitem__(self, i: int):
+        rgb = np.array(load_rgb(self.image_root / self.rel_paths[i]))  # writable: torch.from_numpy needs it
+        return i, rgb, self.resize(rgb)
+
+
+def _keep_list(batch):
+    return batch
+
+
+def _init_decode_worker(_):
+    # OpenCV's own thread pool in every decoding process would oversubscribe the cores the model runs on.
+    import cv2
+
+    cv2.setNumThreads(0)
+
+
+def _order_by_shape(image_root: Path, rel_paths: list[str], resize: TestResize) -> list[str]:
+    """Sort images by their test-resized shape so a batch mostly holds one shape (little padding)."""
+    def key(rel):
+        with Image.open(image_root / rel) as img:  # header only
+            w, h = img.size
+        return resize.shape(h, w)
+    return sorted(rel_paths, key=lambda rel: (key(rel), rel))
+
+
+def predict_folder(segmenter: Segmenter, image_root: Path, rel_paths: list[str], batch_size: int = 16,
+                   num_workers: int = 0):
+    """Yield ``(rel_path, rgb_image, mask)`` for ``rel_paths``: masks {0, 1} uint8 at the image's resolution.
+
+    Args:
+        segmenter: the loaded segmenter.
+        image_root: folder the relative paths are under.
+        rel_paths: images to predict (any sizes; processed in batches of similar shape).
+        batch_size: images per forward pass.
+        num_workers: DataLoader processes decoding and resizing images (0: in this process).
+    """
+    if not rel_paths:
+        return
+    ordered = _order_by_shape(image_root, rel_paths, segmenter.resize)
+    dataset = _DecodeDataset(image_root, ordered, segmenter.resize)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                         collate_fn=_keep_list, pin_memory=segmenter.device.type == "cuda",
+                                         worker_init_fn=_init_decode_worker if num_workers else None)
+    for batch in loader:
+        idx, originals, resized = zip(*batch)
+        tensor, sizes = pad_batch(resized)
+        masks = segmenter.predict(tensor, sizes, [img.shape[:2] for img in originals])
+        for i, rgb, mask in zip(idx, originals, masks):
+            yield ordered[i], rgb, mask.cpu().numpy()
+
+
+def generate_predicted_masks(segmenter: Segmenter, cub_root: str | os.PathLike, source: dict, batch_size: int = 16,
+                             num_workers: int = 0, overwrite: bool = False, progress: bool = True,
+                             rank: int = 0, world_size: int = 1, num_writers: int = 2) -> dict:
+    """Predict a mask for every image of ``cub_root`` (and its Waterbirds folder) and write the mask folders.
+
+    Writes ``masks/`` ({0, 255} PNG) and ``images_masked/`` (background 0), and the Waterbirds equivalents
+    (:data:`bgmask.masking.MASK_FOLDERS`) at the images' relative paths. Files are written atomically, finished
+    images are skipped, and process ``rank`` of ``world_size`` handles every ``world_size``-th image.
+
+    Args:
+        segmenter: the loaded segmenter.
+        cub_root: the CUB_200_2011 folder.
+        source: provenance recorded in the mask folders (see :func:`check_provenance`).
+        batch_size: images per forward pass.
+        num_workers: image-decoding DataLoader processes.
+        overwrite: rewrite finished images and ignore a different provenance.
+        progress: show a progress bar (rank 0).
+        rank: this process's shard index.
+        world_size: number of shards.
+        num_writers: threads encoding and writing the outputs while the model runs.
+
+    Returns:
+        ``{image_dir: {'written': n, 'skipped': n}}`` for this process's share.
+    """
+    from tqdm import tqdm
+
+    cub_root = Path(cub_root)
+    plans = plan_folders(cub_root, rank, world_size, overwrite)
+    check_provenance(cub_root, plans, source, overwrite, write=rank == 0)
+    stats = {}
+    for plan in plans:
+        bar = tqdm(total=len(plan.todo), desc=f"masks -> {plan.masked_dir}", unit="img",
+                   disable=not progress or rank != 0)
+        pending: deque[Future] = deque()
+        with ThreadPoolExecutor(max_workers=num_writers) as writers:
+            for rel, rgb, mask in predict_folder(segmenter, cub_root / plan.image_dir, plan.todo, batch_size,
+                                                 num_workers):
+                pending.append(writers.submit(write_mask_and_masked_image, Image.fromarray(rgb), mask,
+                                              cub_root / plan.mask_dir / mask_path_for(rel),
+                                              cub_root / plan.masked_dir / rel))
+                while len(pending) > 4 * batch_size or (pending and pending[0].done()):
+                    pending.popleft().result()  # re-raises a failed write here
+                    bar.update()
+            while pending:
+                pending.popleft().result()
+                bar.update()
+        bar.close()
+        if rank == 0:
+            copy_metadata(cub_root / plan.image_dir, cub_root / plan.masked_dir)
+        stats[plan.image_dir] = dict(written=len(plan.todo), skipped=plan.done)
+    return stats
+
+
+def generate_gt_masks(cub_root: str | os.PathLike, overwrite: bool = False, progress: bool = True) -> dict:
+    """The oracle: CUB's own segmentations thresholded at > 0, written like predicted masks (single process)."""
+    cub_root = Path(cub_root)
+    if not (cub_root / "segmentations").is_dir():
+        raise DatasetError(f"{cub_root / 'segmentations'} does not exist; --gt needs CUB's segmentations "
+                           f"(segmentations.tgz, extracted into CUB_200_2011/).")
+    plans = plan_folders(cub_root, overwrite=overwrite)
+    check_provenance(cub_root, plans, {"source": "gt", "threshold": "> 0"}, overwrite, write=True)
+    written = write_gt_masked_folders(cub_root, progress=progress, overwrite=overwrite)
+    return {plan.image_dir: dict(written=written.get(plan.masked_dir, 0), skipped=plan.done) for plan in plans}

@@ -1,0 +1,90 @@
+"""Paper experiment scripts (dry run parses with the real parsers) and the SLURM preemption wrapper."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bgmask.cli import parse_with_config
+
+REPO = Path(__file__).resolve().parents[1]
+PAPER_SCRIPTS = sorted((REPO / "scripts/paper").glob("[!_]*.sh"))
+
+
+def load_module(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem + "_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def dry_run(script: Path, **env) -> list[list[str]]:
+    proc = subprocess.run(["bash", str(script), "--dry-run"], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "DATA_ROOT": "/data", "OUT": "/runs", **env}, check=True)
+    return [shlex.split(line) for line in proc.stdout.splitlines() if line.strip()]
+
+
+def script_and_args(cmd: list[str]) -> tuple[Path, list[str]]:
+    for i, token in enumerate(cmd):
+        if token.endswith(".py"):
+            return Path(token), cmd[i + 1:]
+    raise AssertionError(f"no python entry point in {cmd}")
+
+
+@pytest.mark.parametrize("script", PAPER_SCRIPTS, ids=lambda p: p.name)
+def test_every_printed_command_parses(script):
+    commands = dry_run(script)
+    assert commands, f"{script.name} printed nothing"
+    parsers = {}
+    for cmd in commands:
+        entry, argv = script_and_args(cmd)
+        assert entry.is_file(), entry
+        if entry.name == "train.py" and entry.parent.name in ("early_masking_and_baseline", "late_masking"):
+            module = parsers.setdefault(entry, load_module(entry))
+            args = parse_with_config(module.build_parser(), argv)
+            assert args.data_path == "/data/CUB_200_2011" and args.snapshot_dir.startswith("/runs/")
+        else:
+            module = parsers.setdefault(entry, load_module(entry))
+            module.build_parser().parse_args(argv)
+    names = [c[c.index("--snapshot_dir") + 1] for c in commands if "--snapshot_dir" in c]
+    assert len(names) == len(set(names)), "two runs would share a snapshot folder"
+
+
+def test_multinode_launcher_uses_c10d_rendezvous():
+    cmd = dry_run(REPO / "scripts/paper/frozen_grid.sh", NNODES="2", MASTER_ADDR="node001")[0]
+    assert cmd[:5] == ["torchrun", "--nnodes", "2", "--nproc_per_node", "4"]
+    assert "--rdzv_endpoint" in cmd and cmd[cmd.index("--rdzv_endpoint") + 1] == "node001:29500"
+
+
+def test_slurm_wrapper_forwards_the_signal_and_requeues(tmp_path):
+    """The batch shell gets SIGUSR1 (`--signal=B:USR1@...`), the step gets SIGTERM, exits 75, the job is requeued."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    log = tmp_path / "scontrol.log"
+    (fake_bin / "scontrol").write_text(f"#!/usr/bin/env bash\necho \"$@\" >> {log}\n")
+    (fake_bin / "scontrol").chmod(0o755)
+    step = ("import signal, sys, time\n"
+            "signal.signal(signal.SIGTERM, lambda *a: (print('saved', flush=True), sys.exit(75)))\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(60)\n")
+    script = tmp_path / "job.sh"
+    script.write_text(f"source {REPO}/scripts/slurm/_preemptible.sh\n"
+                      f"preemptible {sys.executable} -c {shlex.quote(step)}\n"
+                      "echo 'not reached'\n")
+    env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242"}
+    proc = subprocess.Popen(["bash", str(script)], stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGUSR1)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert "saved" in out and "not reached" not in out
+    assert log.read_text().split() == ["requeue", "4242"]
