@@ -18,7 +18,7 @@ class RunResult:
 
     run_dir: str
     model_arch: str
-    regime: str  # "frozen" or "fine-tuned"
+    regime: str  # "frozen", "fine-tuned" (pretrained weights) or "from scratch"
     head: str
     masking: str
     mask_source: str
@@ -35,6 +35,13 @@ class RunResult:
     @property
     def ood_gap(self) -> float | None:
         return None if self.wb_top1 is None else self.cub_top1 - self.wb_top1
+
+
+def _regime_of(args: dict) -> str:
+    if args.get("freeze_backbone"):
+        return "frozen"
+    pretrained = args.get("start_weights") == "DEFAULT" or args.get("pretrained_path")
+    return "fine-tuned" if pretrained else "from scratch"
 
 
 def _head_of(args: dict, results: dict) -> str:
@@ -62,7 +69,7 @@ def load_run(run_dir: str | os.PathLike) -> RunResult:
     wb = results.get("waterbirds") or {}
     return RunResult(
         run_dir=str(run_dir), model_arch=results["model_arch"],
-        regime="frozen" if args.get("freeze_backbone") else "fine-tuned", head=_head_of(args, results),
+        regime=_regime_of(args), head=_head_of(args, results),
         masking=results["masking"], mask_source=results.get("mask_source", "-"),
         cub_top1=results["cub_test"]["top1"], cub_images=results["cub_test"]["num_images"],
         wb_top1=wb.get("top1"), wb_images=wb.get("num_images", 0), wb_worst_group=wb.get("worst_group"))

@@ -86,7 +86,10 @@ for model in convnext vit; do
     case "$strategy" in
       baseline) cmd=("$PY" early_masking_and_baseline/train.py) ;;
       early) cmd=("$PY" early_masking_and_baseline/train.py --masking early) ;;
-      late) cmd=("$PY" late_masking/train.py --mask_source precomputed) ;;
+      late) cmd=("$PY" late_masking/train.py --mask_source precomputed)
+            # At 64 px ConvNeXt's last feature map is 2x2: too coarse to separate bird from background, so the
+            # ConvNeXt masks after the second-last stage (4x4). The ViT's 4x4 token grid is masked after the last block.
+            [[ "$model" == convnext ]] && cmd+=(--fm_second_last_block) ;;
     esac
     stage "${model}_${strategy}" "$run/results.json" "${cmd[@]}" "${COMMON[@]}" "${ARCH[@]}" --snapshot_dir "$run"
   done

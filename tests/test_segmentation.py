@@ -20,7 +20,7 @@ from PIL import Image
 pytest.importorskip("mmseg")
 
 from bgmask.data.cub import WATERBIRDS_SUB_PATH, CUBIndex, DatasetError, load_rgb, mask_path_for  # noqa: E402
-from bgmask.masking import MASK_FOLDERS, apply_mask, write_mask_and_masked_image  # noqa: E402
+from bgmask.masking import MASK_FOLDERS, MASKED_JPEG_OPTIONS, apply_mask  # noqa: E402
 
 pytestmark = [
     pytest.mark.mmseg,
@@ -338,7 +338,6 @@ def test_generated_masks_cover_every_image_at_original_size(generated, trained):
 
 def test_masked_images_are_zero_outside_and_unchanged_inside(generated):
     index = CUBIndex.load(generated)
-    quality = inspect.signature(write_mask_and_masked_image).parameters["jpeg_quality"].default
     for image_dir, (mask_dir, masked_dir) in MASK_FOLDERS.items():
         for rel in index.paths[:6]:
             image = np.asarray(load_rgb(generated / image_dir / rel))
@@ -347,7 +346,7 @@ def test_masked_images_are_zero_outside_and_unchanged_inside(generated):
             assert (masked[~mask] == 0).all() and (masked[mask] == image[mask]).all()
             # On disk the masked image is a JPEG (same name as the image): exactly the encoding of that array.
             buf = io.BytesIO()
-            Image.fromarray(masked).save(buf, format="JPEG", quality=quality)
+            Image.fromarray(masked).save(buf, format="JPEG", **MASKED_JPEG_OPTIONS)
             np.testing.assert_array_equal(np.asarray(load_rgb(generated / masked_dir / rel)),
                                           np.asarray(Image.open(buf).convert("RGB")))
 
