@@ -1,0 +1,1 @@
+"""CUB data layer: CUB-200-2011 and Waterbirds readers, the synthetic benchmark, transforms."""

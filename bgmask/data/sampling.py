@@ -1,0 +1,67 @@
+"""Deterministic data order and augmentation: per-(epoch, image) augmentation seeds and a resumable sampler.
+
+Together they make a run reproducible whatever the number of loader workers, and let a run interrupted in the
+middle of an epoch resume at the exact batch where it stopped with the exact same augmentations.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, DistributedSampler
+
+
+class SeededAugmentation(Dataset):
+    """Draw each item's random augmentation from its own seed ``(seed, epoch, index)``.
+
+    The caller's global RNG state (torch, numpy, python) is left untouched, so model-side randomness (drop-path,
+    mixup) follows its own stream.
+    """
+
+    def __init__(self, dataset, seed: int):
+        self.dataset = dataset
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getattr__(self, name):  # expose the wrapped dataset's attributes (labels, num_classes, ...)
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, i: int):
+        item_seed = int(np.random.SeedSequence([self.seed, self.epoch, int(i)]).generate_state(1)[0])
+        py_state, np_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(item_seed)
+            random.seed(item_seed)
+            np.random.seed(item_seed)
+            try:
+                return self.dataset[i]
+            finally:
+                random.setstate(py_state)
+                np.random.set_state(np_state)
+
+
+class ResumableDistributedSampler(DistributedSampler):
+    """A DistributedSampler that can skip the first ``start`` samples of this rank's share of the current epoch."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.start = 0
+
+    def set_start(self, start: int) -> None:
+        self.start = start
+
+    def __iter__(self):
+        return iter(list(super().__iter__())[self.start:])
+
+    def __len__(self) -> int:
+        return super().__len__() - self.start
