@@ -487,3 +487,36 @@ def test_mask_provider_follows_the_batch_to_cuda(trained):
     provider = SegmenterMaskProvider(TINY_CONFIG, trained)
     masks = provider(torch.zeros(2, 3, 64, 64, device="cuda"))
     assert masks.device.type == "cuda" and provider.segmenter.device.type == "cuda"
+
+
+def test_killed_generation_reruns_to_identical_outputs(generated, trained, tiny_cub_root, tmp_path):
+    """SIGKILL generate_masks.py part-way, check no truncated file exists, rerun: byte-identical to a full run."""
+    import time
+
+    root = tmp_path / "CUB_200_2011"
+    shutil.copytree(tiny_cub_root, root)
+    cmd = [sys.executable, str(SEG / "tools" / "generate_masks.py"), "--cub_root", str(root), "--config",
+           str(TINY_CONFIG), "--checkpoint", str(trained), "--batch_size", "1", "--num_workers", "0", "--device",
+           "cpu", "--no_progress"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    masks = root / MASK_FOLDERS["images"][0]
+    deadline = time.time() + 120
+    while proc.poll() is None and time.time() < deadline and len(list(masks.rglob("*.png"))) < 5:
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    written = [p for p in root.rglob("*") if p.is_file() and p.parent.name != "segmentations"]
+    for path in written:  # every file visible under its final name is complete
+        if path.suffix in (".png", ".jpg"):
+            with Image.open(path) as img:
+                img.load()
+    assert len(list(masks.rglob("*.png"))) < 24 or proc.returncode == 0  # killed part-way (or finished first)
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not [p for p in root.rglob("*") if p.name.endswith(".tmp")]
+    for folder in (*MASK_FOLDERS["images"], *MASK_FOLDERS[WATERBIRDS_SUB_PATH]):
+        expected = sorted(p.relative_to(generated) for p in (generated / folder).rglob("*") if p.is_file())
+        got = sorted(p.relative_to(root) for p in (root / folder).rglob("*") if p.is_file())
+        assert got == expected, folder
+        for rel in expected:
+            assert (root / rel).read_bytes() == (generated / rel).read_bytes(), rel
