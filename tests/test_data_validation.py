@@ -125,3 +125,10 @@ def test_waterbirds_with_missing_files_is_evaluated_on_what_is_there(tiny_cub_co
         partial = CUBDataset(tiny_cub_copy, "test", image_sub_path=folder.name, skip_missing=True)
     assert len(partial) == 10 and len(partial.places) == 10 and len(partial.skipped) == 2
     assert partial[0][1] == ds[1][1]  # labels stay aligned with the remaining images
+
+
+def test_zero_byte_mask_named_at_load(tiny_cub_copy):
+    ds = CUBDataset(tiny_cub_copy, "all", mask_sub_path="segmentations")
+    ds.mask_path(2).write_bytes(b"")
+    with pytest.raises(DatasetError, match=rf"Cannot decode mask .*{ds.mask_path(2).name}.*regenerate"):
+        ds[2]
