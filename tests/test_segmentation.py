@@ -520,3 +520,24 @@ def test_killed_generation_reruns_to_identical_outputs(generated, trained, tiny_
         assert got == expected, folder
         for rel in expected:
             assert (root / rel).read_bytes() == (generated / rel).read_bytes(), rel
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_late_masking_trains_with_the_online_segmenter(trained, tiny_cub_root, tmp_path, processes):
+    """--mask_source segmenter: a short run, single-process and under torchrun (DDP, gloo); nothing of the
+    segmenter in the classifier checkpoint."""
+    run = tmp_path / "late_seg"
+    argv = ["--data_path", str(tiny_cub_root), "--snapshot_dir", str(run), "--model_arch", "convnext_atto",
+            "--image_size", "32", "--batch_size", "4", "--num_workers", "0", "--epochs", "1", "--device", "cpu",
+            "--mask_source", "segmenter", "--seg_model_config_path", str(TINY_CONFIG),
+            "--seg_model_checkpoint_path", str(trained)]
+    launcher = [sys.executable] if processes == 1 else [sys.executable, "-m", "torch.distributed.run",
+                                                        "--standalone", "--nproc_per_node", str(processes)]
+    proc = subprocess.run([*launcher, str(REPO / "late_masking/train.py"), *argv], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((run / "results.json").read_text())
+    assert results["mask_source"] == "segmenter" and results["world_size"] == processes
+    assert results["cub_test"]["num_images"] == 12 and results["waterbirds"]["num_images"] == 12
+    state = torch.load(run / "last.pt", weights_only=False)
+    assert all(k.startswith("classifier.") for k in state["model"])
