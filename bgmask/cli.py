@@ -111,7 +111,8 @@ def classifier_parent() -> argparse.ArgumentParser:
     g.add_argument("--checkpoint", type=str, default=None, help="checkpoint for --eval_only")
     g.add_argument("--seed", type=int, default=42)
     g.add_argument("--device", type=str, default="auto", choices=["auto", "cuda", "cpu"])
-    g.add_argument("--log_interval", type=int, default=10, help="batches between progress-bar/wandb updates")
+    g.add_argument("--log_interval", type=int, default=10,
+                   help="accepted for upstream compatibility; metrics are logged once per epoch (log.jsonl, wandb)")
     g.add_argument("--max_train_batches", type=int, default=0, help="cap batches per epoch (smoke tests; 0: all)")
     _flag(g, "--wandb", "log to Weights & Biases (offline when no credentials are configured)")
     g.add_argument("--wandb_project", type=str, default="bgmask")

@@ -71,15 +71,13 @@ def _to_device(batch: Iterable, device: torch.device) -> list:
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, criterion: Callable,
                     device: torch.device, amp: AmpSettings, scaler: torch.amp.GradScaler | None = None,
                     batch_transform: Callable | None = None, grad_norm_clip: float = 0.0, max_batches: int = 0,
-                    progress: bool = True, desc: str = "train", on_step: Callable[[int, float], None] | None = None,
-                    should_stop: Callable[[], bool] | None = None) -> dict:
+                    progress: bool = True, desc: str = "train", should_stop: Callable[[], bool] | None = None) -> dict:
     """One pass over ``loader``.
 
     Args:
         batch_transform: ``(inputs, labels) -> (inputs, targets)`` applied on device (mixup/cutmix).
         grad_norm_clip: clip the global gradient norm to this value (0: off).
         max_batches: stop after this many batches (0: the whole loader).
-        on_step: called with ``(step, loss)`` after every optimizer step (logging).
         should_stop: polled after every step; when it returns True the epoch ends early (preemption).
 
     Returns:
@@ -123,8 +121,6 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         seen += n
         bar.update()
         bar.set_postfix(loss=f"{loss_value:.3f}")
-        if on_step is not None:
-            on_step(step, loss_value)
         if should_stop is not None and should_stop():
             completed = False
             break

@@ -56,11 +56,6 @@ class RunLogger:
         if self.wandb_run is not None:
             self.wandb_run.log(_flatten(record), step=step)
 
-    def log_step(self, record: dict, step: int) -> None:
-        """High-frequency metrics (per log_interval batches): wandb only."""
-        if self.enabled and self.wandb_run is not None:
-            self.wandb_run.log(record, step=step)
-
     def close(self) -> None:
         if self.wandb_run is not None:
             self.wandb_run.finish()
