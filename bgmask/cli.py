@@ -29,7 +29,7 @@ def str2bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean, got {value!r}")
 
 
-def _flag(group, name: str, help: str) -> None:
+def add_flag(group, name: str, help: str) -> None:
     """A boolean flag that also accepts an explicit value (``--flag``, ``--flag True``, ``--flag 0``)."""
     group.add_argument(name, type=str2bool, nargs="?", const=True, default=False, help=help)
 
@@ -62,9 +62,9 @@ def classifier_parent() -> argparse.ArgumentParser:
     g.add_argument("--start_weights", type=str, default=None,
                    help="DEFAULT loads timm's pretrained weights (hub); omit for random init")
     g.add_argument("--pretrained_path", type=str, default=None, help="local pretrained weights file (offline)")
-    _flag(g, "--freeze_backbone", "train the head only (linear probe)")
-    _flag(g, "--class_token_only", "ViT head on the CLS token only")
-    _flag(g, "--patch_tokens_only", "ViT head on the mean of the patch tokens only (GAP)")
+    add_flag(g, "--freeze_backbone", "train the head only (linear probe)")
+    add_flag(g, "--class_token_only", "ViT head on the CLS token only")
+    add_flag(g, "--patch_tokens_only", "ViT head on the mean of the patch tokens only (GAP)")
     g.add_argument("--drop_path", type=float, default=0.0)
 
     g = p.add_argument_group("optimisation")
@@ -82,7 +82,7 @@ def classifier_parent() -> argparse.ArgumentParser:
     g.add_argument("--scheduler_restart_epochs", type=int, default=0,
                    help="cycle length of cosine_warmup_restart (default: a third of the post-warm-up epochs)")
     g.add_argument("--grad_norm_clip", type=float, default=0.0, help="0 disables clipping")
-    _flag(g, "--use_amp", "mixed precision on CUDA (fp16 + GradScaler, or bf16 with --amp_dtype bfloat16)")
+    add_flag(g, "--use_amp", "mixed precision on CUDA (fp16 + GradScaler, or bf16 with --amp_dtype bfloat16)")
     g.add_argument("--amp_dtype", type=str, default="float16", choices=["float16", "bfloat16"])
     g.add_argument("--smoothing", type=float, default=0.1, help="label smoothing")
 
@@ -95,7 +95,7 @@ def classifier_parent() -> argparse.ArgumentParser:
     g.add_argument("--recount", type=int, default=1)
     g.add_argument("--train_interpolation", type=str, default="bicubic")
     g.add_argument("--crop_pct", type=float, default=0.875, help="eval: resize to size/crop_pct, center-crop size")
-    _flag(g, "--turn_on_mixup_or_cutmix", "enable mixup/cutmix")
+    add_flag(g, "--turn_on_mixup_or_cutmix", "enable mixup/cutmix")
     g.add_argument("--mixup", type=float, default=0.8)
     g.add_argument("--cutmix", type=float, default=1.0)
     g.add_argument("--mixup_prob", type=float, default=1.0)
@@ -106,15 +106,15 @@ def classifier_parent() -> argparse.ArgumentParser:
     g.add_argument("--snapshot_dir", type=str, default=None, help="run folder: checkpoints, logs, results.json")
     g.add_argument("--save_every_n_epochs", type=int, default=0, help="also keep epoch_N.pt every N epochs (0: off)")
     g.add_argument("--eval_every", type=int, default=1, help="evaluate every N epochs (and always at the end)")
-    _flag(g, "--resume_training", "resume from <snapshot_dir>/last.pt (always done when it exists)")
-    _flag(g, "--eval_only", "evaluate <snapshot_dir>/best.pt (or --checkpoint) and write results.json")
+    add_flag(g, "--resume_training", "resume from <snapshot_dir>/last.pt (always done when it exists)")
+    add_flag(g, "--eval_only", "evaluate <snapshot_dir>/best.pt (or --checkpoint) and write results.json")
     g.add_argument("--checkpoint", type=str, default=None, help="checkpoint for --eval_only")
     g.add_argument("--seed", type=int, default=42)
     g.add_argument("--device", type=str, default="auto", choices=["auto", "cuda", "cpu"])
     g.add_argument("--log_interval", type=int, default=10,
                    help="accepted for upstream compatibility; metrics are logged once per epoch (log.jsonl, wandb)")
     g.add_argument("--max_train_batches", type=int, default=0, help="cap batches per epoch (smoke tests; 0: all)")
-    _flag(g, "--wandb", "log to Weights & Biases (offline when no credentials are configured)")
+    add_flag(g, "--wandb", "log to Weights & Biases (offline when no credentials are configured)")
     g.add_argument("--wandb_project", type=str, default="bgmask")
     g.add_argument("--wandb_entity", type=str, default=None)
     g.add_argument("--job_type", type=str, default=None)

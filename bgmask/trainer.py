@@ -29,7 +29,12 @@ from bgmask.checkpoint import CheckpointError, CheckpointManager, load_checkpoin
 from bgmask.cli import UsageError, check_classifier_args
 from bgmask.data.cub import CUBDataset, DatasetError
 from bgmask.data.sampling import ResumableDistributedSampler, SeededAugmentation
-from bgmask.data.transforms import build_eval_transform, build_train_transform
+from bgmask.data.transforms import (
+    build_eval_transform,
+    build_joint_eval_transform,
+    build_joint_train_transform,
+    build_train_transform,
+)
 from bgmask.engine import AmpSettings, IndexedDataset, NonFiniteLossError, ShardSampler, evaluate, train_one_epoch
 from bgmask.logging import RunLogger, save_args, write_json_atomic
 from bgmask.models import ModelSpec, create_classifier, param_groups, vit_head_from_flags
@@ -102,20 +107,33 @@ def split_train_val(dataset: CUBDataset, fraction: float, seed: int):
     return Subset(dataset, sorted(train_idx)), Subset(dataset, sorted(val_idx))
 
 
-def image_folder_data(args, image_size: int, train_sub: str, test_sub: str, ood_sub: str | None) -> DataBundle:
-    """Datasets for strategies that only switch image folders (baseline: images, early masking: masked images)."""
-    eval_tf = build_eval_transform(image_size, args.crop_pct, args.train_interpolation)
-    train_tf = build_train_transform(image_size, args.augmentations_to_use, args.aa, args.color_jitter, args.reprob,
-                                     args.remode, args.recount, args.train_interpolation)
-    train = CUBDataset(args.data_path, "train", image_sub_path=train_sub, transform=train_tf)
+def image_folder_data(args, image_size: int, train_sub: str, test_sub: str, ood_sub: str | None,
+                      mask_subs: tuple[str, str, str] | None = None) -> DataBundle:
+    """The datasets of a run: train (+ validation part), CUB test and, when its folder exists, Waterbirds.
+
+    Args:
+        train_sub, test_sub, ood_sub: image folders (baseline: images; early masking: the masked folders).
+        mask_subs: optional mask folders for (train, test, ood); the items are then ``(image, mask, label)``,
+            transformed jointly (late masking with precomputed or ground-truth masks).
+    """
+    train_masks, test_masks, ood_masks = mask_subs or (None, None, None)
+    if mask_subs:
+        train_tf = build_joint_train_transform(image_size, args.augmentations_to_use, args.aa, args.color_jitter,
+                                               args.reprob, args.train_interpolation)
+        eval_tf = build_joint_eval_transform(image_size, args.crop_pct, args.train_interpolation)
+    else:
+        train_tf = build_train_transform(image_size, args.augmentations_to_use, args.aa, args.color_jitter,
+                                         args.reprob, args.remode, args.recount, args.train_interpolation)
+        eval_tf = build_eval_transform(image_size, args.crop_pct, args.train_interpolation)
+    train = CUBDataset(args.data_path, "train", train_sub, train_masks, transform=train_tf)
     train, val = split_train_val(train, args.train_split, args.seed)
     if val is not None:  # validation images use the eval transform
-        val = Subset(CUBDataset(args.data_path, "train", image_sub_path=train_sub, transform=eval_tf), val.indices)
-    cub_test = CUBDataset(args.data_path, "test", image_sub_path=test_sub, transform=eval_tf)
+        val = Subset(CUBDataset(args.data_path, "train", train_sub, train_masks, transform=eval_tf), val.indices)
+    cub_test = CUBDataset(args.data_path, "test", test_sub, test_masks, transform=eval_tf)
     waterbirds = None
     if ood_sub:
-        if (Path(args.data_path) / ood_sub).is_dir() or os.path.isabs(ood_sub) and os.path.isdir(ood_sub):
-            waterbirds = CUBDataset(args.data_path, "test", image_sub_path=ood_sub, transform=eval_tf,
+        if (Path(args.data_path) / ood_sub).is_dir():  # also true for an absolute ood_sub that exists
+            waterbirds = CUBDataset(args.data_path, "test", ood_sub, ood_masks, transform=eval_tf,
                                     skip_missing=True)
         else:
             warnings.warn(f"OOD folder {Path(args.data_path) / ood_sub} not found: Waterbirds evaluation is skipped. "

@@ -13,12 +13,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from bgmask.cli import UsageError, classifier_parent, parse_with_config
-from bgmask.data.cub import WATERBIRDS_SUB_PATH, CUBDataset
-from bgmask.data.transforms import build_joint_eval_transform, build_joint_train_transform
+from bgmask.cli import UsageError, add_flag, classifier_parent, parse_with_config
+from bgmask.data.cub import WATERBIRDS_SUB_PATH
 from bgmask.masking import MASK_FOLDERS
 from bgmask.mixup import MaskAwareMixup
-from bgmask.trainer import DataBundle, Strategy, image_folder_data, main_guard, run, split_train_val
+from bgmask.trainer import Strategy, image_folder_data, main_guard, run
 from late_masking.models import LateMaskedClassifier
 
 MASK_SOURCES = ("precomputed", "gt", "segmenter")
@@ -33,10 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="precomputed masks for the CUB images (same relative paths, .png)")
     g.add_argument("--ood_mask_sub_path", default=MASK_FOLDERS[WATERBIRDS_SUB_PATH][0],
                    help="precomputed masks for the Waterbirds images")
-    g.add_argument("--fm_second_last_block", type=lambda v: v.lower() in ("1", "true", "yes"), nargs="?",
-                   const=True, default=False, help="mask after the second-last stage/block")
-    g.add_argument("--masked_mean", type=lambda v: v.lower() in ("1", "true", "yes"), nargs="?", const=True,
-                   default=False, help="ViT: average foreground patch tokens only (default: all, zeros included)")
+    add_flag(g, "--fm_second_last_block", "mask after the second-last stage/block")
+    add_flag(g, "--masked_mean", "ViT: average foreground patch tokens only (default: all, zeros included)")
     g.add_argument("--seg_model_config_path", default=None, help="MMSeg config (--mask_source segmenter)")
     g.add_argument("--seg_model_checkpoint_path", default=None, help="MMSeg checkpoint (--mask_source segmenter)")
     return p
@@ -53,32 +50,12 @@ def check_late_args(args) -> None:
         raise UsageError("mixup/cutmix with masks supports --mixup_mode batch only.")
 
 
-def mask_data(args, image_size: int) -> DataBundle:
-    """Images with their masks, transformed jointly (precomputed or ground-truth masks)."""
-    gt = args.mask_source == "gt"
-    train_masks = test_masks = "segmentations" if gt else args.mask_sub_path
-    ood_masks = "segmentations" if gt else args.ood_mask_sub_path  # GT stays valid: Waterbirds keeps positions
-    train_tf = build_joint_train_transform(image_size, args.augmentations_to_use, args.aa, args.color_jitter,
-                                           args.reprob, args.train_interpolation)
-    eval_tf = build_joint_eval_transform(image_size, args.crop_pct, args.train_interpolation)
-    train = CUBDataset(args.data_path, "train", args.image_sub_path_train, train_masks, transform=train_tf)
-    train, val = split_train_val(train, args.train_split, args.seed)
-    if val is not None:
-        from torch.utils.data import Subset
-
-        val = Subset(CUBDataset(args.data_path, "train", args.image_sub_path_train, train_masks, transform=eval_tf),
-                     val.indices)
-    test = CUBDataset(args.data_path, "test", args.image_sub_path_test, test_masks, transform=eval_tf)
-    waterbirds = None
-    if (Path(args.data_path) / args.ood_image_sub_path).is_dir():
-        waterbirds = CUBDataset(args.data_path, "test", args.ood_image_sub_path, ood_masks, transform=eval_tf,
-                                skip_missing=True)
-    else:
-        import warnings
-
-        warnings.warn(f"OOD folder {args.ood_image_sub_path} not found under {args.data_path}: Waterbirds "
-                      f"evaluation is skipped.", stacklevel=2)
-    return DataBundle(train=train, cub_test=test, waterbirds=waterbirds, num_classes=test.num_classes, val=val)
+def mask_folders(args) -> tuple[str, str, str]:
+    """(train, test, Waterbirds) mask folders: predicted masks, or CUB's segmentations for ``gt`` (they stay valid
+    on Waterbirds, which keeps every bird at its CUB position)."""
+    if args.mask_source == "gt":
+        return "segmentations", "segmentations", "segmentations"
+    return args.mask_sub_path, args.mask_sub_path, args.ood_mask_sub_path
 
 
 def main(argv=None) -> int:
@@ -94,10 +71,10 @@ def main(argv=None) -> int:
                                     masked_mean=args.masked_mean, mask_provider=provider)
 
     def build_data(args, image_size):
-        if args.mask_source == "segmenter":
-            return image_folder_data(args, image_size, args.image_sub_path_train, args.image_sub_path_test,
-                                     args.ood_image_sub_path)
-        return mask_data(args, image_size)
+        # The online segmenter predicts masks from the batch itself; the other sources load them with the images.
+        masks = None if args.mask_source == "segmenter" else mask_folders(args)
+        return image_folder_data(args, image_size, args.image_sub_path_train, args.image_sub_path_test,
+                                 args.ood_image_sub_path, mask_subs=masks)
 
     def batch_transform(args, num_classes):
         if not args.turn_on_mixup_or_cutmix:

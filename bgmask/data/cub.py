@@ -146,18 +146,23 @@ def mask_path_for(image_rel_path: str) -> str:
     return str(Path(image_rel_path).with_suffix(".png"))
 
 
-def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Open an image as RGB (grayscale, palette and RGBA are converted); name the file if it cannot be decoded."""
+def _open_image(path: str | os.PathLike, mode: str, what: str, missing_hint: str) -> Image.Image:
+    """Decode ``path`` into ``mode``; a missing or undecodable file becomes a DatasetError naming it."""
     try:
         with Image.open(path) as img:
             img.load()
-            return img.convert("RGB")
+            return img.convert(mode)
     except FileNotFoundError:
-        raise DatasetError(f"Image file {path} is missing. It is listed in images.txt; re-extract the dataset or "
-                           f"regenerate the masked folder.") from None
+        raise DatasetError(f"{what.capitalize()} file {path} is missing. {missing_hint}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DatasetError(f"Cannot decode image {path} ({e}). The file is corrupt or truncated; re-extract or "
-                           f"regenerate it.") from None
+        raise DatasetError(f"Cannot decode {what} {path} ({e}). The file is empty, corrupt or truncated; "
+                           f"re-extract or regenerate it.") from None
+
+
+def load_rgb(path: str | os.PathLike) -> Image.Image:
+    """Open an image as RGB (grayscale, palette and RGBA are converted); name the file if it cannot be decoded."""
+    return _open_image(path, "RGB", "image", "It is listed in images.txt; re-extract the dataset or regenerate "
+                                             "the masked folder.")
 
 
 def load_mask(path: str | os.PathLike, size: tuple[int, int], threshold: int | None = 0) -> Image.Image:
@@ -168,16 +173,8 @@ def load_mask(path: str | os.PathLike, size: tuple[int, int], threshold: int | N
         size: (width, height) of the image it belongs to; a different size is an error.
         threshold: pixels ``> threshold`` become 1 and the rest 0; ``None`` keeps the soft 0..255 values.
     """
-    try:
-        with Image.open(path) as m:
-            m.load()
-            mask = m.convert("L")
-    except FileNotFoundError:
-        raise DatasetError(f"Mask file {path} is missing. Generate masks for every image (see "
-                           f"mmsegmentation/tools/generate_masks.py) or point the mask path at CUB's segmentations/.") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DatasetError(f"Cannot decode mask {path} ({e}). The file is empty, corrupt or truncated; regenerate "
-                           f"it.") from None
+    mask = _open_image(path, "L", "mask", "Generate masks for every image (see mmsegmentation/tools/"
+                                          "generate_masks.py) or point the mask path at CUB's segmentations/.")
     if mask.size != tuple(size):
         raise DatasetError(f"Mask {path} is {mask.size[0]}x{mask.size[1]} but its image is {size[0]}x{size[1]}. "
                            f"Masks must be at the original image resolution; regenerate them for this image folder.")
