@@ -9,10 +9,9 @@ from pathlib import Path
 import yaml
 
 from bgmask.data.cub import WATERBIRDS_SUB_PATH
-from bgmask.data.transforms import AUGMENTATIONS
-
-OPTIMIZERS = ("adamw", "adam", "sgd")
-SCHEDULERS = ("cosine", "cosine_with_warmup", "steplr", "linearlr", "cosine_warmup_restart")
+from bgmask.data.transforms import AUGMENTATIONS, INTERPOLATIONS
+from bgmask.models import WEIGHT_DECAY_RULES
+from bgmask.optim import OPTIMIZERS, SCHEDULERS
 
 
 class UsageError(ValueError):
@@ -74,13 +73,19 @@ def classifier_parent() -> argparse.ArgumentParser:
     g.add_argument("--scratch_lr_factor", type=float, default=1.0, help="head lr = lr x this")
     g.add_argument("--optimizer_type", type=str, default="adamw", choices=OPTIMIZERS)
     g.add_argument("--weight_decay", type=float, default=1e-2)
+    g.add_argument("--weight_decay_rule", type=str, default="all", choices=WEIGHT_DECAY_RULES,
+                   help="all: decay every parameter (upstream); timm: exempt biases, norms and the backbone's "
+                        "no_weight_decay() set (pos_embed, cls/register tokens), as timm and DeiT do")
     g.add_argument("--momentum", type=float, default=0.9)
     g.add_argument("--betas1", type=float, default=0.9)
     g.add_argument("--betas2", type=float, default=0.999)
-    g.add_argument("--scheduler_type", type=str, default="cosine", choices=SCHEDULERS)
+    g.add_argument("--scheduler_type", type=str, default="cosine", choices=SCHEDULERS,
+                   help="upstream's schedule names, built on timm schedulers (see docs/fidelity.md)")
     g.add_argument("--scheduler_warmup_epochs", type=int, default=0)
     g.add_argument("--scheduler_restart_epochs", type=int, default=0,
                    help="cycle length of cosine_warmup_restart (default: a third of the post-warm-up epochs)")
+    add_flag(g, "--sched_on_updates", "step the learning-rate schedule after every optimizer update instead of "
+                                      "once per epoch (upstream)")
     g.add_argument("--grad_norm_clip", type=float, default=0.0, help="0 disables clipping")
     add_flag(g, "--use_amp", "mixed precision on CUDA (fp16 + GradScaler, or bf16 with --amp_dtype bfloat16)")
     g.add_argument("--amp_dtype", type=str, default="float16", choices=["float16", "bfloat16"])
@@ -93,8 +98,14 @@ def classifier_parent() -> argparse.ArgumentParser:
     g.add_argument("--reprob", type=float, default=0.25, help="random erasing probability")
     g.add_argument("--remode", type=str, default="pixel")
     g.add_argument("--recount", type=int, default=1)
-    g.add_argument("--train_interpolation", type=str, default="bicubic")
-    g.add_argument("--crop_pct", type=float, default=0.875, help="eval: resize to size/crop_pct, center-crop size")
+    g.add_argument("--train_interpolation", type=str, default="bicubic", choices=INTERPOLATIONS,
+                   help="timm augmentation's resize and RandAugment interpolation ('random': bilinear or bicubic)")
+    g.add_argument("--crop_pct", type=float, default=1.0,
+                   help="eval: resize the short side to size/crop_pct, center-crop size. 1.0 (default) is upstream's "
+                        "Resize(S)+CenterCrop(S); 0.875 with --eval_interpolation bicubic is timm's ImageNet eval")
+    g.add_argument("--eval_interpolation", type=str, default="bilinear",
+                   choices=[i for i in INTERPOLATIONS if i != "random"],
+                   help="eval resize interpolation (default: bilinear, torchvision's and upstream's)")
     add_flag(g, "--turn_on_mixup_or_cutmix", "enable mixup/cutmix")
     g.add_argument("--mixup", type=float, default=0.8)
     g.add_argument("--cutmix", type=float, default=1.0)

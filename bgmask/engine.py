@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from timm.utils import NativeScaler, dispatch_clip_grad
 from torch import nn
 from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
@@ -69,16 +70,19 @@ def _to_device(batch: Iterable, device: torch.device) -> list:
 
 
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, criterion: Callable,
-                    device: torch.device, amp: AmpSettings, scaler: torch.amp.GradScaler | None = None,
+                    device: torch.device, amp: AmpSettings, scaler: NativeScaler | None = None,
                     batch_transform: Callable | None = None, grad_norm_clip: float = 0.0, max_batches: int = 0,
-                    progress: bool = True, desc: str = "train", should_stop: Callable[[], bool] | None = None) -> dict:
+                    progress: bool = True, desc: str = "train", should_stop: Callable[[], bool] | None = None,
+                    on_update: Callable[[], None] | None = None) -> dict:
     """One pass over ``loader``.
 
     Args:
+        scaler: timm's ``NativeScaler`` for fp16 AMP (scaled backward, unscale before clipping, step, update).
         batch_transform: ``(inputs, labels) -> (inputs, targets)`` applied on device (mixup/cutmix).
         grad_norm_clip: clip the global gradient norm to this value (0: off).
         max_batches: stop after this many batches (0: the whole loader).
         should_stop: polled after every step; when it returns True the epoch ends early (preemption).
+        on_update: called after every optimizer step (per-iteration learning-rate schedules).
 
     Returns:
         ``{"loss": mean loss over seen samples, "images": count, "steps": optimizer steps, "seconds": time,
@@ -104,17 +108,14 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
                                      f"--grad_norm_clip, or check the inputs. The last good checkpoint is kept.")
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
-            scaler.scale(loss).backward()
-            if grad_norm_clip:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), grad_norm_clip)
-            scaler.step(optimizer)
-            scaler.update()
+            scaler(loss, optimizer, clip_grad=grad_norm_clip or None, parameters=model.parameters())
         else:
             loss.backward()
             if grad_norm_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), grad_norm_clip)
+                dispatch_clip_grad(model.parameters(), grad_norm_clip)
             optimizer.step()
+        if on_update is not None:
+            on_update()
         n = labels.shape[0]
         steps += 1
         total_loss += loss_value * n

@@ -133,22 +133,46 @@ def create_classifier(spec: ModelSpec) -> Classifier:
                       freeze_backbone=spec.freeze_backbone)
 
 
-def param_groups(model: nn.Module, lr: float, weight_decay: float, scratch_lr_factor: float) -> list[dict]:
-    """Optimizer groups: pretrained parts at ``lr``, parts trained from scratch (``model.new_parameters()``: the
-    head, and e.g. late masking's extra LayerNorm) at ``lr * scratch_lr_factor``.
+WEIGHT_DECAY_RULES = ("all", "timm")
 
-    Biases and norm weights (1-D tensors) get no weight decay, as in timm/DeiT. Frozen parameters are left out.
+
+def param_groups(model: nn.Module, lr: float, weight_decay: float, scratch_lr_factor: float,
+                 weight_decay_rule: str = "all") -> list[dict]:
+    """Optimizer groups: pretrained parts at ``lr``, parts trained from scratch (``model.new_parameters()``: the
+    head, and e.g. late masking's extra LayerNorm) at ``lr * scratch_lr_factor``. Frozen parameters are left out.
+
+    timm's ``create_optimizer_v2`` builds weight-decay groups but has no notion of a scratch learning rate, so the
+    groups are built here and handed to it.
+
+    Args:
+        weight_decay_rule: ``all`` decays every parameter (upstream); ``timm`` exempts biases, 1-D tensors (norms)
+            and every name a submodule lists in ``no_weight_decay()`` (position embeddings, CLS and register tokens
+            of timm ViTs), as ``timm.optim.param_groups_weight_decay`` does.
     """
+    if weight_decay_rule not in WEIGHT_DECAY_RULES:
+        raise ValueError(f"weight_decay_rule must be one of {WEIGHT_DECAY_RULES}, got {weight_decay_rule!r}")
     new = {id(p) for p in model.new_parameters()} if hasattr(model, "new_parameters") else set()
+    exempt = no_weight_decay_names(model) if weight_decay_rule == "timm" else set()
     groups = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         part = "head" if id(p) in new else "backbone"
-        decay = "no_decay" if p.ndim <= 1 or name.endswith(".bias") else "decay"
+        decay = "decay" if weight_decay_rule == "all" or not (
+            p.ndim <= 1 or name.endswith(".bias") or name in exempt) else "no_decay"
         key = (part, decay)
         if key not in groups:
             groups[key] = {"params": [], "lr": lr * (scratch_lr_factor if part == "head" else 1.0),
                            "weight_decay": 0.0 if decay == "no_decay" else weight_decay, "name": f"{part}_{decay}"}
         groups[key]["params"].append(p)
     return list(groups.values())
+
+
+def no_weight_decay_names(model: nn.Module) -> set[str]:
+    """Full parameter names that submodules exempt from weight decay through timm's ``no_weight_decay()``."""
+    names = set()
+    for prefix, module in model.named_modules():
+        listed = getattr(module, "no_weight_decay", None)
+        if callable(listed):
+            names |= {f"{prefix}.{n}" if prefix else n for n in listed()}
+    return names

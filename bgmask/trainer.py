@@ -7,7 +7,6 @@ given as a :class:`Strategy`; everything else here is shared.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import random
 import sys
@@ -19,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.utils import NativeScaler
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
@@ -29,15 +28,12 @@ from bgmask.checkpoint import CheckpointError, CheckpointManager, load_checkpoin
 from bgmask.cli import UsageError, check_classifier_args
 from bgmask.data.cub import CUBDataset, DatasetError
 from bgmask.data.sampling import ResumableDistributedSampler, SeededAugmentation
-from bgmask.data.transforms import (
-    build_eval_transform,
-    build_joint_eval_transform,
-    build_joint_train_transform,
-    build_train_transform,
-)
+from bgmask.data.transforms import build_eval_transform, build_train_transform
 from bgmask.engine import AmpSettings, IndexedDataset, NonFiniteLossError, ShardSampler, evaluate, train_one_epoch
 from bgmask.logging import RunLogger, save_args, write_json_atomic
-from bgmask.models import ModelSpec, create_classifier, param_groups, vit_head_from_flags
+from bgmask.mixup import MaskMixup
+from bgmask.models import ModelSpec, create_classifier, vit_head_from_flags
+from bgmask.optim import OptimConfig, build_optimizer, build_scheduler, set_schedule_position
 from bgmask.preemption import REQUEUE_EXIT_CODE, PreemptionFlag
 
 
@@ -60,14 +56,12 @@ class Strategy:
         masking: label written to results.json ('none', 'early', 'late').
         build_data: ``(args, image_size) -> DataBundle``.
         build_model: ``(args, classifier) -> nn.Module`` wrapping the plain classifier (identity by default).
-        batch_transform: optional ``(args, num_classes) -> callable`` replacing the default mixup/cutmix.
         extra_results: merged into results.json (e.g. mask source).
     """
 
     masking: str
     build_data: Callable[[argparse.Namespace, int], DataBundle]
     build_model: Callable[[argparse.Namespace, nn.Module], nn.Module] = lambda args, model: model
-    batch_transform: Callable | None = None
     extra_results: dict = field(default_factory=dict)
 
 
@@ -117,14 +111,10 @@ def image_folder_data(args, image_size: int, train_sub: str, test_sub: str, ood_
             transformed jointly (late masking with precomputed or ground-truth masks).
     """
     train_masks, test_masks, ood_masks = mask_subs or (None, None, None)
-    if mask_subs:
-        train_tf = build_joint_train_transform(image_size, args.augmentations_to_use, args.aa, args.color_jitter,
-                                               args.reprob, args.train_interpolation)
-        eval_tf = build_joint_eval_transform(image_size, args.crop_pct, args.train_interpolation)
-    else:
-        train_tf = build_train_transform(image_size, args.augmentations_to_use, args.aa, args.color_jitter,
-                                         args.reprob, args.remode, args.recount, args.train_interpolation)
-        eval_tf = build_eval_transform(image_size, args.crop_pct, args.train_interpolation)
+    # One transform for every strategy: with masks it replays the image's draws on them (same image tensor).
+    train_tf = build_train_transform(image_size, args.augmentations_to_use, args.aa, args.color_jitter,
+                                     args.reprob, args.remode, args.recount, args.train_interpolation)
+    eval_tf = build_eval_transform(image_size, args.crop_pct, args.eval_interpolation)
     train = CUBDataset(args.data_path, "train", train_sub, train_masks, transform=train_tf)
     train, val = split_train_val(train, args.train_split, args.seed)
     if val is not None:  # validation images use the eval transform
@@ -146,42 +136,6 @@ def train_num_classes(ds) -> int:
     return (ds.dataset if isinstance(ds, Subset) else ds).num_classes
 
 
-def build_optimizer(args, model: nn.Module) -> torch.optim.Optimizer:
-    groups = param_groups(model, args.lr, args.weight_decay, args.scratch_lr_factor)
-    if not groups:
-        raise UsageError("the model has no trainable parameters")
-    if args.optimizer_type == "adamw":
-        return torch.optim.AdamW(groups, lr=args.lr, betas=(args.betas1, args.betas2))
-    if args.optimizer_type == "adam":
-        return torch.optim.Adam(groups, lr=args.lr, betas=(args.betas1, args.betas2))
-    return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum)
-
-
-def lr_factor(args, epoch: int) -> float:
-    """Multiplier of each group's base lr at ``epoch`` (0-based, stepped once per epoch as upstream)."""
-    floor = args.min_lr / args.lr if args.lr > 0 else 0.0
-    total, warm = args.epochs, args.scheduler_warmup_epochs
-
-    def cosine(t: float) -> float:
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(max(t, 0.0), 1.0)))
-
-    kind = args.scheduler_type
-    if kind == "cosine":
-        return cosine(epoch / total)
-    if kind in ("cosine_with_warmup", "cosine_warmup_restart") and epoch < warm:
-        return (epoch + 1) / (warm + 1)
-    if kind == "cosine_with_warmup":
-        return cosine((epoch - warm) / max(1, total - warm))
-    if kind == "cosine_warmup_restart":
-        cycle = args.scheduler_restart_epochs or max(1, (total - warm) // 3)
-        return cosine(((epoch - warm) % cycle) / cycle)
-    if kind == "steplr":
-        return 0.1 ** (epoch // max(1, total // 3))
-    if kind == "linearlr":
-        return 1 - (1 - floor) * epoch / max(1, total - 1)
-    raise UsageError(f"unknown --scheduler_type {kind}")
-
-
 def build_criterion(args, mixup_active: bool) -> nn.Module:
     if mixup_active:
         return SoftTargetCrossEntropy()  # mixup targets already carry the label smoothing
@@ -190,19 +144,13 @@ def build_criterion(args, mixup_active: bool) -> nn.Module:
     return nn.CrossEntropyLoss()
 
 
-def default_batch_transform(args, num_classes: int):
-    """timm mixup/cutmix on the image tensor, or None."""
+def build_mixup(args, num_classes: int) -> MaskMixup | None:
+    """timm mixup/cutmix (masks, when the batch has them, are mixed alike), or None."""
     if not args.turn_on_mixup_or_cutmix:
         return None
-    mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, prob=args.mixup_prob,
-                  switch_prob=args.mixup_switch_prob, mode=args.mixup_mode, label_smoothing=args.smoothing,
-                  num_classes=num_classes)
-
-    def apply(inputs, labels):
-        images, targets = mixup(inputs[0], labels)
-        return [images, *inputs[1:]], targets
-
-    return apply
+    return MaskMixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, prob=args.mixup_prob,
+                     switch_prob=args.mixup_switch_prob, mode=args.mixup_mode, label_smoothing=args.smoothing,
+                     num_classes=num_classes)
 
 
 def seed_everything(seed: int) -> None:
@@ -253,9 +201,12 @@ def run(args: argparse.Namespace, strategy: Strategy) -> dict | None:
 
     amp = AmpSettings(info.device.type, {"float16": torch.float16, "bfloat16": torch.bfloat16}[args.amp_dtype]
                       if args.use_amp else None)
-    scaler = torch.amp.GradScaler("cuda") if args.use_amp and args.amp_dtype == "float16" else None
-    optimizer = build_optimizer(args, model)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(args, e))
+    scaler = NativeScaler(info.device.type) if args.use_amp and args.amp_dtype == "float16" else None
+    optim_cfg = OptimConfig.from_args(args)
+    try:
+        optimizer = build_optimizer(model, optim_cfg)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     ckpt = CheckpointManager(snapshot_dir, args.save_every_n_epochs, enabled=info.is_main)
     # A private generator: creating a loader iterator must not consume the global RNG (exact resume).
     loader_kwargs = {"batch_size": args.batch_size, "num_workers": args.num_workers,
@@ -303,7 +254,6 @@ def run(args: argparse.Namespace, strategy: Strategy) -> dict | None:
     if resumed is not None:
         load_model_state(model, resumed["model"], ckpt.last_path)
         optimizer.load_state_dict(resumed["optimizer"])
-        scheduler.load_state_dict(resumed["scheduler"])
         if scaler is not None and resumed.get("scaler"):
             scaler.load_state_dict(resumed["scaler"])
         start_epoch, best_top1, best_epoch = resumed["epoch"], resumed["best_top1"], resumed["best_epoch"]
@@ -327,10 +277,19 @@ def run(args: argparse.Namespace, strategy: Strategy) -> dict | None:
     train_set = SeededAugmentation(data.train, args.seed)
     train_sampler = ResumableDistributedSampler(train_set, num_replicas=info.world_size, rank=info.rank,
                                                 shuffle=True, seed=args.seed, drop_last=False)
-    batch_transform = (strategy.batch_transform or default_batch_transform)(args, data.num_classes)
+    batch_transform = build_mixup(args, data.num_classes)
     train_loader = DataLoader(train_set, sampler=train_sampler, drop_last=batch_transform is not None
                               and len(data.train) // info.world_size >= args.batch_size, **loader_kwargs)
     criterion = build_criterion(args, batch_transform is not None)
+    updates_per_epoch = min(len(train_loader), args.max_train_batches or len(train_loader))
+    scheduler = build_scheduler(optimizer, optim_cfg, updates_per_epoch)
+    num_updates = start_epoch * updates_per_epoch + start_step
+    set_schedule_position(scheduler, start_epoch, num_updates)
+
+    def on_update():
+        nonlocal num_updates
+        num_updates += 1
+        scheduler.step_update(num_updates)
     logger = RunLogger(snapshot_dir, enabled=info.is_main, use_wandb=args.wandb,
                        wandb_kwargs={"project": args.wandb_project, "entity": args.wandb_entity,
                                      "group": args.group, "job_type": args.job_type, "config": vars(args),
@@ -347,7 +306,7 @@ def run(args: argparse.Namespace, strategy: Strategy) -> dict | None:
 
     def training_state(epoch_done: int, step: int, best_metrics) -> dict:
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                "scaler": scaler.state_dict() if scaler else None,
                 "epoch": epoch_done, "step": step, "best_top1": best_top1, "best_epoch": best_epoch,
                 "best_metrics": best_metrics, "rng": gather_rng_states(info), "args": vars(args),
                 "model_arch": args.model_arch, "num_classes": data.num_classes}
@@ -362,7 +321,7 @@ def run(args: argparse.Namespace, strategy: Strategy) -> dict | None:
             stats = train_one_epoch(ddp_model, train_loader, optimizer, criterion, info.device, amp, scaler,
                                     batch_transform, args.grad_norm_clip, max_batches,
                                     progress=info.is_main, desc=f"epoch {epoch + 1}/{args.epochs}",
-                                    should_stop=preemption.requested)
+                                    should_stop=preemption.requested, on_update=on_update)
         except NonFiniteLossError as e:
             logger.close()
             raise SystemExit(f"error: {e} ({ckpt.last_path} holds the last completed epoch)") from None
@@ -376,10 +335,10 @@ def run(args: argparse.Namespace, strategy: Strategy) -> dict | None:
             logger.close()
             distributed.cleanup()
             raise SystemExit(REQUEUE_EXIT_CODE)
-        scheduler.step()
         done = epoch + 1
         record = {"epoch": done, "train_loss": stats["loss"], "train_images_per_s": stats["images_per_s"],
                   "lr": optimizer.param_groups[0]["lr"], "time": time.time()}
+        scheduler.step(done)
         is_best = False
         if done % args.eval_every == 0 or done == args.epochs:
             sets = dict(eval_sets)

@@ -16,7 +16,6 @@ from pathlib import Path
 from bgmask.cli import UsageError, add_flag, classifier_parent, parse_with_config
 from bgmask.data.cub import WATERBIRDS_SUB_PATH
 from bgmask.masking import MASK_FOLDERS
-from bgmask.mixup import MaskAwareMixup
 from bgmask.trainer import Strategy, image_folder_data, main_guard, run
 from late_masking.models import LateMaskedClassifier
 
@@ -46,8 +45,11 @@ def check_late_args(args) -> None:
             if not value or not Path(value).is_file():
                 raise UsageError(f"--mask_source segmenter needs --{flag} pointing at an existing file "
                                  f"(got {value!r}).")
-    if args.turn_on_mixup_or_cutmix and args.mixup_mode != "batch" and args.mask_source != "segmenter":
-        raise UsageError("mixup/cutmix with masks supports --mixup_mode batch only.")
+    if args.class_token_only and not args.fm_second_last_block:
+        raise UsageError("--class_token_only with masking after the last block cannot differ from the baseline: the "
+                         "head reads the CLS token, which zeroing patch tokens after the last block never reaches. "
+                         "Add --fm_second_last_block (the last block then mixes the masked tokens into CLS), or use "
+                         "the default concat(CLS, mean) or --patch_tokens_only head.")
 
 
 def mask_folders(args) -> tuple[str, str, str]:
@@ -76,18 +78,7 @@ def main(argv=None) -> int:
         return image_folder_data(args, image_size, args.image_sub_path_train, args.image_sub_path_test,
                                  args.ood_image_sub_path, mask_subs=masks)
 
-    def batch_transform(args, num_classes):
-        if not args.turn_on_mixup_or_cutmix:
-            return None
-        if args.mask_source == "segmenter":  # masks are predicted from the mixed images themselves
-            from bgmask.trainer import default_batch_transform
-
-            return default_batch_transform(args, num_classes)
-        return MaskAwareMixup(args.mixup, args.cutmix, args.mixup_prob, args.mixup_switch_prob, args.smoothing,
-                              num_classes)
-
     strategy = Strategy(masking="late", build_data=build_data, build_model=build_model,
-                        batch_transform=batch_transform,
                         extra_results={"mask_source": args.mask_source,
                                        "variant": "second_last" if args.fm_second_last_block else "last",
                                        "masked_mean": args.masked_mean})

@@ -65,11 +65,42 @@ def test_freeze_backbone_trains_only_the_head_and_keeps_norm_stats():
 
 def test_param_groups_head_lr_factor():
     model = create_classifier(ModelSpec(arch="convnext_atto", num_classes=3))
-    groups = {g["name"]: g for g in param_groups(model, lr=1e-4, weight_decay=0.05, scratch_lr_factor=1000)}
+    groups = {g["name"]: g for g in param_groups(model, lr=1e-4, weight_decay=0.05, scratch_lr_factor=1000,
+                                                 weight_decay_rule="timm")}
     assert groups["head_decay"]["lr"] == pytest.approx(0.1) and groups["backbone_decay"]["lr"] == 1e-4
     assert groups["backbone_no_decay"]["weight_decay"] == 0.0
     n_params = sum(p.numel() for g in groups.values() for p in g["params"])
     assert n_params == sum(p.numel() for p in model.parameters())
+
+
+def decayed_names(model, rule):
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {names[id(p)] for g in param_groups(model, 1e-3, 0.05, 10.0, weight_decay_rule=rule)
+            if g["weight_decay"] > 0 for p in g["params"]}
+
+
+def test_upstream_weight_decay_rule_decays_every_parameter():
+    model = create_classifier(ModelSpec(arch=VIT, num_classes=3, image_size=28))
+    assert decayed_names(model, "all") == {n for n, _ in model.named_parameters()}
+
+
+def test_timm_weight_decay_rule_exempts_biases_norms_and_no_weight_decay_set():
+    import timm
+
+    model = create_classifier(ModelSpec(arch="vit_small_patch14_reg4_dinov2", num_classes=3, image_size=28))
+    decayed = decayed_names(model, "timm")
+    all_names = {n for n, _ in model.named_parameters()}
+    for name in ("backbone.pos_embed", "backbone.cls_token", "backbone.reg_token", "backbone.norm.weight",
+                 "backbone.blocks.0.attn.qkv.bias", "backbone.blocks.0.ls1.gamma", "head.bias"):
+        assert name in all_names and name not in decayed, name
+    for name in ("backbone.patch_embed.proj.weight", "backbone.blocks.0.attn.qkv.weight", "head.weight"):
+        assert name in decayed, name
+    # the same split as timm's own rule on the bare backbone
+    backbone = model.backbone
+    ours = {n.removeprefix("backbone.") for n in decayed if n.startswith("backbone.")}
+    theirs = timm.optim.param_groups_weight_decay(backbone, 0.05, no_weight_decay_list=backbone.no_weight_decay())
+    ids = {id(p) for g in theirs if g["weight_decay"] > 0 for p in g["params"]}
+    assert ours == {n for n, p in backbone.named_parameters() if id(p) in ids}
 
 
 @pytest.mark.parametrize("arch,size", [("convnext_atto", 64), (VIT, 28)])

@@ -1,17 +1,13 @@
-"""Late masking: feature zeroing, gradient blocking, head equivalence, joint transforms, mask mixup, training runs."""
+"""Late masking: feature zeroing, gradient blocking, head equivalence, training runs."""
 
 from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from bgmask.data.transforms import build_joint_eval_transform, build_joint_train_transform
 from bgmask.masking import mask_features, mask_to_feature_grid
-from bgmask.mixup import MaskAwareMixup
 from bgmask.models import ModelSpec, create_classifier
 from late_masking.models import LateMaskedClassifier
 
@@ -120,79 +116,6 @@ def test_online_mask_provider_is_frozen_and_not_saved():
     assert provider_net.weight.grad is None
     assert all(not k.startswith("mask_provider") for k in model.state_dict())
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in model.classifier.parameters())
-
-
-# --------------------------------------------------------------------------------------------- transforms
-def bird_image(size=(96, 80)):
-    """Red 'bird' rectangle (the mask) on a blue background."""
-    w, h = size
-    mask = np.zeros((h, w), np.uint8)
-    mask[20:60, 30:70] = 1
-    img = np.zeros((h, w, 3), np.uint8)
-    img[..., 2] = 255
-    img[mask == 1] = (255, 0, 0)
-    return Image.fromarray(img), Image.fromarray(mask)
-
-
-def redness(img_tensor):
-    mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
-    std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
-    rgb = img_tensor * std + mean
-    return rgb[0] - rgb[2]
-
-
-def test_joint_geometric_transforms_keep_image_and_mask_aligned():
-    image, mask = bird_image()
-    tf = build_joint_train_transform(48, aa="", color_jitter=0.0, reprob=0.0)
-    torch.manual_seed(0)
-    for _ in range(25):
-        img_t, mask_t = tf(image, mask)
-        assert img_t.shape == (3, 48, 48) and mask_t.shape == (48, 48) and mask_t.dtype == torch.uint8
-        r = redness(img_t)
-        # Away from the mask boundary (bicubic image vs nearest mask differ by up to half a source pixel, which a
-        # strong zoom stretches over several output pixels), red pixels are exactly the mask pixels.
-        m = mask_t[None, None].float()
-        near_edge = (torch.nn.functional.max_pool2d(m, 9, 1, 4) * torch.nn.functional.max_pool2d(1 - m, 9, 1, 4))[0, 0]
-        far = near_edge == 0
-        assert torch.equal((r[far] > 0), mask_t[far].bool())
-
-
-def test_joint_randaugment_moves_the_mask_with_the_image():
-    image, mask = bird_image()
-    tf = build_joint_train_transform(48, aa="rand-m9-mstd0.5-inc1", color_jitter=0.0, reprob=0.0)
-    torch.manual_seed(0)
-    agree = []
-    for _ in range(40):
-        img_t, mask_t = tf(image, mask)
-        r = redness(img_t)
-        if mask_t.any() and (~mask_t.bool()).any():
-            agree.append(float(r[mask_t.bool()].mean() > r[~mask_t.bool()].mean()))
-    assert np.mean(agree) > 0.85  # photometric ops (e.g. solarize) may invert colours; geometry never misaligns
-
-
-def test_joint_eval_transform_is_deterministic_center_crop():
-    image, mask = bird_image()
-    tf = build_joint_eval_transform(64, crop_pct=1.0)
-    a, b = tf(image, mask), tf(image, mask)
-    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and set(a[1].unique().tolist()) == {0, 1}
-
-
-def test_mask_aware_mixup_cutmix_pastes_same_box_and_mixup_takes_union():
-    images = torch.stack([torch.zeros(3, 16, 16), torch.ones(3, 16, 16)])
-    masks = torch.zeros(2, 16, 16, dtype=torch.uint8)
-    masks[0, :8] = 1
-    masks[1, 8:] = 1
-    labels = torch.tensor([0, 1])
-    np.random.seed(0)
-    cut = MaskAwareMixup(mixup_alpha=0.0, cutmix_alpha=1.0, label_smoothing=0.0, num_classes=2)
-    (img_c, mask_c), targets = cut([images, masks], labels)
-    pasted = img_c[0, 0] == 1  # where image 0 received image 1's pixels
-    assert pasted.any() and torch.equal(mask_c[0][pasted], masks[1][pasted])
-    assert torch.equal(mask_c[0][~pasted], masks[0][~pasted])
-    assert torch.allclose(targets.sum(1), torch.ones(2))
-    mix = MaskAwareMixup(mixup_alpha=0.8, cutmix_alpha=0.0, label_smoothing=0.0, num_classes=2)
-    (img_m, mask_m), _ = mix([images, masks], labels)
-    assert torch.equal(mask_m[0], masks[0] | masks[1]) and 0 < float(img_m[0, 0, 0, 0]) < 1
 
 
 # ------------------------------------------------------------------------------------------ training runs

@@ -8,6 +8,8 @@ for size in small base large; do
     name=vit_${size}_${head}
     classifier early_masking_and_baseline/train.py early_masking_and_baseline/configs/frozen_$name.yaml frozen_${name}_baseline
     classifier early_masking_and_baseline/train.py early_masking_and_baseline/configs/frozen_$name.yaml frozen_${name}_early --masking early
-    classifier late_masking/train.py late_masking/configs/frozen_$name.yaml frozen_${name}_late
+    # Masking after the last block cannot reach the CLS token: the CLS head is late-masked after the second-last.
+    late=$name; [ "$head" = cls ] && late=${name}_second_last
+    classifier late_masking/train.py late_masking/configs/frozen_$late.yaml frozen_${name}_late${late#"$name"}
   done
 done

@@ -1,0 +1,1 @@
+"""Baseline and early masking: classifiers trained on original or pre-masked images."""
