@@ -81,9 +81,14 @@ def classifier_parent() -> argparse.ArgumentParser:
     g.add_argument("--betas2", type=float, default=0.999)
     g.add_argument("--scheduler_type", type=str, default="cosine", choices=SCHEDULERS,
                    help="upstream's schedule names, built on timm schedulers (see docs/fidelity.md)")
-    g.add_argument("--scheduler_warmup_epochs", type=int, default=0)
-    g.add_argument("--scheduler_restart_epochs", type=int, default=0,
-                   help="cycle length of cosine_warmup_restart (default: a third of the post-warm-up epochs)")
+    g.add_argument("--scheduler_warmup_epochs", type=int, default=0,
+                   help="cosine_with_warmup: linear warm-up epochs; cosine_warmup_restart: the first cycle's length")
+    g.add_argument("--scheduler_start_factor", type=float, default=0.333, help="linearlr: lr factor at the start")
+    g.add_argument("--scheduler_end_factor", type=float, default=1.0, help="linearlr: lr factor at the end")
+    g.add_argument("--scheduler_restart_factor", type=int, default=2,
+                   help="cosine_warmup_restart: each cycle is this many times longer than the previous one")
+    g.add_argument("--scheduler_gamma", type=float, default=0.1, help="steplr: lr factor at each step")
+    g.add_argument("--scheduler_step_size", type=int, default=10, help="steplr: epochs between steps")
     add_flag(g, "--sched_on_updates", "step the learning-rate schedule after every optimizer update instead of "
                                       "once per epoch (upstream)")
     g.add_argument("--grad_norm_clip", type=float, default=0.0, help="0 disables clipping")
@@ -182,10 +187,15 @@ def check_classifier_args(args: argparse.Namespace, cuda_available: bool) -> Non
                       "set --drop_path 0.")
     if args.epochs < 1:
         errors.append(f"--epochs must be >= 1, got {args.epochs}.")
-    if args.scheduler_warmup_epochs >= args.epochs and args.scheduler_type in ("cosine_with_warmup",
-                                                                               "cosine_warmup_restart"):
+    if args.scheduler_warmup_epochs >= args.epochs and args.scheduler_type == "cosine_with_warmup":
         errors.append(f"--scheduler_warmup_epochs ({args.scheduler_warmup_epochs}) must be below --epochs "
                       f"({args.epochs}).")
+    if args.scheduler_type == "cosine_warmup_restart" and (args.scheduler_warmup_epochs < 1
+                                                           or args.scheduler_restart_factor < 1):
+        errors.append("cosine_warmup_restart takes its first cycle length from --scheduler_warmup_epochs (as "
+                      "upstream) and needs it >= 1, with --scheduler_restart_factor >= 1.")
+    if args.scheduler_type == "steplr" and args.scheduler_step_size < 1:
+        errors.append(f"--scheduler_step_size must be >= 1, got {args.scheduler_step_size}.")
     if args.min_lr > args.lr:
         errors.append(f"--min_lr ({args.min_lr}) is above --lr ({args.lr}).")
     if not 0 < args.train_split <= 1:

@@ -17,7 +17,7 @@ SCHEDULERS = ("cosine", "cosine_with_warmup", "steplr", "linearlr", "cosine_warm
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """What the optimiser and schedule need (the CLI's optimisation flags)."""
+    """What the optimiser and schedule need (the CLI's optimisation flags, upstream's names)."""
 
     optimizer: str = "adamw"
     lr: float = 1e-3
@@ -30,7 +30,11 @@ class OptimConfig:
     scheduler: str = "cosine"
     epochs: int = 90
     warmup_epochs: int = 0
-    restart_epochs: int = 0
+    start_factor: float = 0.333
+    end_factor: float = 1.0
+    restart_factor: int = 2
+    gamma: float = 0.1
+    step_size: int = 10
     on_updates: bool = False
 
     @classmethod
@@ -38,8 +42,9 @@ class OptimConfig:
         return cls(optimizer=args.optimizer_type, lr=args.lr, min_lr=args.min_lr, weight_decay=args.weight_decay,
                    weight_decay_rule=args.weight_decay_rule, momentum=args.momentum, betas=(args.betas1, args.betas2),
                    scratch_lr_factor=args.scratch_lr_factor, scheduler=args.scheduler_type, epochs=args.epochs,
-                   warmup_epochs=args.scheduler_warmup_epochs, restart_epochs=args.scheduler_restart_epochs,
-                   on_updates=args.sched_on_updates)
+                   warmup_epochs=args.scheduler_warmup_epochs, start_factor=args.scheduler_start_factor,
+                   end_factor=args.scheduler_end_factor, restart_factor=args.scheduler_restart_factor,
+                   gamma=args.scheduler_gamma, step_size=args.scheduler_step_size, on_updates=args.sched_on_updates)
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig):
@@ -53,29 +58,49 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig):
                                momentum=cfg.momentum, betas=cfg.betas)
 
 
-def build_scheduler(optimizer, cfg: OptimConfig, updates_per_epoch: int) -> Scheduler:
-    """A timm scheduler for one of upstream's schedule names (docs/fidelity.md has the exact mapping).
+class LinearFactorLRScheduler(Scheduler):
+    """``torch.optim.lr_scheduler.LinearLR`` on timm's scheduler base: each group's lr is its base lr times a factor
+    going linearly from ``start_factor`` to ``end_factor`` over ``t_total`` steps, then held.
 
-    Every schedule spans ``cfg.epochs`` in total, warm-up included. The warm-up is linear from ``min_lr``. Per-epoch
-    stepping is the default (as upstream); ``cfg.on_updates`` steps after every optimizer update instead.
-
-    Returns a scheduler driven by :func:`set_schedule_position`.
+    timm ships no linear schedule with per-group factors (its warm-up starts every group at one absolute lr), and
+    upstream's ``linearlr`` is this one; the timm base gives per-epoch or per-update stepping like the others.
     """
-    warmup = cfg.warmup_epochs if cfg.scheduler in ("cosine_with_warmup", "cosine_warmup_restart") else 0
-    common = {"warmup_epochs": warmup, "warmup_lr": cfg.min_lr, "warmup_prefix": True, "min_lr": cfg.min_lr,
-              "step_on_epochs": not cfg.on_updates, "updates_per_epoch": updates_per_epoch}
-    after_warmup = max(1, cfg.epochs - warmup)
-    if cfg.scheduler in ("cosine", "cosine_with_warmup"):
-        kwargs = {"sched": "cosine", "num_epochs": after_warmup}
+
+    def __init__(self, optimizer, t_total: int, start_factor: float, end_factor: float, t_in_epochs: bool = True):
+        super().__init__(optimizer, param_group_field="lr", t_in_epochs=t_in_epochs)
+        self.t_total, self.start_factor, self.end_factor = max(1, t_total), start_factor, end_factor
+        self.update_groups(self._get_lr(0))
+
+    def _get_lr(self, t: int) -> list[float]:
+        factor = self.start_factor + (self.end_factor - self.start_factor) * min(t, self.t_total) / self.t_total
+        return [base * factor for base in self.base_values]
+
+
+def build_scheduler(optimizer, cfg: OptimConfig, updates_per_epoch: int) -> Scheduler:
+    """A timm scheduler for one of upstream's schedule names (``docs/fidelity.md`` has the mapping).
+
+    ``cosine``: cosine from lr to ``min_lr`` over the epochs. ``cosine_with_warmup``: linear warm-up from 0 for
+    ``warmup_epochs``, then cosine to ``min_lr`` over the rest. ``cosine_warmup_restart``: cosine with warm restarts,
+    first cycle ``warmup_epochs`` long, each next one ``restart_factor`` times longer (upstream's use of the flag).
+    ``steplr``: lr x ``gamma`` every ``step_size`` epochs. ``linearlr``: lr x factor going linearly from
+    ``start_factor`` to ``end_factor`` over the epochs. Stepped once per epoch (upstream) unless ``cfg.on_updates``.
+    """
+    per_update = cfg.on_updates
+    unit = updates_per_epoch if per_update else 1
+    common = {"min_lr": cfg.min_lr, "step_on_epochs": not per_update, "updates_per_epoch": updates_per_epoch}
+    if cfg.scheduler == "cosine":
+        kwargs = {"sched": "cosine", "num_epochs": cfg.epochs}
+    elif cfg.scheduler == "cosine_with_warmup":
+        kwargs = {"sched": "cosine", "num_epochs": cfg.epochs - cfg.warmup_epochs, "warmup_epochs": cfg.warmup_epochs,
+                  "warmup_lr": 0.0, "warmup_prefix": True}
     elif cfg.scheduler == "cosine_warmup_restart":
-        cycle = cfg.restart_epochs or max(1, after_warmup // 3)
-        kwargs = {"sched": "cosine", "num_epochs": cycle, "cycle_limit": -(-after_warmup // cycle),
-                  "cycle_decay": 1.0}
+        kwargs = {"sched": "cosine", "num_epochs": cfg.warmup_epochs, "cycle_mul": cfg.restart_factor,
+                  "cycle_decay": 1.0, "cycle_limit": cfg.epochs + 1}
     elif cfg.scheduler == "steplr":
-        kwargs = {"sched": "step", "num_epochs": cfg.epochs, "decay_epochs": max(1, cfg.epochs // 3),
-                  "decay_rate": 0.1}
+        kwargs = {"sched": "step", "num_epochs": cfg.epochs, "decay_epochs": cfg.step_size, "decay_rate": cfg.gamma}
     elif cfg.scheduler == "linearlr":
-        kwargs = {"sched": "poly", "num_epochs": cfg.epochs, "decay_rate": 1.0}
+        return LinearFactorLRScheduler(optimizer, cfg.epochs * unit, cfg.start_factor, cfg.end_factor,
+                                       t_in_epochs=not per_update)
     else:
         raise ValueError(f"--scheduler_type must be one of {SCHEDULERS}, got {cfg.scheduler!r}")
     scheduler, _ = create_scheduler_v2(optimizer, **common, **kwargs)
@@ -83,9 +108,9 @@ def build_scheduler(optimizer, cfg: OptimConfig, updates_per_epoch: int) -> Sche
 
 
 def set_schedule_position(scheduler: Scheduler, epoch: int, updates: int) -> None:
-    """Set every group's lr for the position ``epoch`` (0-based, epochs done) / ``updates`` (optimizer steps done).
+    """Set every group's lr for ``epoch`` epochs / ``updates`` optimizer steps done (start, resume).
 
-    timm schedulers are stateless functions of that position, so resuming needs no scheduler state.
+    timm schedulers are functions of that position, so resuming needs no scheduler state.
     """
     scheduler.step(epoch)
     scheduler.step_update(updates)

@@ -228,3 +228,75 @@ def test_late_masking_refuses_a_cls_head_masked_after_the_last_block(tiny_cub_ro
             "vit_small_patch14_dinov2", "--class_token_only", "--mask_source", "gt"]
     assert late_main(argv) == 2
     assert "--fm_second_last_block" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+# ----------------------------------------------------------------------------------- optimiser and schedules
+def two_group_optimizer(lr=1e-2):
+    from bgmask.models import Classifier
+
+    torch.manual_seed(0)
+    backbone = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    backbone.num_features = 4
+    model = Classifier(backbone, num_classes=3)
+    from bgmask.optim import OptimConfig, build_optimizer
+
+    return build_optimizer(model, OptimConfig(lr=lr, scratch_lr_factor=10.0))
+
+
+def schedule(name, epochs=12, updates_per_epoch=1, on_updates=False, **kw):
+    """lr of both groups at the start of every epoch (and every update with on_updates)."""
+    from bgmask.optim import OptimConfig, build_scheduler, set_schedule_position
+
+    opt = two_group_optimizer()
+    cfg = OptimConfig(lr=1e-2, min_lr=1e-4, scratch_lr_factor=10.0, scheduler=name, epochs=epochs,
+                      on_updates=on_updates, **kw)
+    sched = build_scheduler(opt, cfg, updates_per_epoch)
+    lrs, updates = [], 0
+    for epoch in range(epochs):
+        set_schedule_position(sched, epoch, updates)
+        for _ in range(updates_per_epoch):
+            lrs.append([g["lr"] for g in opt.param_groups])
+            updates += 1
+            sched.step_update(updates)
+        sched.step(epoch + 1)
+    return np.array(lrs)
+
+
+def torch_schedule(make, epochs=12):
+    opt = two_group_optimizer()
+    sched = make(opt)
+    lrs = []
+    for _ in range(epochs):
+        lrs.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        sched.step()
+    return np.array(lrs)
+
+
+@pytest.mark.parametrize("name,kw,make", [
+    ("cosine", {}, lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=12, eta_min=1e-4)),
+    ("steplr", {"step_size": 5, "gamma": 0.5}, lambda o: torch.optim.lr_scheduler.StepLR(o, 5, gamma=0.5)),
+    ("linearlr", {"start_factor": 0.333, "end_factor": 1.0},
+     lambda o: torch.optim.lr_scheduler.LinearLR(o, start_factor=0.333, end_factor=1.0, total_iters=12)),
+    ("cosine_warmup_restart", {"warmup_epochs": 2, "restart_factor": 2},
+     lambda o: torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(o, T_0=2, T_mult=2, eta_min=1e-4)),
+])
+def test_upstream_schedule_names_give_upstreams_lr_per_epoch(name, kw, make):
+    ours = schedule(name, **kw)
+    np.testing.assert_allclose(ours, torch_schedule(make), rtol=1e-6, atol=1e-12)  # both groups (head at lr x 10)
+    assert ours[0, 1] == pytest.approx(10 * ours[0, 0])
+
+
+def test_cosine_with_warmup_rises_linearly_from_zero_then_follows_the_cosine():
+    lrs = schedule("cosine_with_warmup", warmup_epochs=3)[:, 0]
+    np.testing.assert_allclose(lrs[:3], [0.0, 1e-2 / 3, 2e-2 / 3], rtol=1e-9, atol=1e-15)
+    cos = [1e-4 + 0.5 * (1e-2 - 1e-4) * (1 + np.cos(np.pi * (e - 3) / 9)) for e in range(3, 12)]
+    np.testing.assert_allclose(lrs[3:], cos, rtol=1e-9)
+
+
+def test_per_update_stepping_changes_the_lr_inside_an_epoch():
+    per_epoch = schedule("cosine", epochs=3, updates_per_epoch=4)[:, 0]
+    per_update = schedule("cosine", epochs=3, updates_per_epoch=4, on_updates=True)[:, 0]
+    assert len(set(per_epoch[:4])) == 1 and len(set(per_update[:4])) == 4
+    np.testing.assert_allclose(per_update[::4], per_epoch[::4], rtol=1e-9)  # same at epoch boundaries
+    assert np.all(np.diff(per_update) < 0)
