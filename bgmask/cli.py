@@ -114,6 +114,8 @@ def classifier_parent() -> argparse.ArgumentParser:
     add_flag(g, "--turn_on_mixup_or_cutmix", "enable mixup/cutmix")
     g.add_argument("--mixup", type=float, default=0.8)
     g.add_argument("--cutmix", type=float, default=1.0)
+    g.add_argument("--cutmix_minmax", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
+                   help="cutmix box ratio range; overrides --cutmix alpha (timm)")
     g.add_argument("--mixup_prob", type=float, default=1.0)
     g.add_argument("--mixup_switch_prob", type=float, default=0.5)
     g.add_argument("--mixup_mode", type=str, default="batch", choices=["batch", "pair", "elem"])

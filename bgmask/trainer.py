@@ -148,9 +148,9 @@ def build_mixup(args, num_classes: int) -> MaskMixup | None:
     """timm mixup/cutmix (masks, when the batch has them, are mixed alike), or None."""
     if not args.turn_on_mixup_or_cutmix:
         return None
-    return MaskMixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, prob=args.mixup_prob,
-                     switch_prob=args.mixup_switch_prob, mode=args.mixup_mode, label_smoothing=args.smoothing,
-                     num_classes=num_classes)
+    return MaskMixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
+                     prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
+                     label_smoothing=args.smoothing, num_classes=num_classes)
 
 
 def seed_everything(seed: int) -> None:

@@ -46,19 +46,38 @@ class LateMaskedClassifier(nn.Module):
             if second_last and not hasattr(backbone, "stages"):
                 raise ValueError(f"{type(backbone).__name__} has no .stages; the second-last-stage variant needs a "
                                  f"staged CNN such as ConvNeXt.")
+        if second_last and classifier.freeze_backbone:  # upstream trains what runs on the masked features
+            for p in self._after_mask_parameters():
+                p.requires_grad_(True)
 
     @property
     def head(self) -> nn.Module:
         return self.classifier.head
 
+    def _after_mask_modules(self) -> list[nn.Module]:
+        """What runs on the masked features in the second-last variant: the last stage/block and the final norm."""
+        if not self.second_last:
+            return []
+        backbone = self.classifier.backbone
+        if self.classifier.is_vit:
+            return [backbone.blocks[-1], backbone.norm]
+        return [backbone.stages[-1], *([backbone.norm_pre] if hasattr(backbone, "norm_pre") else [])]
+
+    def _after_mask_parameters(self) -> list[nn.Parameter]:
+        return [p for m in self._after_mask_modules() for p in m.parameters()]
+
     def new_parameters(self) -> list[nn.Parameter]:
-        """Trained from scratch: the head and, for the ViT second-last variant, the LayerNorm before masking."""
+        """Trained at the scratch learning rate: the head; in the second-last variant also what runs on the masked
+        features (the last stage/block and the final norm, which upstream trains at the head's rate and unfreezes
+        even with a frozen backbone) and, for ViTs, the new LayerNorm before masking."""
         extra = list(self.pre_mask_norm.parameters()) if self.pre_mask_norm is not None else []
-        return self.classifier.new_parameters() + extra
+        return self.classifier.new_parameters() + self._after_mask_parameters() + extra
 
     def train(self, mode: bool = True):
         super().train(mode)
-        self.classifier.train(mode)  # keeps a frozen backbone in eval mode
+        self.classifier.train(mode)  # keeps a frozen backbone in eval mode...
+        for module in self._after_mask_modules():  # ...except the part that learns on masked features
+            module.train(mode)
         return self
 
     def forward(self, images: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:

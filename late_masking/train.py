@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ood_mask_sub_path", default=MASK_FOLDERS[WATERBIRDS_SUB_PATH][0],
                    help="precomputed masks for the Waterbirds images")
     add_flag(g, "--fm_second_last_block", "mask after the second-last stage/block")
+    add_flag(g, "--feature_masking_last_layer", "upstream's ConvNeXt switch to mask after the last stage; that is "
+                                                "the default here (upstream's ConvNeXt default was the second-last)")
     add_flag(g, "--masked_mean", "ViT: average foreground patch tokens only (default: all, zeros included)")
     g.add_argument("--seg_model_config_path", default=None, help="MMSeg config (--mask_source segmenter)")
     g.add_argument("--seg_model_checkpoint_path", default=None, help="MMSeg checkpoint (--mask_source segmenter)")
@@ -45,6 +47,9 @@ def check_late_args(args) -> None:
             if not value or not Path(value).is_file():
                 raise UsageError(f"--mask_source segmenter needs --{flag} pointing at an existing file "
                                  f"(got {value!r}).")
+    if args.feature_masking_last_layer and args.fm_second_last_block:
+        raise UsageError("--feature_masking_last_layer (mask after the last stage) contradicts --fm_second_last_block; "
+                         "pick one.")
     if args.class_token_only and not args.fm_second_last_block:
         raise UsageError("--class_token_only with masking after the last block cannot differ from the baseline: the "
                          "head reads the CLS token, which zeroing patch tokens after the last block never reaches. "

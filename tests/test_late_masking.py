@@ -159,5 +159,25 @@ def test_param_groups_give_scratch_lr_to_head_and_new_layernorm():
     model = LateMaskedClassifier(classifier(VIT), second_last=True)
     groups = param_groups(model, lr=1e-4, weight_decay=0.05, scratch_lr_factor=100)
     scratch = {id(p) for g in groups if g["lr"] == pytest.approx(1e-2) for p in g["params"]}
-    expected = {id(p) for p in [*model.head.parameters(), *model.pre_mask_norm.parameters()]}
+    backbone = model.classifier.backbone
+    expected = {id(p) for p in [*model.head.parameters(), *model.pre_mask_norm.parameters(),
+                                *backbone.blocks[-1].parameters(), *backbone.norm.parameters()]}
     assert scratch == expected
+
+
+@pytest.mark.parametrize("arch", ["convnext_atto", VIT])
+def test_second_last_variant_trains_what_runs_on_masked_features_even_when_frozen(arch):
+    """As upstream: with a frozen backbone, the last stage/block and the final norm still learn."""
+    torch.manual_seed(0)
+    size = 28 if arch == VIT else None
+    clf = create_classifier(ModelSpec(arch=arch, num_classes=5, image_size=size, freeze_backbone=True))
+    model = LateMaskedClassifier(clf, second_last=True)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    last = "classifier.backbone.blocks.11." if arch == VIT else "classifier.backbone.stages.3."
+    assert any(n.startswith(last) for n in trainable)
+    assert not any(n.startswith("classifier.backbone.blocks.10.") or n.startswith("classifier.backbone.stages.2.")
+                   for n in trainable)
+    model.train()
+    assert not model.classifier.backbone.patch_embed.training if arch == VIT else \
+        not model.classifier.backbone.stem.training
+    assert (model.classifier.backbone.blocks[-1] if arch == VIT else model.classifier.backbone.stages[-1]).training
