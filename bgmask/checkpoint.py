@@ -61,6 +61,14 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
                            f"checkpoint of this project. Delete it to start over.") from None
 
 
+RESUME_ONLY_KEYS = ("optimizer", "scaler", "rng", "step")
+
+
+def weights_only(state: dict) -> dict:
+    """A checkpoint without what only resuming needs (optimiser and scaler state, RNG, mid-epoch position)."""
+    return {k: v for k, v in state.items() if k not in RESUME_ONLY_KEYS}
+
+
 class CheckpointManager:
     """Owns ``snapshot_dir``: ``last.pt`` every epoch, ``best.pt`` on improvement, ``epoch_N.pt`` periodically."""
 
@@ -78,12 +86,16 @@ class CheckpointManager:
         return self.dir / "best.pt"
 
     def save(self, state: dict, epoch: int, is_best: bool) -> None:
-        """Save the end-of-``epoch`` state (epochs are 1-based: ``epoch`` epochs are complete)."""
+        """Save the end-of-``epoch`` state (epochs are 1-based: ``epoch`` epochs are complete).
+
+        ``last.pt`` (and ``epoch_N.pt``) hold the full resume state; ``best.pt`` holds the weights and metadata
+        only (no optimiser state, which doubles a fine-tuned ViT-L checkpoint): it is for evaluation, never resumed.
+        """
         if not self.enabled:
             return
         atomic_torch_save(state, self.last_path)
         if is_best:
-            atomic_torch_save(state, self.best_path)
+            atomic_torch_save(weights_only(state), self.best_path)
         if self.save_every_n_epochs and epoch % self.save_every_n_epochs == 0:
             atomic_torch_save(state, self.dir / f"epoch_{epoch}.pt")
 

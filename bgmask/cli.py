@@ -45,7 +45,9 @@ def classifier_parent() -> argparse.ArgumentParser:
     g.add_argument("--image_sub_path_train", type=str, default="images", help="training image folder under data_path")
     g.add_argument("--image_sub_path_test", type=str, default="images", help="CUB test image folder under data_path")
     g.add_argument("--ood_image_sub_path", type=str, default=WATERBIRDS_SUB_PATH,
-                   help="Waterbirds (OOD) image folder under data_path; evaluation is skipped with a warning if absent")
+                   help="Waterbirds (OOD) image folder under data_path")
+    add_flag(g, "--skip_ood_eval", "train and test without the Waterbirds evaluation (recorded in results.json); "
+                                   "without it a missing Waterbirds folder stops the run before training")
     g.add_argument("--train_split", type=float, default=1.0,
                    help="fraction of the CUB train split used for training; the rest is the validation set")
     g.add_argument("--eval_mode", type=str, default="test", choices=["test", "val"],

@@ -21,6 +21,9 @@ MASK_FOLDERS = {
 }
 
 
+# In each mask folder: which segmenter (or the ground truth) wrote its masks, so two sources are never mixed.
+PROVENANCE_FILE = ".provenance.json"
+
 # JPEG settings of the early-masked images (see write_mask_and_masked_image).
 MASKED_JPEG_OPTIONS = {"quality": 100, "subsampling": 0}
 

@@ -26,13 +26,13 @@ from torch.utils.data import DataLoader, Subset
 from bgmask import distributed
 from bgmask.checkpoint import CheckpointError, CheckpointManager, load_checkpoint, rng_state, set_rng_state
 from bgmask.cli import UsageError, check_classifier_args
-from bgmask.data.cub import CUBDataset, DatasetError
+from bgmask.data.cub import WATERBIRDS_SUB_PATH, CUBDataset, DatasetError, missing_folder_hint
 from bgmask.data.sampling import ResumableDistributedSampler, SeededAugmentation
 from bgmask.data.transforms import build_eval_transform, build_train_transform
 from bgmask.engine import AmpSettings, IndexedDataset, NonFiniteLossError, ShardSampler, evaluate, train_one_epoch
 from bgmask.logging import RunLogger, save_args, write_json_atomic
 from bgmask.mixup import MaskMixup
-from bgmask.models import ModelSpec, create_classifier, vit_head_from_flags
+from bgmask.models import ModelSpec, WeightsError, create_classifier, vit_head_from_flags
 from bgmask.optim import OptimConfig, build_optimizer, build_scheduler, set_schedule_position
 from bgmask.preemption import REQUEUE_EXIT_CODE, PreemptionFlag
 
@@ -120,16 +120,40 @@ def image_folder_data(args, image_size: int, train_sub: str, test_sub: str, ood_
     if val is not None:  # validation images use the eval transform
         val = Subset(CUBDataset(args.data_path, "train", train_sub, train_masks, transform=eval_tf), val.indices)
     cub_test = CUBDataset(args.data_path, "test", test_sub, test_masks, transform=eval_tf)
-    waterbirds = None
-    if ood_sub:
-        if (Path(args.data_path) / ood_sub).is_dir():  # also true for an absolute ood_sub that exists
-            waterbirds = CUBDataset(args.data_path, "test", ood_sub, ood_masks, transform=eval_tf,
-                                    skip_missing=True)
-        else:
-            warnings.warn(f"OOD folder {Path(args.data_path) / ood_sub} not found: Waterbirds evaluation is skipped. "
-                          f"Place {ood_sub}/ inside the CUB root to enable it.", stacklevel=2)
+    waterbirds = waterbirds_data(args, ood_sub, ood_masks, eval_tf)
     return DataBundle(train=train, cub_test=cub_test, waterbirds=waterbirds, num_classes=train_num_classes(train),
                       val=val)
+
+
+def waterbirds_data(args, ood_sub: str | None, ood_masks: str | None, eval_tf) -> CUBDataset | None:
+    """The Waterbirds (OOD) test set, or None only when ``--skip_ood_eval`` asks for it.
+
+    A missing folder stops the run before training, saying what supplies it. Without ``metadata.csv`` in the folder
+    (a masked copy made before Waterbirds' metadata was there), the original release's file is used; without any,
+    the run warns and results.json says that group metrics are absent.
+    """
+    if args.skip_ood_eval or not ood_sub:
+        warnings.warn("Waterbirds (OOD) evaluation is skipped (--skip_ood_eval); results.json records it.",
+                      stacklevel=2)
+        return None
+    root = Path(args.data_path)
+    ood_dir = root / ood_sub  # also right for an absolute ood_sub
+    if not ood_dir.is_dir():
+        original = root / WATERBIRDS_SUB_PATH
+        found = f" The original Waterbirds folder {original} is there, but this run evaluates on {ood_sub}/." \
+            if ood_dir != original and original.is_dir() else ""
+        raise DatasetError(f"The Waterbirds folder {ood_dir} does not exist.{found} "
+                           f"{missing_folder_hint(root, ood_sub)} Or pass --skip_ood_eval to train without the "
+                           f"Waterbirds evaluation (recorded in results.json).")
+    metadata = ood_dir / "metadata.csv"
+    if not metadata.is_file() and (root / WATERBIRDS_SUB_PATH / "metadata.csv").is_file():
+        metadata = root / WATERBIRDS_SUB_PATH / "metadata.csv"
+    if not metadata.is_file():
+        warnings.warn(f"{ood_dir / 'metadata.csv'} is missing: Waterbirds top-1 is computed, but not the per-place "
+                      f"and (y, place) group metrics. Copy metadata.csv from the {WATERBIRDS_SUB_PATH} release "
+                      f"into {ood_dir}/.", stacklevel=2)
+    return CUBDataset(root, "test", ood_sub, ood_masks, transform=eval_tf, skip_missing=True,
+                      metadata_csv=metadata if metadata.is_file() else None)
 
 
 def train_num_classes(ds) -> int:
@@ -191,6 +215,10 @@ def run(args: argparse.Namespace, strategy: Strategy) -> dict | None:
     image_size = resolve_image_size(args)
     data = strategy.build_data(args, image_size)
     classifier = create_classifier(model_spec(args, data.num_classes))
+    weights = classifier.backbone.weights_source
+    if info.is_main:
+        print(f"weights: {weights['source']}" + (f" ({weights['location']})" if weights["location"] else "")
+              + (f", resampled: {weights['resampled']}" if weights["resampled"] else ""), flush=True)
     model = strategy.build_model(args, classifier).to(info.device)
     if info.distributed and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -220,6 +248,7 @@ def run(args: argparse.Namespace, strategy: Strategy) -> dict | None:
     eval_sets = {"cub_test": data.cub_test}
     if data.waterbirds is not None:
         eval_sets["waterbirds"] = data.waterbirds
+    ood_note = {} if data.waterbirds is not None else {"waterbirds": {"skipped": "--skip_ood_eval"}}
 
     def run_eval(sets: dict) -> dict:
         out = {}
@@ -229,10 +258,13 @@ def run(args: argparse.Namespace, strategy: Strategy) -> dict | None:
                                  progress=info.is_main, desc=f"eval {name}")
             if getattr(ds, "skipped", None):
                 out[name]["skipped_missing_files"] = len(ds.skipped)
+            if name == "waterbirds" and ds.places is None:
+                out[name]["group_metrics"] = f"absent: no metadata.csv in {ds.image_root} or the Waterbirds release"
         return out
 
     results_base = {"model_arch": args.model_arch, "masking": strategy.masking, "image_size": image_size,
-                    "num_classes": data.num_classes, "world_size": info.world_size, **strategy.extra_results}
+                    "num_classes": data.num_classes, "world_size": info.world_size, "weights": weights, **ood_note,
+                    **strategy.extra_results}
 
     if args.eval_only:
         path = Path(args.checkpoint) if args.checkpoint else ckpt.best_path if ckpt.best_path.is_file() \
@@ -250,6 +282,8 @@ def run(args: argparse.Namespace, strategy: Strategy) -> dict | None:
         return results if info.is_main else None
 
     start_epoch, start_step, best_top1, best_epoch, history_best = 0, 0, -1.0, 0, None
+    if info.is_main:
+        check_same_run(args, snapshot_dir)
     resumed = ckpt.resume_state()
     if resumed is not None:
         load_model_state(model, resumed["model"], ckpt.last_path)
@@ -372,6 +406,39 @@ def run(args: argparse.Namespace, strategy: Strategy) -> dict | None:
     return results if info.is_main else None
 
 
+# Flags that change how a run is executed or logged, not what it computes.
+RUN_ONLY_FLAGS = frozenset({"config", "snapshot_dir", "num_workers", "device", "resume_training", "eval_only",
+                            "checkpoint", "save_every_n_epochs", "log_interval", "wandb", "wandb_project",
+                            "wandb_entity", "job_type", "group"})
+
+
+def check_same_run(args, snapshot_dir: Path) -> None:
+    """Refuse to continue a run in ``snapshot_dir`` that was started with other settings (it would silently resume
+    or overwrite it). Only flags that change the result count; a flag unknown to the older run is not compared."""
+    previous_args = snapshot_dir / "args.yaml"
+    started = (snapshot_dir / "last.pt").is_file() or (snapshot_dir / "results.json").is_file()
+    if not (started and previous_args.is_file()):
+        return
+    import yaml
+
+    try:
+        previous = yaml.safe_load(previous_args.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UsageError(f"{previous_args} is unreadable ({e}); it describes the run in {snapshot_dir}. Delete the "
+                         f"folder to start over, or use another --snapshot_dir.") from None
+    current = vars(args)
+    changed = [f"--{k} {previous[k]!r} -> {current[k]!r}" for k in sorted(set(previous) & set(current) - RUN_ONLY_FLAGS)
+               if _normalise(previous[k]) != _normalise(current[k])]
+    if changed:
+        raise UsageError(f"--snapshot_dir {snapshot_dir} holds a run started with other settings, which this run "
+                         f"would resume or overwrite:\n    " + "\n    ".join(changed) + "\n  Use a new --snapshot_dir, "
+                         f"or delete {snapshot_dir} to start over. (Same settings resume the run.)")
+
+
+def _normalise(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
 def _brief(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if k in ("top1", "num_images", "worst_group", "per_place")}
 
@@ -411,7 +478,7 @@ def main_guard(fn: Callable[[], object]) -> int:
     """Run an entry point, turning user errors into a one-paragraph message and exit code 2."""
     try:
         fn()
-    except (UsageError, DatasetError, CheckpointError) as e:
+    except (UsageError, DatasetError, CheckpointError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

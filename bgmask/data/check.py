@@ -3,15 +3,32 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections import Counter
 from pathlib import Path
 
-from bgmask.data.cub import WATERBIRDS_SUB_PATH, CUBDataset, CUBIndex, DatasetError, mask_path_for
+from bgmask.data.cub import (
+    WATERBIRDS_SUB_PATH,
+    CUBDataset,
+    CUBIndex,
+    DatasetError,
+    mask_path_for,
+    missing_folder_hint,
+)
+from bgmask.masking import PROVENANCE_FILE
 
-# Image folders the pipeline may write next to images/ (see mmsegmentation/tools/generate_masks.py).
-OPTIONAL_IMAGE_FOLDERS = ("images_masked", WATERBIRDS_SUB_PATH, f"{WATERBIRDS_SUB_PATH}_masked")
-OPTIONAL_MASK_FOLDERS = ("segmentations", "masks", f"{WATERBIRDS_SUB_PATH}_masks")
+# Optional parts of the tree and what needs them (masked folders: see mmsegmentation/tools/generate_masks.py).
+OPTIONAL_MASK_FOLDERS = {
+    "segmentations": "segmentation data preparation, generate_masks.py --gt and late masking --mask_source gt",
+    "masks": "late masking --mask_source precomputed",
+    f"{WATERBIRDS_SUB_PATH}_masks": "late masking's Waterbirds evaluation with precomputed masks",
+}
+OPTIONAL_IMAGE_FOLDERS = {
+    WATERBIRDS_SUB_PATH: "every run's Waterbirds (OOD) evaluation",
+    "images_masked": "early masking",
+    f"{WATERBIRDS_SUB_PATH}_masked": "early masking's Waterbirds evaluation",
+}
 
 
 def find_cub_root(path: Path) -> Path:
@@ -32,26 +49,49 @@ def summarize(root: Path, sample_decode: int = 20) -> list[str]:
         sizes[ds[i][0].size] += 1  # decodes a sample to catch corrupt files early
     lines.append(f"  images/: all {len(ds)} files present; decoded {sum(sizes.values())} samples, sizes "
                  + ", ".join(f"{w}x{h}" for w, h in sorted(sizes)))
-    for folder in OPTIONAL_MASK_FOLDERS:
+    lines += optional_parts(root, index)
+    return lines
+
+
+def optional_parts(root: Path, index: CUBIndex) -> list[str]:
+    """One line per optional part: present (complete or not, with provenance) or absent with what supplies it."""
+    lines = []
+    for folder, needed_by in OPTIONAL_MASK_FOLDERS.items():
         if (root / folder).is_dir():
             missing = [p for p in index.paths if not (root / folder / mask_path_for(p)).is_file()]
             status = "complete" if not missing else f"MISSING {len(missing)} (e.g. {missing[0]})"
-            lines.append(f"  {folder}/: masks {status}")
-    for folder in OPTIONAL_IMAGE_FOLDERS:
-        if (root / folder).is_dir():
-            try:
-                sub = CUBDataset(root, "test", image_sub_path=folder)
-            except DatasetError as e:
-                lines.append(f"  {folder}/: PROBLEM: {e}")
-                continue
+            lines.append(f"  {folder}/: masks {status}{_provenance(root / folder)}")
+        else:
+            lines.append(f"  {folder}/: absent (needed by {needed_by}). {missing_folder_hint(root, folder)}")
+    for folder, needed_by in OPTIONAL_IMAGE_FOLDERS.items():
+        if not (root / folder).is_dir():
+            lines.append(f"  {folder}/: absent (needed by {needed_by}). {missing_folder_hint(root, folder)}")
+            continue
+        try:
+            sub = CUBDataset(root, "test", image_sub_path=folder)
+        except DatasetError as e:
+            lines.append(f"  {folder}/: PROBLEM: {e}")
+            continue
+        if sub.places is not None:
+            counts = Counter(sub.places.tolist())
+            extra = ", metadata.csv OK, test places " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+        elif folder.startswith(WATERBIRDS_SUB_PATH):
+            extra = (f", NO metadata.csv (group metrics will be absent; it ships with the {WATERBIRDS_SUB_PATH} "
+                     f"release)")
+        else:
             extra = ""
-            if sub.places is not None:
-                counts = Counter(sub.places.tolist())
-                extra = ", test places " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
-            lines.append(f"  {folder}/: all {len(sub)} test images present{extra}")
-    if not (root / WATERBIRDS_SUB_PATH).is_dir():
-        lines.append(f"  {WATERBIRDS_SUB_PATH}/: absent (OOD evaluation will be skipped)")
+        lines.append(f"  {folder}/: all {len(sub)} test images present{extra}")
     return lines
+
+
+def _provenance(folder: Path) -> str:
+    record = folder / PROVENANCE_FILE
+    if not record.is_file():
+        return ", provenance unknown (no " + PROVENANCE_FILE + ")"
+    try:
+        return f", from {json.loads(record.read_text())}"
+    except json.JSONDecodeError:
+        return f", provenance unreadable ({record})"
 
 
 def main(argv=None) -> int:

@@ -141,6 +141,29 @@ class CUBIndex:
         return np.flatnonzero(self.is_train if split == "train" else ~self.is_train)
 
 
+GENERATE_MASKS_COMMAND = ("python mmsegmentation/tools/generate_masks.py --cub_root {root} --config SEG_CONFIG "
+                          "--checkpoint SEG_CHECKPOINT   (or --gt for CUB's own segmentations)")
+
+
+def missing_folder_hint(root: Path, sub_path: str) -> str:
+    """How to obtain a missing folder ``root/sub_path`` of the CUB tree (what supplies it, or where it was misplaced)."""
+    name = Path(sub_path).name
+    beside = root.parent / name
+    if beside.is_dir() and beside != root / sub_path:
+        return f"It was found next to the CUB root at {beside}; move it inside: mv {beside} {root}/"
+    if name == "segmentations":
+        return (f"CUB's segmentations ship separately as segmentations.tgz (CUB-200-2011 download page); extract "
+                f"it inside {root}/ so that {root}/segmentations/001.Black_footed_Albatross/... exists.")
+    if name == WATERBIRDS_SUB_PATH:
+        return (f"Download waterbird_complete95_forest2water2.tar.gz (the Waterbirds release) and extract it inside "
+                f"{root}/.")
+    if name in ("images_masked", "masks") or name.startswith(WATERBIRDS_SUB_PATH):
+        return ("The segmentation step writes it (masks/, images_masked/ and their Waterbirds twins): "
+                + GENERATE_MASKS_COMMAND.format(root=root)
+                + (f". Waterbirds must be inside {root}/ first." if name.startswith(WATERBIRDS_SUB_PATH) else "."))
+    return f"Check the sub-path ({sub_path!r}) relative to {root}."
+
+
 def mask_path_for(image_rel_path: str) -> str:
     """Relative path of the mask of an image: same folder and stem, ``.png`` suffix (CUB ``segmentations/``)."""
     return str(Path(image_rel_path).with_suffix(".png"))
@@ -231,6 +254,7 @@ class CUBDataset:
         mask_threshold: binarise masks at ``> threshold`` (CUB convention: 0); ``None`` keeps soft masks.
         with_metadata: join ``metadata.csv`` of the image folder (Waterbirds) for per-place/group metrics; ``None``
             joins it when the file exists.
+        metadata_csv: read the metadata from this file instead of the image folder's.
         validate_files: check up front that every image (and mask) file exists.
         skip_missing: with ``validate_files``, drop images whose files are missing (with a warning giving the count
             and the first few) instead of failing. For evaluation-only sets (Waterbirds), never for training.
@@ -238,7 +262,8 @@ class CUBDataset:
 
     def __init__(self, root: str | os.PathLike, split: str = "train", image_sub_path: str = "images",
                  mask_sub_path: str | None = None, transform: Callable | None = None, mask_threshold: int | None = 0,
-                 with_metadata: bool | None = None, validate_files: bool = True, skip_missing: bool = False):
+                 with_metadata: bool | None = None, validate_files: bool = True, skip_missing: bool = False,
+                 metadata_csv: str | os.PathLike | None = None):
         self.index = CUBIndex.load(root)
         self.root = self.index.root
         self.split = split
@@ -256,7 +281,7 @@ class CUBDataset:
             if self.mask_root is not None:
                 self._check_files(self.mask_root, [mask_path_for(p) for p in self.paths], "mask", skip_missing)
         self.places = self.waterbird_y = None
-        metadata_csv = self.image_root / "metadata.csv"
+        metadata_csv = Path(metadata_csv) if metadata_csv else self.image_root / "metadata.csv"
         if with_metadata or (with_metadata is None and metadata_csv.is_file()):
             if not metadata_csv.is_file():
                 raise DatasetError(f"{metadata_csv} is missing; Waterbirds metrics need the metadata.csv that ships "
@@ -271,8 +296,7 @@ class CUBDataset:
         path = Path(sub_path)
         path = path if path.is_absolute() else self.root / path
         if not path.is_dir():
-            raise DatasetError(f"The {what} {path} does not exist. Check the sub-path ({sub_path!r}) relative to "
-                               f"{self.root}; masked folders are written by mmsegmentation/tools/generate_masks.py.")
+            raise DatasetError(f"The {what} {path} does not exist. {missing_folder_hint(self.root, sub_path)}")
         return path
 
     def _check_files(self, folder: Path, rel_paths: list[str], what: str, skip_missing: bool) -> None:

@@ -16,10 +16,15 @@ import torch
 from PIL import Image
 
 from bgmask.data.cub import CUBIndex, DatasetError, load_rgb, mask_path_for
-from bgmask.masking import MASK_FOLDERS, copy_metadata, write_gt_masked_folders, write_mask_and_masked_image
+from bgmask.masking import (
+    MASK_FOLDERS,
+    PROVENANCE_FILE,
+    copy_metadata,
+    write_gt_masked_folders,
+    write_mask_and_masked_image,
+)
 from cub_seg.inference import Segmenter, TestResize, pad_batch
 
-PROVENANCE = ".provenance.json"  # in each mask folder: which segmenter wrote the masks (never mix two)
 _MAX_LISTED = 5
 
 
@@ -84,7 +89,7 @@ def check_provenance(cub_root: Path, plans: list[FolderPlan], source: dict, over
         write: record ``source`` in each mask folder (rank 0 only).
     """
     for plan in plans:
-        path = cub_root / plan.mask_dir / PROVENANCE
+        path = cub_root / plan.mask_dir / PROVENANCE_FILE
         if path.is_file() and not overwrite:
             previous = json.loads(path.read_text())
             if previous != source:
@@ -96,7 +101,7 @@ def check_provenance(cub_root: Path, plans: list[FolderPlan], source: dict, over
                           f"(--overwrite regenerates them).", stacklevel=2)
         if write:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{PROVENANCE}.{os.getpid()}.tmp")
+            tmp = path.with_name(f"{PROVENANCE_FILE}.{os.getpid()}.tmp")
             tmp.write_text(json.dumps(source, indent=2) + "\n")
             os.replace(tmp, path)
 
