@@ -101,6 +101,10 @@ class Classifier(nn.Module):
         return self.head(self.pool(self.features(x)))
 
 
+class ModelError(ValueError):
+    """The model asked for does not exist or cannot take the given options; says what to use instead."""
+
+
 class WeightsError(RuntimeError):
     """Pretrained weights cannot be loaded (offline without a cache, or a file of another model); says how to fix."""
 
@@ -122,8 +126,11 @@ def create_backbone(spec: ModelSpec) -> nn.Module:
         backbone = timm.create_model(spec.arch, pretrained=spec.pretrained or bool(spec.pretrained_path), **kwargs)
     except RuntimeError as e:
         if "Unknown model" in str(e):
-            raise ValueError(f"--model_arch {spec.arch!r} is not a timm model; see timm.list_models('convnext*') or "
-                             f"timm.list_models('*dinov2*').") from None
+            short = {"vit_small", "vit_base", "vit_large", "vit_giant"}
+            hint = f" Upstream's short name {spec.arch!r} is {spec.arch}_patch14_dinov2.lvd142m here." \
+                if spec.arch in short else ""
+            raise ModelError(f"--model_arch {spec.arch!r} is not a timm model; see timm.list_models('convnext*') or "
+                             f"timm.list_models('*dinov2*').{hint}") from None
         if spec.pretrained_path:
             raise WeightsError(_mismatch_message(spec, kwargs, e)) from None
         raise

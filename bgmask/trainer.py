@@ -32,7 +32,7 @@ from bgmask.data.transforms import build_eval_transform, build_train_transform
 from bgmask.engine import AmpSettings, IndexedDataset, NonFiniteLossError, ShardSampler, evaluate, train_one_epoch
 from bgmask.logging import RunLogger, save_args, write_json_atomic
 from bgmask.mixup import MaskMixup
-from bgmask.models import ModelSpec, WeightsError, create_classifier, vit_head_from_flags
+from bgmask.models import ModelError, ModelSpec, WeightsError, create_classifier, vit_head_from_flags
 from bgmask.optim import OptimConfig, build_optimizer, build_scheduler, set_schedule_position
 from bgmask.preemption import REQUEUE_EXIT_CODE, PreemptionFlag
 
@@ -478,7 +478,7 @@ def main_guard(fn: Callable[[], object]) -> int:
     """Run an entry point, turning user errors into a one-paragraph message and exit code 2."""
     try:
         fn()
-    except (UsageError, DatasetError, CheckpointError, WeightsError) as e:
+    except (UsageError, DatasetError, CheckpointError, ModelError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -167,3 +167,8 @@ def test_a_reused_snapshot_dir_with_other_settings_is_refused(tiny_cub_root, tmp
     capsys.readouterr()
     assert early_main(train_argv(tiny_cub_root, run, "--epochs", "1", "--resume_training", "--num_workers", "1")) == 0
     assert "Resumed from" in capsys.readouterr().out and results_of(run)["epoch"] == 1
+
+
+def test_upstream_short_dinov2_name_is_refused_with_the_full_name(tiny_cub_root, tmp_path, capsys):
+    assert early_main(train_argv(tiny_cub_root, tmp_path / "r", "--model_arch", "vit_small")) == 2
+    assert "vit_small_patch14_dinov2.lvd142m" in capsys.readouterr().err
