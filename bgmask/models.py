@@ -239,7 +239,7 @@ def _takes_img_size(arch: str) -> bool:
     """Transformers fix their position embeddings at build time; CNNs take any input size."""
     try:
         module = timm.models.model_entrypoint(arch).__module__
-    except RuntimeError:
+    except (RuntimeError, KeyError):
         return False  # unknown name: create_model reports it
     return module.rsplit(".", 1)[-1] in ("vision_transformer", "vision_transformer_hybrid", "deit", "eva", "beit")
 
