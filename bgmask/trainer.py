@@ -39,7 +39,7 @@ from bgmask.preemption import REQUEUE_EXIT_CODE, PreemptionFlag
 
 @dataclass
 class DataBundle:
-    """The datasets of one run. ``waterbirds`` is None when the OOD folder is absent."""
+    """The datasets of one run. ``waterbirds`` is None only with ``--skip_ood_eval``."""
 
     train: torch.utils.data.Dataset
     cub_test: CUBDataset
