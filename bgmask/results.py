@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,9 @@ class RunResult:
     wb_top1: float | None
     wb_images: int
     wb_worst_group: float | None
+    cub_correct: int | None = None
+    wb_correct: int | None = None
+    seed: int | None = None
 
     @property
     def row_key(self) -> tuple[str, str, str]:
@@ -72,33 +77,104 @@ def load_run(run_dir: str | os.PathLike) -> RunResult:
         regime=_regime_of(args), head=_head_of(args, results),
         masking=results["masking"], mask_source=results.get("mask_source", "-"),
         cub_top1=results["cub_test"]["top1"], cub_images=results["cub_test"]["num_images"],
-        wb_top1=wb.get("top1"), wb_images=wb.get("num_images", 0), wb_worst_group=wb.get("worst_group"))
+        wb_top1=wb.get("top1"), wb_images=wb.get("num_images", 0), wb_worst_group=wb.get("worst_group"),
+        cub_correct=results["cub_test"].get("correct"), wb_correct=wb.get("correct"), seed=args.get("seed"))
+
+
+def wilson_interval(correct: int, total: int, z: float = 1.959964) -> tuple[float, float]:
+    """95 % Wilson score interval of an accuracy ``correct / total``, in percent (over the test images)."""
+    if total <= 0:
+        return 0.0, 100.0
+    p = correct / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return 100.0 * max(0.0, centre - half), 100.0 * min(1.0, centre + half)
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """One table value: a single run's top-1 with its Wilson interval, or the mean and std over seeds."""
+
+    value: float
+    low: float | None = None  # 95 % Wilson interval (single run)
+    high: float | None = None
+    std: float | None = None  # over seeds (several runs)
+    runs: int = 1
+
+    def __str__(self) -> str:
+        if self.runs > 1:
+            return f"{self.value:.1f} ± {self.std:.1f} (n={self.runs})"
+        if self.low is None:
+            return f"{self.value:.1f}"
+        return f"{self.value:.1f} [{self.low:.1f}, {self.high:.1f}]"
+
+    @property
+    def error(self) -> tuple[float, float]:
+        """Distance below and above ``value`` for an error bar."""
+        if self.runs > 1:
+            return self.std, self.std
+        if self.low is None:
+            return 0.0, 0.0
+        return self.value - self.low, self.high - self.value
+
+
+def accuracy(runs: list[RunResult], split: str) -> Accuracy | None:
+    """``split`` ('cub' or 'wb') top-1 of one run (with its interval) or of several seeds (mean ± std)."""
+    values = [getattr(r, f"{split}_top1") for r in runs]
+    if any(v is None for v in values):
+        return None
+    if len(runs) > 1:
+        return Accuracy(statistics.fmean(values), std=statistics.stdev(values), runs=len(runs))
+    run = runs[0]
+    correct, total = getattr(run, f"{split}_correct"), getattr(run, f"{split}_images")
+    if correct is None or not total:
+        return Accuracy(values[0])
+    return Accuracy(values[0], *wilson_interval(correct, total))
 
 
 def _fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:.1f}"
 
 
+def group_cells(runs: list[RunResult]) -> dict[tuple[str, str, str], dict[str, list[RunResult]]]:
+    """Runs per table row and strategy; several runs in one cell must be seeds of one configuration."""
+    rows: dict[tuple[str, str, str], dict[str, list[RunResult]]] = {}
+    for run in runs:
+        cell = rows.setdefault(run.row_key, {}).setdefault(run.masking, [])
+        same_seed = [r for r in cell if r.seed == run.seed]
+        if same_seed:
+            raise ValueError(f"two runs for the same table cell ({run.row_key}, {run.masking}) with the same seed "
+                             f"{run.seed}: {same_seed[0].run_dir} and {run.run_dir}")
+        cell.append(run)
+    return rows
+
+
 def build_table(runs: list[RunResult]) -> tuple[list[str], list[list[str]]]:
-    """Rows: architecture x head x regime. Columns: per strategy CUB / Waterbirds / gap / worst group."""
+    """Rows: architecture x head x regime. Columns: per strategy CUB / Waterbirds (95 % Wilson interval over the
+    test images, or mean ± std over seeds) / gap / worst group."""
     header = ["architecture", "head", "regime"]
     for s in STRATEGIES:
         name = STRATEGY_NAMES[s]
         header += [f"{name} CUB", f"{name} WB", f"{name} gap", f"{name} WB worst"]
-    rows = {}
-    for run in runs:
-        if run.row_key in rows and run.masking in rows[run.row_key]:
-            raise ValueError(f"two runs for the same table cell ({run.row_key}, {run.masking}): "
-                             f"{rows[run.row_key][run.masking].run_dir} and {run.run_dir}")
-        rows.setdefault(run.row_key, {})[run.masking] = run
+    rows = group_cells(runs)
     table = []
     for key in sorted(rows):
-        line = list(key[:1]) + [key[1], key[2]]
+        line = list(key)
         for s in STRATEGIES:
-            r = rows[key].get(s)
-            line += [_fmt(r.cub_top1), _fmt(r.wb_top1), _fmt(r.ood_gap), _fmt(r.wb_worst_group)] if r else ["–"] * 4
+            cell = rows[key].get(s)
+            if not cell:
+                line += ["–"] * 4
+                continue
+            cub, wb = accuracy(cell, "cub"), accuracy(cell, "wb")
+            gaps = [r.ood_gap for r in cell]
+            worst = [r.wb_worst_group for r in cell]
+            line += [str(cub), "–" if wb is None else str(wb), _fmt(_mean(gaps)), _fmt(_mean(worst))]
         table.append(line)
     return header, table
+
+
+def _mean(values: list[float | None]) -> float | None:
+    return None if any(v is None for v in values) else statistics.fmean(values)
 
 
 def to_markdown(header: list[str], table: list[list[str]]) -> str:
@@ -112,8 +188,10 @@ def write_outputs(runs: list[RunResult], out_dir: str | os.PathLike, note: str =
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     header, table = build_table(runs)
-    md = ("Top-1 accuracy (%) on the CUB test split (CUB) and on the same images with Waterbirds backgrounds (WB); "
-          "gap = CUB - WB; WB worst = worst (y, place) group.\n\n" + (note + "\n\n" if note else "")
+    md = ("Top-1 accuracy (%) on the CUB test split (CUB) and on the same images with Waterbirds backgrounds (WB), "
+          "with its 95 % Wilson interval over the test images [low, high], or mean ± std over seeds (n runs); "
+          "gap = CUB - WB; WB worst = worst (y, place) group (means over seeds).\n\n"
+          + (note + "\n\n" if note else "")
           + to_markdown(header, table))
     paths = {"md": out_dir / "results.md", "csv": out_dir / "results.csv", "json": out_dir / "results.json",
              "png": out_dir / "results.png"}
@@ -122,13 +200,17 @@ def write_outputs(runs: list[RunResult], out_dir: str | os.PathLike, note: str =
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(table)
-    paths["json"].write_text(json.dumps([r.__dict__ | {"ood_gap": r.ood_gap} for r in runs], indent=2) + "\n")
+    paths["json"].write_text(json.dumps(
+        [r.__dict__ | {"ood_gap": r.ood_gap, "cub_interval": accuracy([r], "cub").__dict__,
+                       "wb_interval": (accuracy([r], "wb") or Accuracy(float("nan"))).__dict__} for r in runs],
+        indent=2) + "\n")
     plot_accuracy_bars(runs, paths["png"])
     return paths
 
 
 def plot_accuracy_bars(runs: list[RunResult], path: Path) -> None:
-    """Grouped bars: CUB test vs Waterbirds top-1 for each strategy, one panel per architecture/head/regime."""
+    """Grouped bars: CUB test vs Waterbirds top-1 for each strategy, one panel per architecture/head/regime; error
+    bars are the 95 % Wilson intervals (one run) or the std over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -137,22 +219,25 @@ def plot_accuracy_bars(runs: list[RunResult], path: Path) -> None:
     keys = sorted({r.row_key for r in runs})
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6), squeeze=False)
     for ax, key in zip(axes[0], keys):
-        by_strategy = {r.masking: r for r in runs if r.row_key == key}
-        present = [s for s in STRATEGIES if s in by_strategy]
+        cells = group_cells([r for r in runs if r.row_key == key])[key]
+        present = [s for s in STRATEGIES if s in cells]
         xs = range(len(present))
-        cub = [by_strategy[s].cub_top1 for s in present]
-        wb = [by_strategy[s].wb_top1 or 0.0 for s in present]
-        ax.bar([x - 0.2 for x in xs], cub, width=0.4, label="CUB test", color="#4878d0")
-        ax.bar([x + 0.2 for x in xs], wb, width=0.4, label="Waterbirds (OOD)", color="#ee854a")
-        for x, c, w in zip(xs, cub, wb):
-            ax.text(x - 0.2, c + 1, f"{c:.0f}", ha="center", fontsize=8)
-            ax.text(x + 0.2, w + 1, f"{w:.0f}", ha="center", fontsize=8)
+        cub = [accuracy(cells[s], "cub") for s in present]
+        wb = [accuracy(cells[s], "wb") or Accuracy(0.0) for s in present]
+        bars = ((-0.2, cub, "CUB test", "#4878d0"), (0.2, wb, "Waterbirds (OOD)", "#ee854a"))
+        for offset, accs, label, color in bars:
+            errors = list(zip(*(a.error for a in accs)))
+            ax.bar([x + offset for x in xs], [a.value for a in accs], width=0.4, label=label, color=color,
+                   yerr=errors, capsize=3, error_kw={"elinewidth": 0.8})
+            for x, a in zip(xs, accs):
+                ax.text(x + offset, a.value + a.error[1] + 1, f"{a.value:.0f}", ha="center", fontsize=8)
         ax.set_xticks(list(xs), [STRATEGY_NAMES[s] for s in present])
         ax.set_ylim(0, 105)
         arch, head, regime = key
         ax.set_title(f"{arch}{'' if head == '-' else f' ({head})'}, {regime}", fontsize=9)
         ax.set_ylabel("top-1 (%)")
-    axes[0][0].legend(loc="lower left", fontsize=8)
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     fig.savefig(path, dpi=120)
     plt.close(fig)

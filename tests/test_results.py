@@ -1,0 +1,51 @@
+"""Results collection: Wilson intervals over the test images, mean ± std over seeds, table and figure."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from bgmask.results import accuracy, build_table, load_run, wilson_interval, write_outputs
+
+
+def fake_run(tmp_path, name, masking="none", seed=0, cub=(300, 400), wb=(100, 400), arch="convnext_atto"):
+    run = tmp_path / name
+    run.mkdir()
+    results = {"model_arch": arch, "masking": masking,
+               "cub_test": {"top1": 100 * cub[0] / cub[1], "correct": cub[0], "num_images": cub[1]},
+               "waterbirds": {"top1": 100 * wb[0] / wb[1], "correct": wb[0], "num_images": wb[1],
+                              "worst_group": 0.0}}
+    (run / "results.json").write_text(json.dumps(results))
+    (run / "args.yaml").write_text(yaml.safe_dump({"seed": seed, "model_arch": arch}))
+    return run
+
+
+def test_wilson_interval_matches_known_values():
+    low, high = wilson_interval(50, 100)
+    assert low == pytest.approx(40.38, abs=0.01) and high == pytest.approx(59.62, abs=0.01)
+    low, high = wilson_interval(0, 400)  # never below 0, and not degenerate at the edge
+    assert low == 0.0 and 0.5 < high < 1.5
+    low, high = wilson_interval(300, 400)  # about +-4 points at 400 images
+    assert 70 < low < 71 and 78.5 < high < 79.5
+
+
+def test_one_run_gets_an_interval_and_seeds_get_mean_and_std(tmp_path):
+    single = load_run(fake_run(tmp_path, "a"))
+    assert str(accuracy([single], "cub")) == "75.0 [70.5, 79.0]"
+    seeds = [load_run(fake_run(tmp_path, f"s{i}", masking="early", seed=i, cub=(c, 400)))
+             for i, c in enumerate((280, 300, 320))]
+    acc = accuracy(seeds, "cub")
+    assert acc.runs == 3 and acc.value == pytest.approx(75.0) and acc.std == pytest.approx(5.0)
+    header, table = build_table([single, *seeds])
+    row = dict(zip(header, table[0]))
+    assert row["baseline CUB"] == "75.0 [70.5, 79.0]" and row["early masking CUB"] == "75.0 ± 5.0 (n=3)"
+    paths = write_outputs([single, *seeds], tmp_path / "out")
+    assert paths["png"].stat().st_size > 0 and "Wilson" in paths["md"].read_text()
+
+
+def test_two_runs_of_one_cell_with_the_same_seed_are_refused(tmp_path):
+    runs = [load_run(fake_run(tmp_path, n)) for n in ("a", "b")]
+    with pytest.raises(ValueError, match="same seed"):
+        build_table(runs)
