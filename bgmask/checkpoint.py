@@ -4,31 +4,18 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from bgmask.io import atomic_write
+
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """Write ``obj`` to ``path`` so that readers only ever see the old file or the complete new one.
-
-    The data goes to a temporary file in the same folder, is flushed to disk, then renamed over ``path``.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """``torch.save`` that readers only ever see complete (see :func:`bgmask.io.atomic_write`)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def rng_state() -> dict:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from bgmask.io import atomic_write_text
+
 
 def save_args(args, path: str | os.PathLike) -> None:
     """Write the resolved arguments (after --config and flags) next to the run."""
@@ -16,10 +18,7 @@ def save_args(args, path: str | os.PathLike) -> None:
 
 
 def write_json_atomic(obj, path: str | os.PathLike) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 def wandb_mode() -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from bgmask.data.cub import WATERBIRDS_SUB_PATH
+from bgmask.io import atomic_write
 
 # Where generate_masks.py writes, per source image folder: (mask folder, masked-image folder), all relative to the
 # CUB root and at the same relative paths as the images (masks with a .png suffix).
@@ -37,18 +37,8 @@ def apply_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def atomic_write_image(image: Image.Image, path: str | os.PathLike, **save_kwargs) -> None:
     """Save through a temporary file in the same folder and rename: never a truncated file at ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fmt = "PNG" if path.suffix.lower() == ".png" else "JPEG"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix + ".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format=fmt, **save_kwargs)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    fmt = "PNG" if Path(path).suffix.lower() == ".png" else "JPEG"
+    atomic_write(path, lambda f: image.save(f, format=fmt, **save_kwargs))
 
 
 def write_mask_and_masked_image(image: Image.Image, mask: np.ndarray, mask_path: Path, masked_path: Path) -> None:
@@ -110,10 +100,8 @@ def copy_metadata(image_dir: Path, masked_dir: Path) -> None:
     """Carry Waterbirds' metadata.csv into the masked folder so per-place/group metrics work there too."""
     src = Path(image_dir) / "metadata.csv"
     if src.is_file():
-        Path(masked_dir).mkdir(parents=True, exist_ok=True)
-        tmp = Path(masked_dir) / ".metadata.csv.tmp"
-        tmp.write_bytes(src.read_bytes())
-        os.replace(tmp, Path(masked_dir) / "metadata.csv")
+        data = src.read_bytes()
+        atomic_write(Path(masked_dir) / "metadata.csv", lambda f: f.write(data))
 
 
 def mask_features(feats: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:

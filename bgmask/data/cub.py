@@ -12,21 +12,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from bgmask.io import listing
+
 WATERBIRDS_SUB_PATH = "waterbird_complete95_forest2water2"
 WATERBIRDS_COLUMNS = ("img_id", "img_filename", "y", "split", "place", "place_filename")
 INDEX_FILES = ("images.txt", "image_class_labels.txt", "train_test_split.txt")
 SPLITS = ("train", "test", "all")
-_MAX_LISTED = 5
 
 
 class DatasetError(RuntimeError):
     """A dataset on disk is missing, incomplete or inconsistent. The message says which file and what to do."""
-
-
-def _listing(items: Sequence, total: int | None = None) -> str:
-    total = len(items) if total is None else total
-    shown = ", ".join(str(x) for x in items[:_MAX_LISTED])
-    return f"{shown}{', ...' if total > _MAX_LISTED else ''} ({total} in total)"
 
 
 def parse_index_file(path: Path, num_fields: int) -> dict[int, list[str]]:
@@ -103,14 +98,14 @@ class CUBIndex:
                 only_other = sorted(set(table) - ids)
                 parts = []
                 if only_images:
-                    parts.append(f"ids in images.txt but not in {name}: {_listing(only_images)}")
+                    parts.append(f"ids in images.txt but not in {name}: {listing(only_images)}")
                 if only_other:
-                    parts.append(f"ids in {name} but not in images.txt: {_listing(only_other)}")
+                    parts.append(f"ids in {name} but not in images.txt: {listing(only_other)}")
                 raise DatasetError(f"{root}: images.txt and {name} disagree; " + "; ".join(parts)
                                    + ". The index files come from different dataset versions or one is truncated.")
         class_ids = sorted(classes)
         if class_ids != list(range(1, len(class_ids) + 1)):
-            raise DatasetError(f"{root / 'classes.txt'}: class ids must be 1..N without gaps, got {_listing(class_ids)}.")
+            raise DatasetError(f"{root / 'classes.txt'}: class ids must be 1..N without gaps, got {listing(class_ids)}.")
 
         sorted_ids = np.array(sorted(ids), dtype=np.int64)
         label_arr = np.empty(len(sorted_ids), dtype=np.int64)
@@ -305,7 +300,7 @@ class CUBDataset:
             return
         missing = [p for p, ok in zip(rel_paths, present) if not ok]
         message = (f"{len(missing)} of {len(rel_paths)} {what} files listed in {self.root / 'images.txt'} are missing "
-                   f"under {folder}: {_listing(missing)}.")
+                   f"under {folder}: {listing(missing)}.")
         if not skip_missing:
             raise DatasetError(f"{message} Re-extract the dataset or regenerate the folder.")
         warnings.warn(f"{message} Skipping them: this {self.split} set is evaluated on the {int(present.sum())} "
@@ -317,7 +312,7 @@ class CUBDataset:
     def _join_metadata(self, meta: WaterbirdsMetadata, csv_path: Path) -> None:
         missing = [p for p in self.paths if p not in meta.place]
         if missing:
-            raise DatasetError(f"{csv_path} has no row for {_listing(missing)} of the {self.split} images. The "
+            raise DatasetError(f"{csv_path} has no row for {listing(missing)} of the {self.split} images. The "
                                f"metadata does not belong to this image folder.")
         self.places = np.array([meta.place[p] for p in self.paths], dtype=np.int64)
         self.waterbird_y = np.array([meta.y[p] for p in self.paths], dtype=np.int64)

@@ -7,9 +7,10 @@ import os.path as osp
 from mmseg.datasets import BaseSegDataset
 from mmseg.registry import DATASETS
 
+from bgmask.io import listing
+
 # Same name, classes, palette and suffixes as upstream, so configs written for the upstream fork keep working.
 CUB_BINARY_SEG_METAINFO = dict(classes=("background", "bird"), palette=[[0, 0, 0], [255, 255, 255]])
-_MAX_LISTED = 5
 
 
 @DATASETS.register_module()
@@ -42,7 +43,6 @@ class CUBBinarySegDataset(BaseSegDataset):
         if ann_dir is not None:
             missing = [d["seg_map_path"] for d in data_list if not osp.isfile(d["seg_map_path"])]
             if missing:
-                shown = ", ".join(missing[:_MAX_LISTED]) + (", ..." if len(missing) > _MAX_LISTED else "")
                 raise FileNotFoundError(f"{len(missing)} of {len(data_list)} images under {img_dir} have no "
-                                        f"segmentation map in {ann_dir}: {shown}. {hint}")
+                                        f"segmentation map in {ann_dir}: {listing(missing)}. {hint}")
         return data_list

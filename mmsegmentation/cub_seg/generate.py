@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from bgmask.data.cub import CUBIndex, DatasetError, load_rgb, mask_path_for
+from bgmask.io import atomic_write_text, listing
 from bgmask.masking import (
     MASK_FOLDERS,
     PROVENANCE_FILE,
@@ -24,8 +25,6 @@ from bgmask.masking import (
     write_mask_and_masked_image,
 )
 from cub_seg.inference import Segmenter, TestResize, pad_batch
-
-_MAX_LISTED = 5
 
 
 @dataclass
@@ -59,9 +58,8 @@ def plan_folders(cub_root: Path, rank: int = 0, world_size: int = 1, overwrite: 
             continue
         missing = [p for p in index.paths if not (cub_root / image_dir / p).is_file()]
         if missing:
-            shown = ", ".join(missing[:_MAX_LISTED]) + (", ..." if len(missing) > _MAX_LISTED else "")
             raise DatasetError(f"{len(missing)} images listed in images.txt are missing under "
-                               f"{cub_root / image_dir}: {shown}. Re-extract the dataset.")
+                               f"{cub_root / image_dir}: {listing(missing)}. Re-extract the dataset.")
         plan = FolderPlan(image_dir, mask_dir, masked_dir)
         for rel in index.paths[rank::world_size]:
             finished = (cub_root / mask_dir / mask_path_for(rel)).is_file() and (cub_root / masked_dir / rel).is_file()
@@ -100,10 +98,7 @@ def check_provenance(cub_root: Path, plans: list[FolderPlan], source: dict, over
             warnings.warn(f"{cub_root / plan.mask_dir} already holds masks of unknown origin; they are kept "
                           f"(--overwrite regenerates them).", stacklevel=2)
         if write:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{PROVENANCE_FILE}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(source, indent=2) + "\n")
-            os.replace(tmp, path)
+            atomic_write_text(path, json.dumps(source, indent=2) + "\n")
 
 
 class _DecodeDataset(torch.utils.data.Dataset):

@@ -13,15 +13,10 @@ import numpy as np
 from PIL import Image
 
 from bgmask.data.cub import WATERBIRDS_SUB_PATH, CUBIndex, DatasetError, load_mask, mask_path_for
+from bgmask.io import listing
 
 LINK_MODES = ("symlink", "hardlink", "copy")
 MANIFEST = "prepare_manifest.json"
-_MAX_LISTED = 5
-
-
-def _listing(items: list) -> str:
-    return ", ".join(str(x) for x in items[:_MAX_LISTED]) + (", ..." if len(items) > _MAX_LISTED else "") \
-        + f" ({len(items)} in total)"
 
 
 def _place(src: Path, dst: Path, link: str) -> None:
@@ -57,7 +52,7 @@ def _check_sizes(reference_root: Path, other_root: Path, rel_paths: Iterable[str
                 wrong.append(f"{rel} ({b.size[0]}x{b.size[1]} vs {a.size[0]}x{a.size[1]})")
     if wrong:
         raise DatasetError(f"{len(wrong)} Waterbirds images differ in size from their CUB originals: "
-                           f"{_listing(wrong)}. The Waterbirds test maps are CUB's, so the images must keep CUB's "
+                           f"{listing(wrong)}. The Waterbirds test maps are CUB's, so the images must keep CUB's "
                            f"geometry; is {other_root} the waterbird_complete95_forest2water2 folder of this CUB?")
 
 
@@ -79,7 +74,7 @@ def validate_layout(out: Path, splits: dict[str, str]) -> dict[str, int]:
             raise DatasetError(f"{img_dir} holds no .jpg images.")
         missing = [str(p) for p in images if not (ann_dir / p.with_suffix(".png")).is_file()]
         if missing:
-            raise DatasetError(f"{len(missing)} images under {img_dir} have no map in {ann_dir}: {_listing(missing)}.")
+            raise DatasetError(f"{len(missing)} images under {img_dir} have no map in {ann_dir}: {listing(missing)}.")
         counts[split] = len(images)
     return counts
 
@@ -132,14 +127,14 @@ def prepare_cub_binary_seg(cub_root: str | os.PathLike, out: str | os.PathLike, 
         missing = [p for p in rels if not (folder / p).is_file()]
         if missing:
             raise DatasetError(f"{len(missing)} {what} files listed in {cub_root / 'images.txt'} are missing under "
-                               f"{folder}: {_listing(missing)}. Re-extract CUB_200_2011 (segmentations come as a "
+                               f"{folder}: {listing(missing)}. Re-extract CUB_200_2011 (segmentations come as a "
                                f"separate archive, segmentations.tgz).")
     test_rels = [index.paths[i] for i in index.select("test").tolist()]
     if wb_root is not None:
         missing = [p for p in test_rels if not (wb_root / p).is_file()]
         if missing:
             raise DatasetError(f"{len(missing)} CUB test images are missing from the Waterbirds folder {wb_root}: "
-                               f"{_listing(missing)}.")
+                               f"{listing(missing)}.")
         _check_sizes(image_root, wb_root, test_rels)
 
     tmp = out.parent / f".{out.name}.partial"
