@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from bgmask.backbones import arch_layout
 from bgmask.data.cub import WATERBIRDS_SUB_PATH
 from bgmask.data.transforms import AUGMENTATIONS, INTERPOLATIONS
 from bgmask.models import WEIGHT_DECAY_RULES
@@ -182,8 +183,10 @@ def check_classifier_args(args: argparse.Namespace, cuda_available: bool) -> Non
     if args.class_token_only and args.patch_tokens_only:
         errors.append("--class_token_only and --patch_tokens_only are mutually exclusive: pick one head, or neither "
                       "for the default concat(CLS, mean patch tokens).")
-    if (args.class_token_only or args.patch_tokens_only) and args.model_arch.startswith("convnext"):
-        errors.append(f"--class_token_only/--patch_tokens_only select a ViT head; {args.model_arch} is a CNN.")
+    layout = arch_layout(args.model_arch)
+    if (args.class_token_only or args.patch_tokens_only) and layout not in (None, "tokens"):
+        errors.append(f"--class_token_only/--patch_tokens_only select a ViT head; {args.model_arch} is not a ViT "
+                      f"({layout} features).")
     if args.use_amp and (args.device == "cpu" or not cuda_available):
         errors.append("--use_amp needs a CUDA device (fp16/bf16 autocast); drop the flag to train in fp32 on CPU.")
     if args.freeze_backbone and args.drop_path > 0:

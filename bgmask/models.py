@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import timm
 import torch
-from timm.models.vision_transformer import VisionTransformer
 from torch import nn
+
+from bgmask.backbones import adapter_for, takes_img_size
 
 VIT_HEADS = ("cls_mean", "cls", "mean")
 
@@ -57,9 +58,8 @@ class Classifier(nn.Module):
         if vit_head not in VIT_HEADS:
             raise ValueError(f"vit_head must be one of {VIT_HEADS}, got {vit_head!r}")
         self.backbone = backbone
-        self.is_vit = isinstance(backbone, VisionTransformer)
+        self.adapter = adapter_for(backbone)
         self.vit_head = vit_head if self.is_vit else None
-        self.num_prefix_tokens = getattr(backbone, "num_prefix_tokens", 0)
         width = backbone.num_features
         if self.is_vit and vit_head == "cls_mean":
             width *= 2
@@ -68,6 +68,14 @@ class Classifier(nn.Module):
         if freeze_backbone:
             for p in self.backbone.parameters():
                 p.requires_grad_(False)
+
+    @property
+    def is_vit(self) -> bool:
+        return self.adapter.is_vit
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return self.adapter.num_prefix_tokens if self.is_vit else 0
 
     def new_parameters(self) -> list[nn.Parameter]:
         """Parameters trained from scratch (they get ``--scratch_lr_factor``): the head."""
@@ -84,8 +92,8 @@ class Classifier(nn.Module):
         return self
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Backbone output before pooling: ``B,C,H,W`` for CNNs, ``B,N,D`` tokens (prefix tokens first) for ViTs."""
-        return self.backbone.forward_features(x)
+        """Backbone output before pooling, in the backbone's layout (``B,C,H,W``, ``B,H,W,C`` or ``B,N,D`` tokens)."""
+        return self.adapter.features(x)
 
     def pool(self, feats: torch.Tensor) -> torch.Tensor:
         """Features → head input."""
@@ -115,7 +123,7 @@ def create_backbone(spec: ModelSpec) -> nn.Module:
     The backbone's ``weights_source`` attribute says where its weights came from (see :func:`weights_source`).
     """
     kwargs = {"num_classes": 0, "drop_path_rate": spec.drop_path}
-    if spec.image_size is not None and _takes_img_size(spec.arch):
+    if spec.image_size is not None and takes_img_size(spec.arch):
         kwargs["img_size"] = spec.image_size
     if spec.pretrained_path:
         if not os.path.isfile(spec.pretrained_path):
@@ -154,7 +162,7 @@ def weights_source(spec: ModelSpec) -> dict:
     cfg = _pretrained_cfg(spec.arch)
     resampled = None
     pretrained_size = cfg.input_size[-1] if cfg is not None and cfg.input_size else None
-    if spec.image_size and pretrained_size and _takes_img_size(spec.arch) and spec.image_size != pretrained_size:
+    if spec.image_size and pretrained_size and takes_img_size(spec.arch) and spec.image_size != pretrained_size:
         resampled = f"position embeddings {pretrained_size} px -> {spec.image_size} px"
     if spec.pretrained_path:
         return {"source": "file", "location": os.path.abspath(spec.pretrained_path), "resampled": resampled}
@@ -233,15 +241,6 @@ def describe_state_dict(state: dict) -> str:
         return (f"a staged CNN with stem width {state[stem].shape[0]}, {depth} blocks in stage 0"
                 + (f", later stage widths {widths}" if widths else ""))
     return f"an unrecognised layout (first keys: {', '.join(keys[:3])})"
-
-
-def _takes_img_size(arch: str) -> bool:
-    """Transformers fix their position embeddings at build time; CNNs take any input size."""
-    try:
-        module = timm.models.model_entrypoint(arch).__module__
-    except (RuntimeError, KeyError):
-        return False  # unknown name: create_model reports it
-    return module.rsplit(".", 1)[-1] in ("vision_transformer", "vision_transformer_hybrid", "deit", "eva", "beit")
 
 
 def create_classifier(spec: ModelSpec) -> Classifier:

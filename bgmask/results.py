@@ -10,6 +10,8 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from bgmask.backbones import arch_layout
+
 STRATEGIES = ("none", "early", "late")
 STRATEGY_NAMES = {"none": "baseline", "early": "early masking", "late": "late masking"}
 
@@ -50,7 +52,7 @@ def _regime_of(args: dict) -> str:
 
 
 def _head_of(args: dict, results: dict) -> str:
-    if not (results.get("model_arch", "").startswith("vit") or "vit" in results.get("model_arch", "")):
+    if arch_layout(results.get("model_arch", "")) != "tokens":
         return "-"
     if args.get("class_token_only"):
         return "CLS"

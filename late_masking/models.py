@@ -1,9 +1,9 @@
 """Late-masked classifiers: background features are zeroed (and get no gradient) before pooling and the head.
 
-ConvNeXt / any timm CNN: the final feature map is masked; with ``second_last`` the map after the second-last stage
-is masked and the last stage runs on it. ViT: patch tokens after the last block are masked (CLS and register tokens
-kept); with ``second_last`` the tokens after the second-last block go through a new LayerNorm, are masked, then the
-last block and the final norm run. Masks are binary ``B,H,W`` (1 = bird) at input resolution.
+Any backbone with an adapter (:mod:`bgmask.backbones`): CNNs (NCHW), Swin-style models (NHWC) and ViTs (tokens).
+The final features are masked; with ``second_last`` the features after the second-last stage/block are masked and
+the last stage/block and the final norm run on them (ViTs first pass them through a new LayerNorm). ViT CLS and
+register tokens are never masked. Masks are binary ``B,H,W`` (1 = bird) at input resolution.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from bgmask.masking import mask_features, mask_to_feature_grid
+from bgmask.masking import mask_to_feature_grid
 from bgmask.models import Classifier
 
 
@@ -38,14 +38,10 @@ class LateMaskedClassifier(nn.Module):
         self.masked_mean = masked_mean
         # Stored outside the module tree: no parameters in the optimizer or the state dict, not wrapped by DDP.
         self.__dict__["mask_provider"] = mask_provider
-        backbone = classifier.backbone
-        if classifier.is_vit:
-            self.pre_mask_norm = nn.LayerNorm(backbone.embed_dim) if second_last else None
-        else:
-            self.pre_mask_norm = None
-            if second_last and not hasattr(backbone, "stages"):
-                raise ValueError(f"{type(backbone).__name__} has no .stages; the second-last-stage variant needs a "
-                                 f"staged CNN such as ConvNeXt.")
+        adapter = classifier.adapter
+        if second_last:
+            adapter._check_second_last()
+        self.pre_mask_norm = nn.LayerNorm(adapter.width) if second_last and adapter.is_vit else None
         if second_last and classifier.freeze_backbone:  # upstream trains what runs on the masked features
             for p in self._after_mask_parameters():
                 p.requires_grad_(True)
@@ -56,12 +52,7 @@ class LateMaskedClassifier(nn.Module):
 
     def _after_mask_modules(self) -> list[nn.Module]:
         """What runs on the masked features in the second-last variant: the last stage/block and the final norm."""
-        if not self.second_last:
-            return []
-        backbone = self.classifier.backbone
-        if self.classifier.is_vit:
-            return [backbone.blocks[-1], backbone.norm]
-        return [backbone.stages[-1], *([backbone.norm_pre] if hasattr(backbone, "norm_pre") else [])]
+        return self.classifier.adapter.last_modules() if self.second_last else []
 
     def _after_mask_parameters(self) -> list[nn.Parameter]:
         return [p for m in self._after_mask_modules() for p in m.parameters()]
@@ -86,50 +77,23 @@ class LateMaskedClassifier(nn.Module):
                 raise ValueError("no masks given and no segmenter configured (--mask_source segmenter)")
             with torch.no_grad():
                 masks = self.mask_provider(images)
-        feats = self._vit_features(images, masks) if self.classifier.is_vit else self._cnn_features(images, masks)
-        return self.classifier.head(self._pool(feats, masks))
+        return self.classifier.head(self._pool(self.masked_features(images, masks), masks))
 
-    # ------------------------------------------------------------------------------------------------ CNN
-    def _cnn_features(self, images, masks):
-        backbone = self.classifier.backbone
+    def masked_features(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """The backbone's final features (native layout), masked after the last or the second-last stage/block."""
+        adapter = self.classifier.adapter
         if not self.second_last:
-            return mask_features(self.classifier.features(images), masks)
-        x = backbone.stem(images)
-        for stage in backbone.stages[:-1]:
-            x = stage(x)
-        x = backbone.stages[-1](mask_features(x, masks))
-        return backbone.norm_pre(x) if hasattr(backbone, "norm_pre") else x
-
-    # ------------------------------------------------------------------------------------------------ ViT
-    def _mask_tokens(self, tokens: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        n_prefix = self.classifier.num_prefix_tokens
-        prefix, patches = tokens[:, :n_prefix], tokens[:, n_prefix:]
-        h, w = self.classifier.backbone.patch_embed.grid_size
-        b, n, d = patches.shape
-        grid = patches.transpose(1, 2).reshape(b, d, h, w)
-        masked = mask_features(grid, masks).reshape(b, d, n).transpose(1, 2)
-        return torch.cat([prefix, masked], dim=1)
-
-    def _vit_features(self, images, masks):
-        backbone = self.classifier.backbone
-        if not self.second_last:
-            return self._mask_tokens(self.classifier.features(images), masks)
-        x = backbone.patch_embed(images)
-        x = backbone._pos_embed(x)
-        x = backbone.patch_drop(x)
-        x = backbone.norm_pre(x)
-        for block in backbone.blocks[:-1]:
-            x = block(x)
-        x = self._mask_tokens(self.pre_mask_norm(x), masks)
-        x = backbone.blocks[-1](x)
-        return backbone.norm(x)
+            return adapter.mask(adapter.features(images), masks)
+        x = adapter.before_last(images)
+        if self.pre_mask_norm is not None:
+            x = self.pre_mask_norm(x)
+        return adapter.last(adapter.mask(x, masks))
 
     def _pool(self, feats, masks):
         clf = self.classifier
         if not (clf.is_vit and self.masked_mean and clf.vit_head != "cls"):
             return clf.pool(feats)
-        h, w = clf.backbone.patch_embed.grid_size
-        weights = mask_to_feature_grid(masks, (h, w)).flatten(1)[..., None]  # B, N, 1
+        weights = mask_to_feature_grid(masks, clf.adapter.grid_size).flatten(1)[..., None]  # B, N, 1
         patches = feats[:, clf.num_prefix_tokens:]
         mean = (patches * weights).sum(1) / weights.sum(1).clamp_min(1.0)
         return mean if clf.vit_head == "mean" else torch.cat([feats[:, 0], mean], dim=1)

@@ -232,14 +232,10 @@ def test_late_masking_refuses_a_cls_head_masked_after_the_last_block(tiny_cub_ro
 
 # ----------------------------------------------------------------------------------- optimiser and schedules
 def two_group_optimizer(lr=1e-2):
-    from bgmask.models import Classifier
-
-    torch.manual_seed(0)
-    backbone = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
-    backbone.num_features = 4
-    model = Classifier(backbone, num_classes=3)
+    from bgmask.models import ModelSpec, create_classifier
     from bgmask.optim import OptimConfig, build_optimizer
 
+    model = create_classifier(ModelSpec(arch="convnext_atto", num_classes=3))
     return build_optimizer(model, OptimConfig(lr=lr, scratch_lr_factor=10.0))
 
 

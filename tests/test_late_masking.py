@@ -98,7 +98,7 @@ def test_masked_mean_averages_foreground_tokens_only():
     plain = LateMaskedClassifier(clf).eval()
     fg_only = LateMaskedClassifier(clf, masked_mean=True).eval()
     with torch.no_grad():
-        feats = plain._vit_features(images, masks)
+        feats = plain.masked_features(images, masks)
         pooled_all, pooled_fg = plain._pool(feats, masks), fg_only._pool(feats, masks)
     n_fg = mask_to_feature_grid(masks, clf.backbone.patch_embed.grid_size).flatten(1).sum(1, keepdim=True)
     assert torch.allclose(pooled_fg, pooled_all * feats[:, clf.num_prefix_tokens:].shape[1] / n_fg, atol=1e-5)
@@ -181,3 +181,59 @@ def test_second_last_variant_trains_what_runs_on_masked_features_even_when_froze
     assert not model.classifier.backbone.patch_embed.training if arch == VIT else \
         not model.classifier.backbone.stem.training
     assert (model.classifier.backbone.blocks[-1] if arch == VIT else model.classifier.backbone.stages[-1]).training
+
+
+# ---------------------------------------------------------------------------------------- backbone adapters
+def swin():
+    torch.manual_seed(0)
+    return create_classifier(ModelSpec(arch="swin_tiny_patch4_window7_224", num_classes=5, image_size=64)).eval()
+
+
+def test_nhwc_masking_zeroes_spatial_positions_not_channels():
+    """A Swin map is B,H,W,C: the mask must act on H and W (an NCHW assumption would mask channels)."""
+    from bgmask.backbones import NHWCAdapter, adapter_for
+
+    clf = swin()
+    adapter = adapter_for(clf.backbone)
+    assert isinstance(adapter, NHWCAdapter) and adapter.layout == "NHWC" and not adapter.is_vit
+    feats = torch.randn(2, 4, 4, 768)  # B, H, W, C
+    masks = torch.zeros(2, 64, 64)
+    masks[:, :32, :] = 1  # top half of the image is bird
+    masked = adapter.mask(feats, masks)
+    assert masked.shape == feats.shape
+    assert torch.equal(masked[:, :2], feats[:, :2]) and torch.all(masked[:, 2:] == 0)
+
+
+def test_swin_late_masking_runs_and_all_ones_masks_change_nothing():
+    clf = swin()
+    images = torch.randn(2, 3, 64, 64)
+    ones, half = torch.ones(2, 64, 64), torch.zeros(2, 64, 64)
+    half[:, :, :32] = 1
+    with torch.no_grad():
+        for second_last in (False, True):
+            wrapped = LateMaskedClassifier(clf, second_last=second_last).eval()
+            assert torch.allclose(wrapped(images, ones), clf(images), atol=1e-4)
+            assert not torch.allclose(wrapped(images, half), clf(images), atol=1e-3)
+
+
+def test_an_unknown_feature_layout_is_refused():
+    from bgmask.backbones import UnsupportedBackbone, adapter_for
+
+    class Odd(torch.nn.Module):
+        output_fmt = "NLC"
+
+        def forward_features(self, x):
+            return x
+
+    with pytest.raises(UnsupportedBackbone, match="supported: CNNs"):
+        adapter_for(Odd())
+    with pytest.raises(UnsupportedBackbone, match="second-last"):
+        LateMaskedClassifier(create_classifier(ModelSpec(arch="resnet10t", num_classes=3)), second_last=True)
+
+
+def test_is_a_vit_is_answered_by_the_layout():
+    from bgmask.backbones import arch_layout
+
+    assert arch_layout("vit_small_patch14_dinov2.lvd142m") == "tokens"
+    assert arch_layout("swin_tiny_patch4_window7_224") == "NHWC"
+    assert arch_layout("convnext_atto") == "NCHW" and arch_layout("no_such_model") is None
