@@ -123,6 +123,14 @@ def classifier_parent() -> argparse.ArgumentParser:
     g.add_argument("--mixup_switch_prob", type=float, default=0.5)
     g.add_argument("--mixup_mode", type=str, default="batch", choices=["batch", "pair", "elem"])
 
+    g = p.add_argument_group("diagnostics")
+    g.add_argument("--diagnostics", type=str, default="auto", choices=["auto", "none"],
+                   help="auto: after training (and with --eval_only) score the Backgrounds-Challenge views of the CUB "
+                        "test set, BG-Gap and the attribution share inside the bird, when bird masks exist "
+                        "(see docs/diagnostics.md); none: skip them")
+    g.add_argument("--diagnostics_mask_sub_path", type=str, default="segmentations",
+                   help="bird masks for the diagnostics: CUB's segmentations/ (> 0 is bird) or a mask folder")
+
     g = p.add_argument_group("run")
     g.add_argument("--snapshot_dir", type=str, default=None, help="run folder: checkpoints, logs, results.json")
     g.add_argument("--save_every_n_epochs", type=int, default=0, help="also keep epoch_N.pt every N epochs (0: off)")

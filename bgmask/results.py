@@ -34,6 +34,9 @@ class RunResult:
     cub_correct: int | None = None
     wb_correct: int | None = None
     seed: int | None = None
+    diagnostics: dict | None = None  # results.json "diagnostics" (views, bg_gap, fg_attribution) when computed
+    data_path: str | None = None
+    image_size: int | None = None
 
     @property
     def row_key(self) -> tuple[str, str, str]:
@@ -80,7 +83,8 @@ def load_run(run_dir: str | os.PathLike) -> RunResult:
         masking=results["masking"], mask_source=results.get("mask_source", "-"),
         cub_top1=results["cub_test"]["top1"], cub_images=results["cub_test"]["num_images"],
         wb_top1=wb.get("top1"), wb_images=wb.get("num_images", 0), wb_worst_group=wb.get("worst_group"),
-        cub_correct=results["cub_test"].get("correct"), wb_correct=wb.get("correct"), seed=args.get("seed"))
+        cub_correct=results["cub_test"].get("correct"), wb_correct=wb.get("correct"), seed=args.get("seed"),
+        diagnostics=results.get("diagnostics"), data_path=args.get("data_path"), image_size=results.get("image_size"))
 
 
 def wilson_interval(correct: int, total: int, z: float = 1.959964) -> tuple[float, float]:
@@ -207,7 +211,109 @@ def write_outputs(runs: list[RunResult], out_dir: str | os.PathLike, note: str =
                        "wb_interval": (accuracy([r], "wb") or Accuracy(float("nan"))).__dict__} for r in runs],
         indent=2) + "\n")
     plot_accuracy_bars(runs, paths["png"])
+    with_diagnostics = [r for r in runs if r.diagnostics and "bg_gap" in r.diagnostics]
+    if with_diagnostics:
+        header, table = diagnostics_table(with_diagnostics)
+        with open(paths["md"], "a") as f:
+            f.write("\nBackground reliance (docs/diagnostics.md): top-1 (%) on the Backgrounds-Challenge views of the "
+                    "CUB test set, BG-Gap = mixed_same - mixed_rand, FG-attr = share of the attribution inside the "
+                    "bird.\n\n" + to_markdown(header, table))
+        paths["diagnostics_png"] = out_dir / "diagnostics.png"
+        plot_diagnostics(with_diagnostics, paths["diagnostics_png"])
+        gallery = plot_attribution_gallery(with_diagnostics, out_dir / "attribution_gallery.png")
+        if gallery is not None:
+            paths["gallery_png"] = gallery
     return paths
+
+
+DIAGNOSTIC_VIEWS = ("only_fg", "only_bg_b", "only_bg_t", "mixed_same", "mixed_rand")
+
+
+def diagnostics_table(runs: list[RunResult]) -> tuple[list[str], list[list[str]]]:
+    """One row per run: the view accuracies, BG-Gap and the attribution share inside the bird."""
+    header = ["architecture", "head", "regime", "strategy", *DIAGNOSTIC_VIEWS, "BG-Gap", "FG-attr"]
+    table = []
+    for r in sorted(runs, key=lambda r: (r.row_key, STRATEGIES.index(r.masking), r.seed or 0)):
+        d = r.diagnostics
+        table.append([*r.row_key, STRATEGY_NAMES[r.masking], *(_fmt(d[v]["top1"]) for v in DIAGNOSTIC_VIEWS),
+                      _fmt(d["bg_gap"]), f"{d['fg_attribution']:.2f}"])
+    return header, table
+
+
+def plot_diagnostics(runs: list[RunResult], path: Path) -> None:
+    """Per architecture/head/regime: top-1 on each view, one bar per strategy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({r.row_key for r in runs})
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.0 * len(keys), 3.6), squeeze=False)
+    colors = {"none": "#4878d0", "early": "#6acc64", "late": "#d65f5f"}
+    for ax, key in zip(axes[0], keys):
+        cell = {r.masking: r for r in runs if r.row_key == key}
+        present = [s for s in STRATEGIES if s in cell]
+        width = 0.8 / max(1, len(present))
+        for k, s in enumerate(present):
+            d = cell[s].diagnostics
+            xs = [i + (k - (len(present) - 1) / 2) * width for i in range(len(DIAGNOSTIC_VIEWS))]
+            ax.bar(xs, [d[v]["top1"] for v in DIAGNOSTIC_VIEWS], width=width, color=colors[s],
+                   label=f"{STRATEGY_NAMES[s]} (BG-Gap {d['bg_gap']:.0f}, FG-attr {d['fg_attribution']:.2f})")
+        ax.set_xticks(range(len(DIAGNOSTIC_VIEWS)), [v.replace("_", "-") for v in DIAGNOSTIC_VIEWS], fontsize=8)
+        ax.set_ylim(0, 105)
+        arch, head, regime = key
+        ax.set_title(f"{arch}{'' if head == '-' else f' ({head})'}, {regime}", fontsize=9)
+        ax.set_ylabel("top-1 (%)")
+        ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_attribution_gallery(runs: list[RunResult], path: Path) -> Path | None:
+    """Per test image (rows): the image, then each run's attribution overlaid on it (columns)."""
+    import torch
+    from PIL import Image
+
+    from bgmask.diagnostics import gallery_path
+
+    galleries = [(r, torch.load(gallery_path(r.run_dir), weights_only=False)) for r in runs
+                 if gallery_path(r.run_dir).is_file()]
+    if not galleries or not galleries[0][0].data_path:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rel_paths = galleries[0][1]["paths"]
+    fig, axes = plt.subplots(len(rel_paths), 1 + len(galleries), squeeze=False,
+                             figsize=(1.6 * (1 + len(galleries)), 1.6 * len(rel_paths)))
+    for row, rel in enumerate(rel_paths):
+        maps = {}
+        for r, g in galleries:
+            if rel in g["paths"]:
+                maps[r.run_dir] = g["maps"][g["paths"].index(rel)].float().numpy()
+        size = next(iter(maps.values())).shape if maps else (galleries[0][0].image_size,) * 2
+        image = Image.open(Path(galleries[0][0].data_path) / "images" / rel).convert("RGB")
+        w, h = image.size
+        side = min(w, h)  # the evaluation's centre square, at the attribution's resolution
+        image = image.crop(((w - side) // 2, (h - side) // 2, (w + side) // 2, (h + side) // 2)).resize(size[::-1])
+        axes[row][0].imshow(image)
+        for col, (r, _) in enumerate(galleries, start=1):
+            axes[row][col].imshow(image)
+            if r.run_dir in maps:
+                axes[row][col].imshow(maps[r.run_dir], cmap="jet", alpha=0.5)
+            if row == 0:
+                head = "" if r.head == "-" else f" {r.head}"
+                axes[0][col].set_title(f"{r.model_arch.split('_')[0]}{head}\n{STRATEGY_NAMES[r.masking]}", fontsize=7)
+        axes[0][0].set_title("image", fontsize=7)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def plot_accuracy_bars(runs: list[RunResult], path: Path) -> None:

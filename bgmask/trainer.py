@@ -24,7 +24,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from bgmask import distributed
-from bgmask.checkpoint import CheckpointError, CheckpointManager, load_checkpoint, rng_state, set_rng_state
+from bgmask.checkpoint import (
+    CheckpointError,
+    CheckpointManager,
+    atomic_torch_save,
+    load_checkpoint,
+    rng_state,
+    set_rng_state,
+)
 from bgmask.cli import UsageError, check_classifier_args
 from bgmask.data.cub import WATERBIRDS_SUB_PATH, CUBDataset, DatasetError, missing_folder_hint
 from bgmask.data.sampling import ResumableDistributedSampler, SeededAugmentation
@@ -275,7 +282,8 @@ def run(args: argparse.Namespace, strategy: Strategy) -> dict | None:
         state = load_checkpoint(path)
         load_model_state(model, state["model"], path)
         metrics = run_eval(eval_sets)
-        results = {**metrics, "epoch": state["epoch"], "checkpoint": str(path), **results_base}
+        results = {**metrics, "epoch": state["epoch"], "checkpoint": str(path), **results_base,
+                   "diagnostics": run_diagnostics(args, model, strategy.masking, data, info, amp, loader_kwargs)}
         if info.is_main:
             write_json_atomic(results, snapshot_dir / "results.json")
         distributed.cleanup()
@@ -398,7 +406,8 @@ def run(args: argparse.Namespace, strategy: Strategy) -> dict | None:
     results = {**{k: v for k, v in last_metrics.items()}, "epoch": args.epochs,
                "best": {"epoch": best_epoch, "top1": best_top1,
                         "selected_on": "val" if args.eval_mode == "val" else "cub_test"},
-               **results_base}
+               **results_base,
+               "diagnostics": run_diagnostics(args, model, strategy.masking, data, info, amp, loader_kwargs)}
     if info.is_main:
         write_json_atomic(results, snapshot_dir / "results.json")
     logger.close()
@@ -406,10 +415,55 @@ def run(args: argparse.Namespace, strategy: Strategy) -> dict | None:
     return results if info.is_main else None
 
 
+GALLERY_IMAGES = 6  # attribution maps kept per run for collect_results' gallery
+
+
+def run_diagnostics(args, model: nn.Module, masking: str, data: DataBundle, info, amp, loader_kwargs) -> dict:
+    """Background-reliance diagnostics of the final weights (:mod:`bgmask.diagnostics`), or why they are absent.
+
+    Every test image is scored once per view on any number of processes; rank 0 keeps a few attribution maps in
+    ``attribution_gallery.pt`` for ``collect_results``.
+    """
+    if args.diagnostics == "none":
+        return {"skipped": "--diagnostics none"}
+    root = Path(args.data_path)
+    if not (root / args.diagnostics_mask_sub_path).is_dir():
+        hint = missing_folder_hint(root, args.diagnostics_mask_sub_path)
+        warnings.warn(f"background diagnostics skipped: no bird masks in {root / args.diagnostics_mask_sub_path}. "
+                      f"{hint}", stacklevel=2)
+        return {"skipped": f"no masks in {root / args.diagnostics_mask_sub_path}"}
+    from bgmask import diagnostics
+
+    strategy = masking if masking in ("early", "late") else "none"
+    layout = getattr(model, "classifier", model).adapter.layout
+    eval_tf, out = data.cub_test.transform, {}
+    for view in diagnostics.VIEWS:
+        ds = diagnostics.DiagnosticViews(root, args.diagnostics_mask_sub_path, view, strategy, eval_tf, args.seed)
+        loader = DataLoader(IndexedDataset(ds), sampler=ShardSampler(len(ds), info.rank, info.world_size),
+                            **loader_kwargs)
+        metrics = evaluate(model, loader, info.device, amp, progress=info.is_main, desc=f"diagnostics {view}")
+        out[view] = {"top1": metrics["top1"], "num_images": metrics["num_images"]}
+    out["bg_gap"] = out["mixed_same"]["top1"] - out["mixed_rand"]["top1"]
+    ds = diagnostics.DiagnosticViews(root, args.diagnostics_mask_sub_path, "original", strategy, eval_tf, args.seed,
+                                     with_mask=True)
+    loader = DataLoader(IndexedDataset(ds), sampler=ShardSampler(len(ds), info.rank, info.world_size),
+                        **loader_kwargs)
+    share, counted, gallery = diagnostics.fg_attribution(model, loader, info.device, strategy, layout,
+                                                         gallery=GALLERY_IMAGES if info.is_main else 0,
+                                                         progress=info.is_main)
+    out["fg_attribution"] = share
+    out["fg_attribution_images"] = counted
+    out["attribution"] = "|gradient x input|" if layout == "tokens" else "Grad-CAM on the pooled feature map"
+    if info.is_main:
+        gallery["paths"] = [ds.base.paths[i] for i in gallery["index"]]
+        atomic_torch_save(gallery, diagnostics.gallery_path(Path(args.snapshot_dir)))
+    return out
+
+
 # Flags that change how a run is executed or logged, not what it computes.
 RUN_ONLY_FLAGS = frozenset({"config", "snapshot_dir", "num_workers", "device", "resume_training", "eval_only",
                             "checkpoint", "save_every_n_epochs", "log_interval", "wandb", "wandb_project",
-                            "wandb_entity", "job_type", "group"})
+                            "wandb_entity", "job_type", "group", "diagnostics", "diagnostics_mask_sub_path"})
 
 
 def check_same_run(args, snapshot_dir: Path) -> None:

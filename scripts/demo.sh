@@ -99,5 +99,6 @@ echo "==> Results"
 NOTE="Synthetic benchmark (scripts/make_synthetic_cub.py defaults), measured by scripts/demo.sh on $(date +%F), \
 $(nproc) CPU cores, from scratch ($EPOCHS epochs ConvNeXt, $VIT_EPOCHS epochs ViT); masks from the tiny segmenter ($(basename "$SEG_CONFIG" .py))."
 "$PY" scripts/collect_results.py "$CLS_DIR"/* --out "$OUT" --note "$NOTE"
-echo "Figures: $OUT/results.png (accuracy), $OUT/mask_gallery.png (masks)."
+echo "Figures: $OUT/results.png (accuracy), $OUT/diagnostics.png (background reliance), \
+$OUT/attribution_gallery.png (attributions), $OUT/mask_gallery.png (masks)."
 echo "Demo finished in $((SECONDS - DEMO_START)) s."

@@ -261,6 +261,11 @@ def test_two_process_eval_counts_each_image_once(two_epoch_run, tiny_cub_root, t
     for key in ("cub_test", "waterbirds"):
         assert (a[key]["correct"], a[key]["num_images"]) == (b[key]["correct"], b[key]["num_images"])
     assert a["waterbirds"]["groups"] == b["waterbirds"]["groups"]
+    # the background diagnostics too: every test image scored once per view, same pairings on every process
+    for view in ("only_fg", "only_bg_b", "only_bg_t", "mixed_same", "mixed_rand"):
+        assert a["diagnostics"][view] == b["diagnostics"][view] and a["diagnostics"][view]["num_images"] == 12
+    assert a["diagnostics"]["fg_attribution_images"] == b["diagnostics"]["fg_attribution_images"]
+    assert a["diagnostics"]["fg_attribution"] == pytest.approx(b["diagnostics"]["fg_attribution"], rel=1e-4)
 
 
 @pytest.mark.parametrize("trainer", ["early_masking_and_baseline", "late_masking"])
