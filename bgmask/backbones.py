@@ -17,6 +17,7 @@ import timm
 import torch
 from torch import nn
 
+from bgmask.errors import BgmaskError
 from bgmask.masking import mask_features
 
 LAYOUTS = ("NCHW", "NHWC", "tokens")
@@ -24,7 +25,7 @@ _TOKEN_MODULES = ("vision_transformer", "vision_transformer_hybrid", "deit", "ev
 _NHWC_MODULES = ("swin_transformer", "swin_transformer_v2", "swin_transformer_v2_cr")
 
 
-class UnsupportedBackbone(ValueError):
+class UnsupportedBackbone(BgmaskError, ValueError):
     """A backbone whose feature layout the project does not know; the message lists what is supported."""
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bgmask.errors import BgmaskError
 from bgmask.io import atomic_write
 
 
@@ -33,7 +34,7 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(BgmaskError, RuntimeError):
     """A checkpoint is missing, unreadable, or does not fit the model; the message says which file and why."""
 
 

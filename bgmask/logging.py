@@ -12,9 +12,10 @@ import yaml
 from bgmask.io import atomic_write_text
 
 
-def save_args(args, path: str | os.PathLike) -> None:
-    """Write the resolved arguments (after --config and flags) next to the run."""
-    Path(path).write_text(yaml.safe_dump(dict(sorted(vars(args).items())), sort_keys=False))
+def save_args(settings: dict, path: str | os.PathLike) -> None:
+    """Write the resolved settings (after --config files, flags and the strategy's defaults) next to the run."""
+    plain = {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(settings.items())}
+    atomic_write_text(path, yaml.safe_dump(plain, sort_keys=False))
 
 
 def write_json_atomic(obj, path: str | os.PathLike) -> None:

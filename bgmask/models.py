@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from bgmask.backbones import adapter_for, takes_img_size
+from bgmask.errors import BgmaskError
 
 VIT_HEADS = ("cls_mean", "cls", "mean")
 
@@ -31,13 +32,6 @@ class ModelSpec:
     drop_path: float = 0.0
     vit_head: str = "cls_mean"  # cls_mean | cls | mean
     freeze_backbone: bool = False
-
-
-def vit_head_from_flags(class_token_only: bool, patch_tokens_only: bool) -> str:
-    if class_token_only and patch_tokens_only:
-        raise ValueError("--class_token_only and --patch_tokens_only are mutually exclusive; pick one head (or none "
-                         "for the default concat(CLS, mean patch tokens)).")
-    return "cls" if class_token_only else "mean" if patch_tokens_only else "cls_mean"
 
 
 class Classifier(nn.Module):
@@ -109,11 +103,11 @@ class Classifier(nn.Module):
         return self.head(self.pool(self.features(x)))
 
 
-class ModelError(ValueError):
+class ModelError(BgmaskError, ValueError):
     """The model asked for does not exist or cannot take the given options; says what to use instead."""
 
 
-class WeightsError(RuntimeError):
+class WeightsError(BgmaskError, RuntimeError):
     """Pretrained weights cannot be loaded (offline without a cache, or a file of another model); says how to fix."""
 
 

@@ -10,10 +10,18 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from bgmask import strategies
 from bgmask.backbones import arch_layout
 
-STRATEGIES = ("none", "early", "late")
-STRATEGY_NAMES = {"none": "baseline", "early": "early masking", "late": "late masking"}
+BUILTIN_STRATEGIES = ("none", "early", "late")  # always columns of the table, in this order
+
+
+def strategy_columns(runs: list[RunResult]) -> list[str]:
+    """The strategies of the table: the built-in ones, then any other strategy the runs used (registry order, then
+    names unknown here)."""
+    used = {r.masking for r in runs}
+    registered = [n for n in strategies.names() if n not in BUILTIN_STRATEGIES and n in used]
+    return [*BUILTIN_STRATEGIES, *registered, *sorted(used - set(BUILTIN_STRATEGIES) - set(registered))]
 
 
 @dataclass(frozen=True)
@@ -159,14 +167,15 @@ def build_table(runs: list[RunResult]) -> tuple[list[str], list[list[str]]]:
     """Rows: architecture x head x regime. Columns: per strategy CUB / Waterbirds (95 % Wilson interval over the
     test images, or mean ± std over seeds) / gap / worst group."""
     header = ["architecture", "head", "regime"]
-    for s in STRATEGIES:
-        name = STRATEGY_NAMES[s]
+    columns = strategy_columns(runs)
+    for s in columns:
+        name = strategies.label(s)
         header += [f"{name} CUB", f"{name} WB", f"{name} gap", f"{name} WB worst"]
     rows = group_cells(runs)
     table = []
     for key in sorted(rows):
         line = list(key)
-        for s in STRATEGIES:
+        for s in columns:
             cell = rows[key].get(s)
             if not cell:
                 line += ["–"] * 4
@@ -232,10 +241,10 @@ DIAGNOSTIC_VIEWS = ("only_fg", "only_bg_b", "only_bg_t", "mixed_same", "mixed_ra
 def diagnostics_table(runs: list[RunResult]) -> tuple[list[str], list[list[str]]]:
     """One row per run: the view accuracies, BG-Gap and the attribution share inside the bird."""
     header = ["architecture", "head", "regime", "strategy", *DIAGNOSTIC_VIEWS, "BG-Gap", "FG-attr"]
-    table = []
-    for r in sorted(runs, key=lambda r: (r.row_key, STRATEGIES.index(r.masking), r.seed or 0)):
+    table, columns = [], strategy_columns(runs)
+    for r in sorted(runs, key=lambda r: (r.row_key, columns.index(r.masking), r.seed or 0)):
         d = r.diagnostics
-        table.append([*r.row_key, STRATEGY_NAMES[r.masking], *(_fmt(d[v]["top1"]) for v in DIAGNOSTIC_VIEWS),
+        table.append([*r.row_key, strategies.label(r.masking), *(_fmt(d[v]["top1"]) for v in DIAGNOSTIC_VIEWS),
                       _fmt(d["bg_gap"]), f"{d['fg_attribution']:.2f}"])
     return header, table
 
@@ -252,13 +261,13 @@ def plot_diagnostics(runs: list[RunResult], path: Path) -> None:
     colors = {"none": "#4878d0", "early": "#6acc64", "late": "#d65f5f"}
     for ax, key in zip(axes[0], keys):
         cell = {r.masking: r for r in runs if r.row_key == key}
-        present = [s for s in STRATEGIES if s in cell]
+        present = [s for s in strategy_columns(runs) if s in cell]
         width = 0.8 / max(1, len(present))
         for k, s in enumerate(present):
             d = cell[s].diagnostics
             xs = [i + (k - (len(present) - 1) / 2) * width for i in range(len(DIAGNOSTIC_VIEWS))]
-            ax.bar(xs, [d[v]["top1"] for v in DIAGNOSTIC_VIEWS], width=width, color=colors[s],
-                   label=f"{STRATEGY_NAMES[s]} (BG-Gap {d['bg_gap']:.0f}, FG-attr {d['fg_attribution']:.2f})")
+            ax.bar(xs, [d[v]["top1"] for v in DIAGNOSTIC_VIEWS], width=width, color=colors.get(s),
+                   label=f"{strategies.label(s)} (BG-Gap {d['bg_gap']:.0f}, FG-attr {d['fg_attribution']:.2f})")
         ax.set_xticks(range(len(DIAGNOSTIC_VIEWS)), [v.replace("_", "-") for v in DIAGNOSTIC_VIEWS], fontsize=8)
         ax.set_ylim(0, 105)
         arch, head, regime = key
@@ -306,7 +315,7 @@ def plot_attribution_gallery(runs: list[RunResult], path: Path) -> Path | None:
                 axes[row][col].imshow(maps[r.run_dir], cmap="jet", alpha=0.5)
             if row == 0:
                 head = "" if r.head == "-" else f" {r.head}"
-                axes[0][col].set_title(f"{r.model_arch.split('_')[0]}{head}\n{STRATEGY_NAMES[r.masking]}", fontsize=7)
+                axes[0][col].set_title(f"{r.model_arch.split('_')[0]}{head}\n{strategies.label(r.masking)}", fontsize=7)
         axes[0][0].set_title("image", fontsize=7)
     for ax in axes.flat:
         ax.axis("off")
@@ -328,7 +337,7 @@ def plot_accuracy_bars(runs: list[RunResult], path: Path) -> None:
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6), squeeze=False)
     for ax, key in zip(axes[0], keys):
         cells = group_cells([r for r in runs if r.row_key == key])[key]
-        present = [s for s in STRATEGIES if s in cells]
+        present = [s for s in strategy_columns(runs) if s in cells]
         xs = range(len(present))
         cub = [accuracy(cells[s], "cub") for s in present]
         wb = [accuracy(cells[s], "wb") or Accuracy(0.0) for s in present]
@@ -339,7 +348,7 @@ def plot_accuracy_bars(runs: list[RunResult], path: Path) -> None:
                    yerr=errors, capsize=3, error_kw={"elinewidth": 0.8})
             for x, a in zip(xs, accs):
                 ax.text(x + offset, a.value + a.error[1] + 1, f"{a.value:.0f}", ha="center", fontsize=8)
-        ax.set_xticks(list(xs), [STRATEGY_NAMES[s] for s in present])
+        ax.set_xticks(list(xs), [strategies.label(s) for s in present])
         ax.set_ylim(0, 105)
         arch, head, regime = key
         ax.set_title(f"{arch}{'' if head == '-' else f' ({head})'}, {regime}", fontsize=9)

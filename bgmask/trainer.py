@@ -1,19 +1,16 @@
-"""The classifier run: build data, model, optimizer and scheduler from args, train with resume, evaluate, report.
+"""The classifier run: data, model, training with exact resume, evaluation and results.json, for any strategy.
 
-Strategies (baseline, early masking, late masking) differ only in the datasets they read and the model wrapper,
-given as a :class:`Strategy`; everything else here is shared.
+Strategies (:mod:`bgmask.strategies`) differ only in the folders they read (their data view) and the model wrapper;
+everything here is shared, which is what keeps their comparison fair.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
-import sys
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,26 +21,125 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from bgmask import distributed
-from bgmask.checkpoint import (
-    CheckpointError,
-    CheckpointManager,
-    atomic_torch_save,
-    load_checkpoint,
-    rng_state,
-    set_rng_state,
-)
-from bgmask.cli import UsageError, check_classifier_args
+from bgmask.checkpoint import CheckpointManager, atomic_torch_save, load_checkpoint, rng_state, set_rng_state
+from bgmask.config import RUN_ONLY_SETTINGS, AugConfig, ModelConfig, TrainConfig
 from bgmask.data.cub import WATERBIRDS_SUB_PATH, CUBDataset, DatasetError, missing_folder_hint
 from bgmask.data.sampling import ResumableDistributedSampler, SeededAugmentation
 from bgmask.data.transforms import build_eval_transform, build_train_transform
+from bgmask.distributed import DistInfo
 from bgmask.engine import AmpSettings, IndexedDataset, NonFiniteLossError, ShardSampler, evaluate, train_one_epoch
+from bgmask.errors import ConfigError
 from bgmask.logging import RunLogger, save_args, write_json_atomic
 from bgmask.mixup import MaskMixup
-from bgmask.models import ModelError, ModelSpec, WeightsError, create_classifier, vit_head_from_flags
-from bgmask.optim import OptimConfig, build_optimizer, build_scheduler, set_schedule_position
+from bgmask.models import create_classifier
+from bgmask.optim import build_optimizer, build_scheduler, set_schedule_position
 from bgmask.preemption import REQUEUE_EXIT_CODE, PreemptionFlag
+from bgmask.strategies import DataView, Strategy
+
+AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+GALLERY_IMAGES = 6  # attribution maps kept per run for collect_results' gallery
 
 
+def run(cfg: TrainConfig, strategy: Strategy) -> dict | None:
+    """Train (or with ``--eval_only`` evaluate) and write results.json. Returns the results on rank 0."""
+    cfg.check(torch.cuda.is_available())
+    strategy.check(cfg)
+    session = start_session(cfg)
+    image_size = resolve_image_size(cfg.model)
+    data = image_folder_data(cfg, strategy.data_view(cfg), image_size)
+    model, weights = build_model(session, strategy, data.num_classes, image_size)
+    ckpt = CheckpointManager(session.snapshot_dir, cfg.run.save_every_n_epochs, enabled=session.info.is_main)
+    if cfg.run.eval_only:
+        outcome = evaluate_checkpoint(session, data, model, ckpt)
+    else:
+        outcome = train(session, data, model, ckpt, strategy)
+    results = {**outcome, "model_arch": cfg.model.model_arch, "masking": strategy.name, "image_size": image_size,
+               "num_classes": data.num_classes, "world_size": session.info.world_size, "weights": weights,
+               **({} if data.waterbirds is not None else {"waterbirds": {"skipped": "--skip_ood_eval"}}),
+               **strategy.results_info(cfg),
+               "diagnostics": run_diagnostics(session, model.module, strategy, data)}
+    if session.info.is_main:
+        write_json_atomic(results, session.snapshot_dir / "results.json")
+    distributed.cleanup()
+    return results if session.info.is_main else None
+
+
+# ----------------------------------------------------------------------------------------------- session, model
+@dataclass
+class Session:
+    """This process's part of a run: the settings, where it runs, and what every phase shares."""
+
+    cfg: TrainConfig
+    info: DistInfo
+    snapshot_dir: Path
+    amp: AmpSettings
+    loader_kwargs: dict
+
+    def eval_loader(self, dataset) -> DataLoader:
+        """Every image exactly once across processes, in dataset order, with its index (for group metrics)."""
+        return DataLoader(IndexedDataset(dataset), shuffle=False, drop_last=False, **self.loader_kwargs,
+                          sampler=ShardSampler(len(dataset), self.info.rank, self.info.world_size))
+
+
+def start_session(cfg: TrainConfig) -> Session:
+    """Join the process group, check the run folder, pin CPU threads and seed this process."""
+    snapshot_dir = Path(cfg.run.snapshot_dir)
+    info = distributed.init_distributed(cfg.run.device)
+    if info.is_main:
+        check_writable_dir(snapshot_dir)
+    distributed.barrier()
+    set_cpu_threads(info, cfg.data.num_workers)
+    seed_everything(cfg.run.seed + info.rank)
+    amp = AmpSettings(info.device.type, AMP_DTYPES[cfg.optim.amp_dtype] if cfg.optim.use_amp else None)
+    # A private generator: creating a loader iterator must not consume the global RNG (exact resume).
+    loader_kwargs = {"batch_size": cfg.data.batch_size, "num_workers": cfg.data.num_workers,
+                     "pin_memory": info.device.type == "cuda", "persistent_workers": False,
+                     "generator": torch.Generator().manual_seed(cfg.run.seed)}
+    return Session(cfg, info, snapshot_dir, amp, loader_kwargs)
+
+
+@dataclass
+class RunModel:
+    """The strategy's model (``module``, what is saved) and what runs the forward (``ddp``: the same module, or its
+    DistributedDataParallel wrapper when several processes train it)."""
+
+    module: nn.Module
+    ddp: nn.Module
+
+
+def build_model(session: Session, strategy: Strategy, num_classes: int, image_size: int) -> tuple[RunModel, dict]:
+    """The classifier, wrapped by the strategy, on the device; and where its weights came from."""
+    info = session.info
+    classifier = create_classifier(session.cfg.model.spec(num_classes, image_size))
+    weights = classifier.backbone.weights_source
+    if info.is_main:
+        print(f"weights: {weights['source']}" + (f" ({weights['location']})" if weights["location"] else "")
+              + (f", resampled: {weights['resampled']}" if weights["resampled"] else ""), flush=True)
+    model = strategy.wrap_model(session.cfg, classifier).to(info.device)
+    if info.distributed and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    ddp = model
+    if info.distributed and any(p.requires_grad for p in model.parameters()):
+        ddp = nn.parallel.DistributedDataParallel(
+            model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+    return RunModel(model, ddp), weights
+
+
+def resolve_image_size(model: ModelConfig) -> int:
+    """``--image_size`` or the model's pretrained default input size."""
+    if model.image_size:
+        return model.image_size
+    import timm
+
+    try:
+        cfg = timm.get_pretrained_cfg(model.model_arch)
+    except Exception:  # noqa: BLE001 - unknown names are reported by the model factory
+        cfg = None
+    size = cfg.input_size[-1] if cfg is not None and getattr(cfg, "input_size", None) else 224
+    return int(size)
+
+
+# ------------------------------------------------------------------------------------------------------- data
 @dataclass
 class DataBundle:
     """The datasets of one run. ``waterbirds`` is None only with ``--skip_ood_eval``."""
@@ -52,46 +148,35 @@ class DataBundle:
     cub_test: CUBDataset
     waterbirds: CUBDataset | None
     num_classes: int
+    image_size: int
     val: torch.utils.data.Dataset | None = None
 
+    def eval_sets(self) -> dict:
+        return {"cub_test": self.cub_test, **({"waterbirds": self.waterbirds} if self.waterbirds is not None else {})}
 
-@dataclass
-class Strategy:
-    """What a masking strategy changes.
 
-    Attributes:
-        masking: label written to results.json ('none', 'early', 'late').
-        build_data: ``(args, image_size) -> DataBundle``.
-        build_model: ``(args, classifier) -> nn.Module`` wrapping the plain classifier (identity by default).
-        extra_results: merged into results.json (e.g. mask source).
+def image_folder_data(cfg: TrainConfig, view: DataView, image_size: int) -> DataBundle:
+    """The datasets of a run: train (+ validation part), CUB test and, unless skipped, Waterbirds.
+
+    With mask folders in ``view`` the items are ``(image, mask, label)``, transformed jointly: one transform for
+    every strategy, which replays the image's random draws on the mask (the image tensor is the same).
     """
-
-    masking: str
-    build_data: Callable[[argparse.Namespace, int], DataBundle]
-    build_model: Callable[[argparse.Namespace, nn.Module], nn.Module] = lambda args, model: model
-    extra_results: dict = field(default_factory=dict)
-
-
-def model_spec(args, num_classes: int) -> ModelSpec:
-    return ModelSpec(arch=args.model_arch, num_classes=num_classes, image_size=args.image_size,
-                     pretrained=args.start_weights == "DEFAULT", pretrained_path=args.pretrained_path,
-                     drop_path=args.drop_path, vit_head=vit_head_from_flags(args.class_token_only,
-                                                                           args.patch_tokens_only),
-                     freeze_backbone=args.freeze_backbone)
-
-
-def resolve_image_size(args) -> int:
-    """``--image_size`` or the model's pretrained default input size."""
-    if args.image_size:
-        return args.image_size
-    import timm
-
-    try:
-        cfg = timm.get_pretrained_cfg(args.model_arch)
-    except Exception:  # noqa: BLE001 - unknown names are reported by the model factory
-        cfg = None
-    size = cfg.input_size[-1] if cfg is not None and getattr(cfg, "input_size", None) else 224
-    return int(size)
+    data, aug = cfg.data, cfg.aug
+    train_masks, test_masks, ood_masks = view.masks or (None, None, None)
+    train_tf = build_train_transform(image_size, aug.augmentations_to_use, aug.aa, aug.color_jitter, aug.reprob,
+                                     aug.remode, aug.recount, aug.train_interpolation)
+    eval_tf = build_eval_transform(image_size, aug.crop_pct, aug.eval_interpolation)
+    train = CUBDataset(data.data_path, "train", view.train, train_masks, transform=train_tf)
+    train, val = split_train_val(train, data.train_split, cfg.run.seed)
+    if val is not None:  # validation images use the eval transform
+        val = Subset(CUBDataset(data.data_path, "train", view.train, train_masks, transform=eval_tf), val.indices)
+    cub_test = CUBDataset(data.data_path, "test", view.test, test_masks, transform=eval_tf)
+    waterbirds = None if data.skip_ood_eval else waterbirds_data(data.data_path, view.ood, ood_masks, eval_tf)
+    if waterbirds is None:
+        warnings.warn("Waterbirds (OOD) evaluation is skipped (--skip_ood_eval); results.json records it.",
+                      stacklevel=2)
+    return DataBundle(train=train, cub_test=cub_test, waterbirds=waterbirds, num_classes=train_num_classes(train),
+                      image_size=image_size, val=val)
 
 
 def split_train_val(dataset: CUBDataset, fraction: float, seed: int):
@@ -108,42 +193,16 @@ def split_train_val(dataset: CUBDataset, fraction: float, seed: int):
     return Subset(dataset, sorted(train_idx)), Subset(dataset, sorted(val_idx))
 
 
-def image_folder_data(args, image_size: int, train_sub: str, test_sub: str, ood_sub: str | None,
-                      mask_subs: tuple[str, str, str] | None = None) -> DataBundle:
-    """The datasets of a run: train (+ validation part), CUB test and, when its folder exists, Waterbirds.
-
-    Args:
-        train_sub, test_sub, ood_sub: image folders (baseline: images; early masking: the masked folders).
-        mask_subs: optional mask folders for (train, test, ood); the items are then ``(image, mask, label)``,
-            transformed jointly (late masking with precomputed or ground-truth masks).
-    """
-    train_masks, test_masks, ood_masks = mask_subs or (None, None, None)
-    # One transform for every strategy: with masks it replays the image's draws on them (same image tensor).
-    train_tf = build_train_transform(image_size, args.augmentations_to_use, args.aa, args.color_jitter,
-                                     args.reprob, args.remode, args.recount, args.train_interpolation)
-    eval_tf = build_eval_transform(image_size, args.crop_pct, args.eval_interpolation)
-    train = CUBDataset(args.data_path, "train", train_sub, train_masks, transform=train_tf)
-    train, val = split_train_val(train, args.train_split, args.seed)
-    if val is not None:  # validation images use the eval transform
-        val = Subset(CUBDataset(args.data_path, "train", train_sub, train_masks, transform=eval_tf), val.indices)
-    cub_test = CUBDataset(args.data_path, "test", test_sub, test_masks, transform=eval_tf)
-    waterbirds = waterbirds_data(args, ood_sub, ood_masks, eval_tf)
-    return DataBundle(train=train, cub_test=cub_test, waterbirds=waterbirds, num_classes=train_num_classes(train),
-                      val=val)
-
-
-def waterbirds_data(args, ood_sub: str | None, ood_masks: str | None, eval_tf) -> CUBDataset | None:
-    """The Waterbirds (OOD) test set, or None only when ``--skip_ood_eval`` asks for it.
+def waterbirds_data(data_path: str, ood_sub: str | None, ood_masks: str | None, eval_tf) -> CUBDataset | None:
+    """The Waterbirds (OOD) test set; None when the strategy has no Waterbirds folder.
 
     A missing folder stops the run before training, saying what supplies it. Without ``metadata.csv`` in the folder
     (a masked copy made before Waterbirds' metadata was there), the original release's file is used; without any,
     the run warns and results.json says that group metrics are absent.
     """
-    if args.skip_ood_eval or not ood_sub:
-        warnings.warn("Waterbirds (OOD) evaluation is skipped (--skip_ood_eval); results.json records it.",
-                      stacklevel=2)
+    if not ood_sub:
         return None
-    root = Path(args.data_path)
+    root = Path(data_path)
     ood_dir = root / ood_sub  # also right for an absolute ood_sub
     if not ood_dir.is_dir():
         original = root / WATERBIRDS_SUB_PATH
@@ -167,21 +226,227 @@ def train_num_classes(ds) -> int:
     return (ds.dataset if isinstance(ds, Subset) else ds).num_classes
 
 
-def build_criterion(args, mixup_active: bool) -> nn.Module:
+# ------------------------------------------------------------------------------------------------- evaluation
+def evaluate_sets(session: Session, model: RunModel, sets: dict) -> dict:
+    """Metrics per named dataset (Waterbirds also per place and group, when its metadata is there)."""
+    out = {}
+    for name, ds in sets.items():
+        out[name] = evaluate(model.ddp, session.eval_loader(ds), session.info.device, session.amp,
+                             places=getattr(ds, "places", None), waterbird_y=getattr(ds, "waterbird_y", None),
+                             progress=session.info.is_main, desc=f"eval {name}")
+        if getattr(ds, "skipped", None):
+            out[name]["skipped_missing_files"] = len(ds.skipped)
+        if name == "waterbirds" and ds.places is None:
+            out[name]["group_metrics"] = f"absent: no metadata.csv in {ds.image_root} or the Waterbirds release"
+    return out
+
+
+def evaluate_checkpoint(session: Session, data: DataBundle, model: RunModel, ckpt: CheckpointManager) -> dict:
+    """``--eval_only``: the metrics of ``--checkpoint``, or of the run's best (else last) checkpoint."""
+    run = session.cfg.run
+    path = Path(run.checkpoint) if run.checkpoint else ckpt.best_path if ckpt.best_path.is_file() else ckpt.last_path
+    if not path.is_file():
+        raise ConfigError(f"--eval_only found no checkpoint: neither {ckpt.best_path} nor {ckpt.last_path} exists; "
+                          f"pass --checkpoint FILE.")
+    state = load_checkpoint(path)
+    load_model_state(model.module, state["model"], path)
+    return {**evaluate_sets(session, model, data.eval_sets()), "epoch": state["epoch"], "checkpoint": str(path)}
+
+
+# --------------------------------------------------------------------------------------------------- training
+@dataclass
+class Progress:
+    """Where training stands: epochs done, optimizer steps done in the next epoch, and the best evaluation."""
+
+    epoch: int = 0
+    step: int = 0
+    best_top1: float = -1.0
+    best_epoch: int = 0
+    best_metrics: dict | None = None
+
+
+def train(session: Session, data: DataBundle, model: RunModel, ckpt: CheckpointManager, strategy: Strategy) -> dict:
+    """Train from scratch or from ``last.pt``; the final metrics, the epoch count and the best epoch."""
+    cfg, info = session.cfg, session.info
+    scaler = NativeScaler(info.device.type) if cfg.optim.use_amp and cfg.optim.amp_dtype == "float16" else None
+    optimizer = build_optimizer(model.module, cfg.optim)
+    if info.is_main:
+        check_same_run(cfg.flat(), session.snapshot_dir)
+    progress = resume(session, model.module, optimizer, scaler, ckpt)
+    if info.is_main:
+        save_args(cfg.flat(), session.snapshot_dir / "args.yaml")
+    # Data order comes from the sampler (seed, epoch) and augmentation from (seed, epoch, image): both are
+    # independent of the worker count, and a run stopped mid-epoch resumes at the exact batch.
+    train_set = SeededAugmentation(data.train, cfg.run.seed)
+    sampler = ResumableDistributedSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                          seed=cfg.run.seed, drop_last=False)
+    mixup = build_mixup(cfg.aug, cfg.optim.smoothing, data.num_classes)
+    loader = DataLoader(train_set, sampler=sampler, drop_last=mixup is not None
+                        and len(data.train) // info.world_size >= cfg.data.batch_size, **session.loader_kwargs)
+    criterion = build_criterion(cfg.optim.smoothing, mixup is not None)
+    updates_per_epoch = min(len(loader), cfg.run.max_train_batches or len(loader))
+    scheduler = build_scheduler(optimizer, cfg.optim, updates_per_epoch)
+    set_schedule_position(scheduler, progress.epoch, progress.epoch * updates_per_epoch + progress.step)
+    logger = RunLogger(session.snapshot_dir, enabled=info.is_main, use_wandb=cfg.run.wandb,
+                       wandb_kwargs={"project": cfg.run.wandb_project, "entity": cfg.run.wandb_entity,
+                                     "group": cfg.run.group, "job_type": cfg.run.job_type, "config": cfg.flat(),
+                                     "name": session.snapshot_dir.name})
+    if info.is_main:
+        n_train = sum(p.numel() for p in model.module.parameters() if p.requires_grad)
+        n_ood = len(data.waterbirds) if data.waterbirds else 0
+        print(f"{strategy.name} | {cfg.model.model_arch} @ {data.image_size}px | {len(data.train)} train images, "
+              f"{len(data.cub_test)} CUB test, {n_ood} Waterbirds | {n_train / 1e6:.2f}M trainable params | "
+              f"{info.world_size} process(es) on {info.device}", flush=True)
+    loop = EpochLoop(session, data, model, ckpt, optimizer, scaler, scheduler, criterion, mixup, loader, logger,
+                     updates_per_epoch)
+    return loop.run(progress)
+
+
+def resume(session: Session, model: nn.Module, optimizer, scaler, ckpt: CheckpointManager) -> Progress:
+    """Restore model, optimizer, scaler, position and RNG from ``last.pt`` when there is one."""
+    info = session.info
+    state = ckpt.resume_state()
+    if state is None:
+        return Progress()
+    load_model_state(model, state["model"], ckpt.last_path)
+    optimizer.load_state_dict(state["optimizer"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    progress = Progress(epoch=state["epoch"], step=state.get("step", 0), best_top1=state["best_top1"],
+                        best_epoch=state["best_epoch"], best_metrics=state.get("best_metrics"))
+    rng = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
+    if len(rng) == info.world_size:
+        set_rng_state(rng[info.rank])
+    elif info.is_main:
+        warnings.warn(f"{ckpt.last_path} was written by {len(rng)} process(es), this run has {info.world_size}: "
+                      f"training continues, but not bit-identically to an uninterrupted run.", stacklevel=2)
+    if info.is_main:
+        where = f" + {progress.step} steps" if progress.step else ""
+        print(f"Resumed from {ckpt.last_path} after epoch {progress.epoch}/{session.cfg.optim.epochs}{where}",
+              flush=True)
+    return progress
+
+
+@dataclass
+class EpochLoop:
+    """The epochs of one training run: train, evaluate, checkpoint; stops cleanly when preempted."""
+
+    session: Session
+    data: DataBundle
+    model: RunModel
+    ckpt: CheckpointManager
+    optimizer: torch.optim.Optimizer
+    scaler: NativeScaler | None
+    scheduler: object
+    criterion: nn.Module
+    mixup: MaskMixup | None
+    loader: DataLoader
+    logger: RunLogger
+    updates_per_epoch: int
+
+    def run(self, progress: Progress) -> dict:
+        cfg = self.session.cfg
+        self.num_updates = progress.epoch * self.updates_per_epoch + progress.step
+        last_metrics = None
+        preemption = PreemptionFlag(distributed=self.session.info.distributed, device=self.session.info.device)
+        for epoch in range(progress.epoch, cfg.optim.epochs):
+            skip = progress.step if epoch == progress.epoch else 0
+            stats = self.train_epoch(epoch, skip, preemption)
+            if not stats["completed"]:
+                self.stop_preempted(epoch, skip + stats["steps"], progress, preemption)
+            progress.epoch, progress.step = epoch + 1, 0
+            metrics = self.end_epoch(stats, progress)
+            last_metrics = metrics or last_metrics
+        preemption.restore()
+        self.logger.close()
+        if last_metrics is None:  # resumed after the final epoch: evaluate the final weights again
+            last_metrics = evaluate_sets(self.session, self.model, self.data.eval_sets())
+        return {**last_metrics, "epoch": cfg.optim.epochs,
+                "best": {"epoch": progress.best_epoch, "top1": progress.best_top1,
+                         "selected_on": "val" if cfg.data.eval_mode == "val" else "cub_test"}}
+
+    def train_epoch(self, epoch: int, skip: int, preemption: PreemptionFlag) -> dict:
+        cfg, info = self.session.cfg, self.session.info
+        self.loader.dataset.set_epoch(epoch)
+        self.loader.sampler.set_epoch(epoch)
+        self.loader.sampler.set_start(skip * cfg.data.batch_size)
+        max_batches = max(0, cfg.run.max_train_batches - skip) if cfg.run.max_train_batches else 0
+        try:
+            return train_one_epoch(self.model.ddp, self.loader, self.optimizer, self.criterion, info.device,
+                                   self.session.amp, self.scaler, self.mixup, cfg.optim.grad_norm_clip, max_batches,
+                                   progress=info.is_main, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
+                                   should_stop=preemption.requested, on_update=self.on_update)
+        except NonFiniteLossError as e:
+            self.logger.close()
+            raise SystemExit(f"error: {e} ({self.ckpt.last_path} holds the last completed epoch)") from None
+
+    def on_update(self) -> None:
+        self.num_updates += 1
+        self.scheduler.step_update(self.num_updates)
+
+    def end_epoch(self, stats: dict, progress: Progress) -> dict | None:
+        """Schedule step, evaluation when due, log record and checkpoint; the metrics when evaluated."""
+        cfg, info, done = self.session.cfg, self.session.info, progress.epoch
+        record = {"epoch": done, "train_loss": stats["loss"], "train_images_per_s": stats["images_per_s"],
+                  "lr": self.optimizer.param_groups[0]["lr"], "time": time.time()}
+        self.scheduler.step(done)
+        metrics, is_best = None, False
+        if done % cfg.run.eval_every == 0 or done == cfg.optim.epochs:
+            sets = self.data.eval_sets()
+            if cfg.data.eval_mode == "val":
+                sets = {"val": self.data.val, **({} if done < cfg.optim.epochs else sets)}
+            metrics = evaluate_sets(self.session, self.model, sets)
+            top1 = metrics["val" if cfg.data.eval_mode == "val" else "cub_test"]["top1"]
+            is_best = top1 > progress.best_top1
+            if is_best:
+                progress.best_top1, progress.best_epoch, progress.best_metrics = top1, done, metrics
+            record.update({name: _brief(m) for name, m in metrics.items()})
+            if info.is_main:
+                summary = ", ".join(f"{n} {m['top1']:.2f}%" for n, m in metrics.items())
+                print(f"epoch {done}/{cfg.optim.epochs}: loss {stats['loss']:.4f}, {summary}", flush=True)
+        self.logger.log(record, step=done)
+        self.ckpt.save(self.training_state(progress), done, is_best)
+        distributed.barrier()
+        return metrics
+
+    def stop_preempted(self, epoch: int, steps: int, progress: Progress, preemption: PreemptionFlag) -> None:
+        """Save the exact position (``steps`` optimizer steps into ``epoch``) and exit asking to be requeued."""
+        self.ckpt.save_last(self.training_state(Progress(epoch, steps, progress.best_top1, progress.best_epoch,
+                                                         progress.best_metrics)))
+        distributed.barrier()
+        if self.session.info.is_main:
+            print(f"Preempted (signal {preemption.signal_received}) in epoch {epoch + 1} after {steps} steps: saved "
+                  f"{self.ckpt.last_path}; exiting with code {REQUEUE_EXIT_CODE} so the job can be requeued.",
+                  flush=True)
+        self.logger.close()
+        distributed.cleanup()
+        raise SystemExit(REQUEUE_EXIT_CODE)
+
+    def training_state(self, progress: Progress) -> dict:
+        cfg = self.session.cfg
+        return {"model": self.model.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler else None,
+                "epoch": progress.epoch, "step": progress.step, "best_top1": progress.best_top1,
+                "best_epoch": progress.best_epoch, "best_metrics": progress.best_metrics,
+                "rng": gather_rng_states(self.session.info), "args": cfg.flat(),
+                "model_arch": cfg.model.model_arch, "num_classes": self.data.num_classes}
+
+
+def build_criterion(smoothing: float, mixup_active: bool) -> nn.Module:
     if mixup_active:
         return SoftTargetCrossEntropy()  # mixup targets already carry the label smoothing
-    if args.smoothing > 0:
-        return LabelSmoothingCrossEntropy(smoothing=args.smoothing)
+    if smoothing > 0:
+        return LabelSmoothingCrossEntropy(smoothing=smoothing)
     return nn.CrossEntropyLoss()
 
 
-def build_mixup(args, num_classes: int) -> MaskMixup | None:
+def build_mixup(aug: AugConfig, smoothing: float, num_classes: int) -> MaskMixup | None:
     """timm mixup/cutmix (masks, when the batch has them, are mixed alike), or None."""
-    if not args.turn_on_mixup_or_cutmix:
+    if not aug.turn_on_mixup_or_cutmix:
         return None
-    return MaskMixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
-                     prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
-                     label_smoothing=args.smoothing, num_classes=num_classes)
+    return MaskMixup(mixup_alpha=aug.mixup, cutmix_alpha=aug.cutmix, cutmix_minmax=aug.cutmix_minmax,
+                     prob=aug.mixup_prob, switch_prob=aug.mixup_switch_prob, mode=aug.mixup_mode,
+                     label_smoothing=smoothing, num_classes=num_classes)
 
 
 def seed_everything(seed: int) -> None:
@@ -190,7 +455,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def set_cpu_threads(info, num_workers: int) -> None:
+def set_cpu_threads(info: DistInfo, num_workers: int) -> None:
     """On CPU, leave one core per data-loader worker: OpenMP threads spinning against busy workers slow training
     down by an order of magnitude. An explicit OMP_NUM_THREADS always wins."""
     if info.device.type != "cpu" or "OMP_NUM_THREADS" in os.environ:
@@ -206,249 +471,41 @@ def check_writable_dir(path: Path) -> None:
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        raise UsageError(f"cannot write to --snapshot_dir {path} ({e.strerror}); choose a writable folder.") from None
+        raise ConfigError(f"cannot write to --snapshot_dir {path} ({e.strerror}); choose a writable folder.") from None
 
 
-def run(args: argparse.Namespace, strategy: Strategy) -> dict | None:
-    """Train (or with ``--eval_only`` evaluate) and write results.json. Returns the results on rank 0."""
-    check_classifier_args(args, torch.cuda.is_available())
-    snapshot_dir = Path(args.snapshot_dir)
-    info = distributed.init_distributed(args.device)
-    if info.is_main:
-        check_writable_dir(snapshot_dir)
-    distributed.barrier()
-    set_cpu_threads(info, args.num_workers)
-    seed_everything(args.seed + info.rank)
-    image_size = resolve_image_size(args)
-    data = strategy.build_data(args, image_size)
-    classifier = create_classifier(model_spec(args, data.num_classes))
-    weights = classifier.backbone.weights_source
-    if info.is_main:
-        print(f"weights: {weights['source']}" + (f" ({weights['location']})" if weights["location"] else "")
-              + (f", resampled: {weights['resampled']}" if weights["resampled"] else ""), flush=True)
-    model = strategy.build_model(args, classifier).to(info.device)
-    if info.distributed and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    ddp_model = model
-    if info.distributed and any(p.requires_grad for p in model.parameters()):
-        ddp_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
-
-    amp = AmpSettings(info.device.type, {"float16": torch.float16, "bfloat16": torch.bfloat16}[args.amp_dtype]
-                      if args.use_amp else None)
-    scaler = NativeScaler(info.device.type) if args.use_amp and args.amp_dtype == "float16" else None
-    optim_cfg = OptimConfig.from_args(args)
-    try:
-        optimizer = build_optimizer(model, optim_cfg)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    ckpt = CheckpointManager(snapshot_dir, args.save_every_n_epochs, enabled=info.is_main)
-    # A private generator: creating a loader iterator must not consume the global RNG (exact resume).
-    loader_kwargs = {"batch_size": args.batch_size, "num_workers": args.num_workers,
-                     "pin_memory": info.device.type == "cuda", "persistent_workers": False,
-                     "generator": torch.Generator().manual_seed(args.seed)}
-
-    def eval_loader(ds):
-        return DataLoader(IndexedDataset(ds), sampler=ShardSampler(len(ds), info.rank, info.world_size),
-                          shuffle=False, drop_last=False, **loader_kwargs)
-
-    eval_sets = {"cub_test": data.cub_test}
-    if data.waterbirds is not None:
-        eval_sets["waterbirds"] = data.waterbirds
-    ood_note = {} if data.waterbirds is not None else {"waterbirds": {"skipped": "--skip_ood_eval"}}
-
-    def run_eval(sets: dict) -> dict:
-        out = {}
-        for name, ds in sets.items():
-            out[name] = evaluate(ddp_model, eval_loader(ds), info.device, amp,
-                                 places=getattr(ds, "places", None), waterbird_y=getattr(ds, "waterbird_y", None),
-                                 progress=info.is_main, desc=f"eval {name}")
-            if getattr(ds, "skipped", None):
-                out[name]["skipped_missing_files"] = len(ds.skipped)
-            if name == "waterbirds" and ds.places is None:
-                out[name]["group_metrics"] = f"absent: no metadata.csv in {ds.image_root} or the Waterbirds release"
-        return out
-
-    results_base = {"model_arch": args.model_arch, "masking": strategy.masking, "image_size": image_size,
-                    "num_classes": data.num_classes, "world_size": info.world_size, "weights": weights, **ood_note,
-                    **strategy.extra_results}
-
-    if args.eval_only:
-        path = Path(args.checkpoint) if args.checkpoint else ckpt.best_path if ckpt.best_path.is_file() \
-            else ckpt.last_path
-        if not path.is_file():
-            raise UsageError(f"--eval_only found no checkpoint: neither {ckpt.best_path} nor {ckpt.last_path} "
-                             f"exists; pass --checkpoint FILE.")
-        state = load_checkpoint(path)
-        load_model_state(model, state["model"], path)
-        metrics = run_eval(eval_sets)
-        results = {**metrics, "epoch": state["epoch"], "checkpoint": str(path), **results_base,
-                   "diagnostics": run_diagnostics(args, model, strategy.masking, data, info, amp, loader_kwargs)}
-        if info.is_main:
-            write_json_atomic(results, snapshot_dir / "results.json")
-        distributed.cleanup()
-        return results if info.is_main else None
-
-    start_epoch, start_step, best_top1, best_epoch, history_best = 0, 0, -1.0, 0, None
-    if info.is_main:
-        check_same_run(args, snapshot_dir)
-    resumed = ckpt.resume_state()
-    if resumed is not None:
-        load_model_state(model, resumed["model"], ckpt.last_path)
-        optimizer.load_state_dict(resumed["optimizer"])
-        if scaler is not None and resumed.get("scaler"):
-            scaler.load_state_dict(resumed["scaler"])
-        start_epoch, best_top1, best_epoch = resumed["epoch"], resumed["best_top1"], resumed["best_epoch"]
-        start_step = resumed.get("step", 0)  # optimizer steps already done in epoch start_epoch + 1
-        history_best = resumed.get("best_metrics")
-        rng = resumed["rng"] if isinstance(resumed["rng"], list) else [resumed["rng"]]
-        if len(rng) == info.world_size:
-            set_rng_state(rng[info.rank])
-        elif info.is_main:
-            warnings.warn(f"{ckpt.last_path} was written by {len(rng)} process(es), this run has "
-                          f"{info.world_size}: training continues, but not bit-identically to an uninterrupted run.",
-                          stacklevel=2)
-        if info.is_main:
-            where = f" + {start_step} steps" if start_step else ""
-            print(f"Resumed from {ckpt.last_path} after epoch {start_epoch}/{args.epochs}{where}", flush=True)
-    if info.is_main:
-        save_args(args, snapshot_dir / "args.yaml")
-
-    # Data order comes from the sampler (seed, epoch) and augmentation from (seed, epoch, image): both are
-    # independent of the worker count, and a run stopped mid-epoch resumes at the exact batch.
-    train_set = SeededAugmentation(data.train, args.seed)
-    train_sampler = ResumableDistributedSampler(train_set, num_replicas=info.world_size, rank=info.rank,
-                                                shuffle=True, seed=args.seed, drop_last=False)
-    batch_transform = build_mixup(args, data.num_classes)
-    train_loader = DataLoader(train_set, sampler=train_sampler, drop_last=batch_transform is not None
-                              and len(data.train) // info.world_size >= args.batch_size, **loader_kwargs)
-    criterion = build_criterion(args, batch_transform is not None)
-    updates_per_epoch = min(len(train_loader), args.max_train_batches or len(train_loader))
-    scheduler = build_scheduler(optimizer, optim_cfg, updates_per_epoch)
-    num_updates = start_epoch * updates_per_epoch + start_step
-    set_schedule_position(scheduler, start_epoch, num_updates)
-
-    def on_update():
-        nonlocal num_updates
-        num_updates += 1
-        scheduler.step_update(num_updates)
-    logger = RunLogger(snapshot_dir, enabled=info.is_main, use_wandb=args.wandb,
-                       wandb_kwargs={"project": args.wandb_project, "entity": args.wandb_entity,
-                                     "group": args.group, "job_type": args.job_type, "config": vars(args),
-                                     "name": snapshot_dir.name})
-    if info.is_main:
-        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        print(f"{strategy.masking} | {args.model_arch} @ {image_size}px | {len(data.train)} train images, "
-              f"{len(data.cub_test)} CUB test, {len(data.waterbirds) if data.waterbirds else 0} Waterbirds | "
-              f"{n_train / 1e6:.2f}M trainable params | {info.world_size} process(es) on {info.device}", flush=True)
-
-    metrics = history_best or {}
-    last_metrics = None
-    preemption = PreemptionFlag(distributed=info.distributed, device=info.device)
-
-    def training_state(epoch_done: int, step: int, best_metrics) -> dict:
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict() if scaler else None,
-                "epoch": epoch_done, "step": step, "best_top1": best_top1, "best_epoch": best_epoch,
-                "best_metrics": best_metrics, "rng": gather_rng_states(info), "args": vars(args),
-                "model_arch": args.model_arch, "num_classes": data.num_classes}
-
-    for epoch in range(start_epoch, args.epochs):
-        train_set.set_epoch(epoch)
-        train_sampler.set_epoch(epoch)
-        skip = start_step if epoch == start_epoch else 0
-        train_sampler.set_start(skip * args.batch_size)
-        max_batches = max(0, args.max_train_batches - skip) if args.max_train_batches else 0
-        try:
-            stats = train_one_epoch(ddp_model, train_loader, optimizer, criterion, info.device, amp, scaler,
-                                    batch_transform, args.grad_norm_clip, max_batches,
-                                    progress=info.is_main, desc=f"epoch {epoch + 1}/{args.epochs}",
-                                    should_stop=preemption.requested, on_update=on_update)
-        except NonFiniteLossError as e:
-            logger.close()
-            raise SystemExit(f"error: {e} ({ckpt.last_path} holds the last completed epoch)") from None
-        if not stats["completed"]:  # preempted: save the exact position and ask to be requeued
-            ckpt.save_last(training_state(epoch, skip + stats["steps"], metrics))
-            distributed.barrier()
-            if info.is_main:
-                print(f"Preempted (signal {preemption.signal_received}) in epoch {epoch + 1} after "
-                      f"{skip + stats['steps']} steps: saved {ckpt.last_path}; exiting with code "
-                      f"{REQUEUE_EXIT_CODE} so the job can be requeued.", flush=True)
-            logger.close()
-            distributed.cleanup()
-            raise SystemExit(REQUEUE_EXIT_CODE)
-        done = epoch + 1
-        record = {"epoch": done, "train_loss": stats["loss"], "train_images_per_s": stats["images_per_s"],
-                  "lr": optimizer.param_groups[0]["lr"], "time": time.time()}
-        scheduler.step(done)
-        is_best = False
-        if done % args.eval_every == 0 or done == args.epochs:
-            sets = dict(eval_sets)
-            if args.eval_mode == "val":
-                sets = {"val": data.val, **({} if done < args.epochs else eval_sets)}
-            last_metrics = run_eval(sets)
-            key = "val" if args.eval_mode == "val" else "cub_test"
-            top1 = last_metrics[key]["top1"]
-            is_best = top1 > best_top1
-            if is_best:
-                best_top1, best_epoch, metrics = top1, done, last_metrics
-            record.update({name: _brief(m) for name, m in last_metrics.items()})
-            if info.is_main:
-                summary = ", ".join(f"{n} {m['top1']:.2f}%" for n, m in last_metrics.items())
-                print(f"epoch {done}/{args.epochs}: loss {stats['loss']:.4f}, {summary}", flush=True)
-        logger.log(record, step=done)
-        ckpt.save(training_state(done, 0, metrics), done, is_best)
-        distributed.barrier()
-    preemption.restore()
-
-    if last_metrics is None:  # resumed after the final epoch: evaluate the final weights again
-        last_metrics = run_eval(eval_sets)
-    results = {**{k: v for k, v in last_metrics.items()}, "epoch": args.epochs,
-               "best": {"epoch": best_epoch, "top1": best_top1,
-                        "selected_on": "val" if args.eval_mode == "val" else "cub_test"},
-               **results_base,
-               "diagnostics": run_diagnostics(args, model, strategy.masking, data, info, amp, loader_kwargs)}
-    if info.is_main:
-        write_json_atomic(results, snapshot_dir / "results.json")
-    logger.close()
-    distributed.cleanup()
-    return results if info.is_main else None
-
-
-GALLERY_IMAGES = 6  # attribution maps kept per run for collect_results' gallery
-
-
-def run_diagnostics(args, model: nn.Module, masking: str, data: DataBundle, info, amp, loader_kwargs) -> dict:
+# ------------------------------------------------------------------------------------------------ diagnostics
+def run_diagnostics(session: Session, model: nn.Module, strategy: Strategy, data: DataBundle) -> dict:
     """Background-reliance diagnostics of the final weights (:mod:`bgmask.diagnostics`), or why they are absent.
 
     Every test image is scored once per view on any number of processes; rank 0 keeps a few attribution maps in
     ``attribution_gallery.pt`` for ``collect_results``.
     """
-    if args.diagnostics == "none":
+    cfg, info = session.cfg.diagnostics, session.info
+    if cfg.diagnostics == "none":
         return {"skipped": "--diagnostics none"}
-    root = Path(args.data_path)
-    if not (root / args.diagnostics_mask_sub_path).is_dir():
-        hint = missing_folder_hint(root, args.diagnostics_mask_sub_path)
-        warnings.warn(f"background diagnostics skipped: no bird masks in {root / args.diagnostics_mask_sub_path}. "
+    if strategy.diagnostics_input is None:
+        return {"skipped": f"the {strategy.name!r} strategy declares no diagnostics input"}
+    root = Path(session.cfg.data.data_path)
+    if not (root / cfg.diagnostics_mask_sub_path).is_dir():
+        hint = missing_folder_hint(root, cfg.diagnostics_mask_sub_path)
+        warnings.warn(f"background diagnostics skipped: no bird masks in {root / cfg.diagnostics_mask_sub_path}. "
                       f"{hint}", stacklevel=2)
-        return {"skipped": f"no masks in {root / args.diagnostics_mask_sub_path}"}
+        return {"skipped": f"no masks in {root / cfg.diagnostics_mask_sub_path}"}
     from bgmask import diagnostics
 
-    strategy = masking if masking in ("early", "late") else "none"
+    kind, seed = strategy.diagnostics_input, session.cfg.run.seed
     layout = getattr(model, "classifier", model).adapter.layout
     eval_tf, out = data.cub_test.transform, {}
     for view in diagnostics.VIEWS:
-        ds = diagnostics.DiagnosticViews(root, args.diagnostics_mask_sub_path, view, strategy, eval_tf, args.seed)
-        loader = DataLoader(IndexedDataset(ds), sampler=ShardSampler(len(ds), info.rank, info.world_size),
-                            **loader_kwargs)
-        metrics = evaluate(model, loader, info.device, amp, progress=info.is_main, desc=f"diagnostics {view}")
+        ds = diagnostics.DiagnosticViews(root, cfg.diagnostics_mask_sub_path, view, kind, eval_tf, seed)
+        metrics = evaluate(model, session.eval_loader(ds), info.device, session.amp, progress=info.is_main,
+                           desc=f"diagnostics {view}")
         out[view] = {"top1": metrics["top1"], "num_images": metrics["num_images"]}
     out["bg_gap"] = out["mixed_same"]["top1"] - out["mixed_rand"]["top1"]
-    ds = diagnostics.DiagnosticViews(root, args.diagnostics_mask_sub_path, "original", strategy, eval_tf, args.seed,
+    ds = diagnostics.DiagnosticViews(root, cfg.diagnostics_mask_sub_path, "original", kind, eval_tf, seed,
                                      with_mask=True)
-    loader = DataLoader(IndexedDataset(ds), sampler=ShardSampler(len(ds), info.rank, info.world_size),
-                        **loader_kwargs)
-    share, counted, gallery = diagnostics.fg_attribution(model, loader, info.device, strategy, layout,
+    share, counted, gallery = diagnostics.fg_attribution(model, session.eval_loader(ds), info.device, kind, layout,
                                                          gallery=GALLERY_IMAGES if info.is_main else 0,
                                                          progress=info.is_main)
     out["fg_attribution"] = share
@@ -456,19 +513,14 @@ def run_diagnostics(args, model: nn.Module, masking: str, data: DataBundle, info
     out["attribution"] = "|gradient x input|" if layout == "tokens" else "Grad-CAM on the pooled feature map"
     if info.is_main:
         gallery["paths"] = [ds.base.paths[i] for i in gallery["index"]]
-        atomic_torch_save(gallery, diagnostics.gallery_path(Path(args.snapshot_dir)))
+        atomic_torch_save(gallery, diagnostics.gallery_path(session.snapshot_dir))
     return out
 
 
-# Flags that change how a run is executed or logged, not what it computes.
-RUN_ONLY_FLAGS = frozenset({"config", "snapshot_dir", "num_workers", "device", "resume_training", "eval_only",
-                            "checkpoint", "save_every_n_epochs", "log_interval", "wandb", "wandb_project",
-                            "wandb_entity", "job_type", "group", "diagnostics", "diagnostics_mask_sub_path"})
-
-
-def check_same_run(args, snapshot_dir: Path) -> None:
+# ------------------------------------------------------------------------------------------ resume and checks
+def check_same_run(settings: dict, snapshot_dir: Path) -> None:
     """Refuse to continue a run in ``snapshot_dir`` that was started with other settings (it would silently resume
-    or overwrite it). Only flags that change the result count; a flag unknown to the older run is not compared."""
+    or overwrite it). Only settings that change the result count; one unknown to the older run is not compared."""
     previous_args = snapshot_dir / "args.yaml"
     started = (snapshot_dir / "last.pt").is_file() or (snapshot_dir / "results.json").is_file()
     if not (started and previous_args.is_file()):
@@ -478,15 +530,15 @@ def check_same_run(args, snapshot_dir: Path) -> None:
     try:
         previous = yaml.safe_load(previous_args.read_text()) or {}
     except yaml.YAMLError as e:
-        raise UsageError(f"{previous_args} is unreadable ({e}); it describes the run in {snapshot_dir}. Delete the "
-                         f"folder to start over, or use another --snapshot_dir.") from None
-    current = vars(args)
-    changed = [f"--{k} {previous[k]!r} -> {current[k]!r}" for k in sorted(set(previous) & set(current) - RUN_ONLY_FLAGS)
-               if _normalise(previous[k]) != _normalise(current[k])]
+        raise ConfigError(f"{previous_args} is unreadable ({e}); it describes the run in {snapshot_dir}. Delete the "
+                          f"folder to start over, or use another --snapshot_dir.") from None
+    keys = sorted(set(previous) & set(settings) - RUN_ONLY_SETTINGS)
+    changed = [f"--{k} {previous[k]!r} -> {settings[k]!r}" for k in keys
+               if _normalise(previous[k]) != _normalise(settings[k])]
     if changed:
-        raise UsageError(f"--snapshot_dir {snapshot_dir} holds a run started with other settings, which this run "
-                         f"would resume or overwrite:\n    " + "\n    ".join(changed) + "\n  Use a new --snapshot_dir, "
-                         f"or delete {snapshot_dir} to start over. (Same settings resume the run.)")
+        raise ConfigError(f"--snapshot_dir {snapshot_dir} holds a run started with other settings, which this run "
+                          f"would resume or overwrite:\n    " + "\n    ".join(changed) + "\n  Use a new "
+                          f"--snapshot_dir, or delete {snapshot_dir} to start over. (Same settings resume the run.)")
 
 
 def _normalise(value):
@@ -497,7 +549,7 @@ def _brief(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if k in ("top1", "num_images", "worst_group", "per_place")}
 
 
-def gather_rng_states(info) -> list | dict:
+def gather_rng_states(info: DistInfo) -> list | dict:
     """RNG states of every rank (each rank restores its own on resume)."""
     state = rng_state()
     if not info.distributed:
@@ -522,17 +574,7 @@ def load_model_state(model: nn.Module, state: dict, path) -> None:
             details.append(f"{len(missing)} model tensors missing from the checkpoint (e.g. {missing[0]})")
         if unexpected:
             details.append(f"{len(unexpected)} unexpected tensors (e.g. {unexpected[0]})")
-        raise UsageError(f"checkpoint {path} does not match this model: {'; '.join(details)}. It was saved for "
-                         f"another --model_arch, head or class count; use a matching checkpoint or a new "
-                         f"--snapshot_dir.")
+        raise ConfigError(f"checkpoint {path} does not match this model: {'; '.join(details)}. It was saved for "
+                          f"another --model_arch, head or class count; use a matching checkpoint or a new "
+                          f"--snapshot_dir.")
     model.load_state_dict(state)
-
-
-def main_guard(fn: Callable[[], object]) -> int:
-    """Run an entry point, turning user errors into a one-paragraph message and exit code 2."""
-    try:
-        fn()
-    except (UsageError, DatasetError, CheckpointError, ModelError, WeightsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0

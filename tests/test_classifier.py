@@ -11,7 +11,8 @@ import pytest
 import torch
 import yaml
 
-from bgmask.cli import UsageError, classifier_parent, parse_with_config
+from bgmask.cli import build_parser, config_from_args, parse_with_config
+from bgmask.errors import ConfigError
 from bgmask.models import ModelSpec, create_classifier, param_groups
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,7 +86,7 @@ def test_upstream_weight_decay_rule_decays_every_parameter():
 
 
 def test_timm_weight_decay_rule_exempts_biases_norms_and_no_weight_decay_set():
-    import timm
+    import timm.optim
 
     model = create_classifier(ModelSpec(arch="vit_small_patch14_reg4_dinov2", num_classes=3, image_size=28))
     decayed = decayed_names(model, "timm")
@@ -121,10 +122,13 @@ def test_loss_decreases_on_a_fixed_batch(arch, size):
 
 
 def parse(argv):
-    import argparse
+    return parse_with_config(build_parser(["none"]), argv)
 
-    parser = argparse.ArgumentParser(parents=[classifier_parent()])
-    return parse_with_config(parser, argv)
+
+def check(args, cuda_available=False):
+    cfg, strategy = config_from_args(args)
+    cfg.check(cuda_available)
+    strategy.check(cfg)
 
 
 def test_config_sets_defaults_and_flags_win(tmp_path):
@@ -138,10 +142,8 @@ def test_config_sets_defaults_and_flags_win(tmp_path):
 
 
 def test_contradictory_flags_fail_before_training(tiny_cub_root, tmp_path):
-    from bgmask.cli import check_classifier_args
-
     base = ["--data_path", str(tiny_cub_root), "--snapshot_dir", str(tmp_path / "run")]
-    check_classifier_args(parse(base), cuda_available=False)
+    check(parse(base))
     cases = {
         "mutually exclusive": ["--class_token_only", "--patch_tokens_only", "--model_arch", VIT],
         "needs a CUDA device": ["--use_amp"],
@@ -150,14 +152,13 @@ def test_contradictory_flags_fail_before_training(tiny_cub_root, tmp_path):
         "needs a validation part": ["--eval_mode", "val"],
     }
     for message, extra in cases.items():
-        with pytest.raises(UsageError, match=message):
-            check_classifier_args(parse(base + extra), cuda_available=False)
-    with pytest.raises(UsageError, match="does not exist"):
-        check_classifier_args(parse(["--data_path", str(tmp_path / "nope"), "--snapshot_dir", "x"]), False)
+        with pytest.raises(ConfigError, match=message):
+            check(parse(base + extra))
+    with pytest.raises(ConfigError, match="does not exist"):
+        check(parse(["--data_path", str(tmp_path / "nope"), "--snapshot_dir", "x"]))
     (tmp_path / "afile").write_text("")
-    with pytest.raises(UsageError, match="is a file"):
-        check_classifier_args(parse(["--data_path", str(tiny_cub_root), "--snapshot_dir", str(tmp_path / "afile")]),
-                              False)
+    with pytest.raises(ConfigError, match="is a file"):
+        check(parse(["--data_path", str(tiny_cub_root), "--snapshot_dir", str(tmp_path / "afile")]))
 
 
 # ------------------------------------------------------------------------------------------ end-to-end runs
@@ -268,17 +269,23 @@ def test_two_process_eval_counts_each_image_once(two_epoch_run, tiny_cub_root, t
     assert a["diagnostics"]["fg_attribution"] == pytest.approx(b["diagnostics"]["fg_attribution"], rel=1e-4)
 
 
-@pytest.mark.parametrize("trainer", ["early_masking_and_baseline", "late_masking"])
-def test_every_config_parses(trainer):
-    import importlib.util
-
-    configs = sorted((REPO / trainer / "configs").glob("*.yaml"))
-    assert len(configs) >= 24
-    spec = importlib.util.spec_from_file_location(f"{trainer}_train", REPO / trainer / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    for cfg in configs:
-        args = parse_with_config(module.build_parser(), ["--config", str(cfg)])
-        assert args.model_arch and args.epochs > 0
-        header = cfg.read_text().splitlines()[0]
-        assert header.startswith("#") and str(cfg.relative_to(REPO)) in cfg.read_text()
+def test_every_config_parses_and_composes(tmp_path):
+    """Every regime file combines with every model file; a delta file inherits with _base_ (its own keys win), and
+    several --config files apply in order, flags last."""
+    configs = REPO / "configs/classifier"
+    regimes, models = sorted(configs.glob("*.yaml")), sorted((configs / "models").glob("*.yaml"))
+    assert [p.stem for p in regimes] == ["finetune", "frozen"] and len(models) == 6
+    for regime in regimes:
+        assert regime.read_text().startswith("#")
+        for model in models:
+            args = parse(["--config", str(regime), "--config", str(model)])
+            assert args.model_arch == yaml.safe_load(model.read_text())["model_arch"]
+            assert args.freeze_backbone == (regime.stem == "frozen") and args.epochs in (90, 300)
+    delta = tmp_path / "mine.yaml"
+    delta.write_text(f"_base_: [{configs / 'frozen.yaml'}, {configs / 'models/vit_small.yaml'}]\nepochs: 5\n")
+    args = parse(["--config", str(delta), "--lr", "0.5"])
+    assert (args.epochs, args.lr, args.freeze_backbone, args.image_size) == (5, 0.5, True, 518)
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("_base_: loop.yaml\n")
+    with pytest.raises(SystemExit):
+        parse(["--config", str(loop)])

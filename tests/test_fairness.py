@@ -232,8 +232,9 @@ def test_late_masking_refuses_a_cls_head_masked_after_the_last_block(tiny_cub_ro
 
 # ----------------------------------------------------------------------------------- optimiser and schedules
 def two_group_optimizer(lr=1e-2):
+    from bgmask.config import OptimConfig
     from bgmask.models import ModelSpec, create_classifier
-    from bgmask.optim import OptimConfig, build_optimizer
+    from bgmask.optim import build_optimizer
 
     model = create_classifier(ModelSpec(arch="convnext_atto", num_classes=3))
     return build_optimizer(model, OptimConfig(lr=lr, scratch_lr_factor=10.0))
@@ -241,11 +242,12 @@ def two_group_optimizer(lr=1e-2):
 
 def schedule(name, epochs=12, updates_per_epoch=1, on_updates=False, **kw):
     """lr of both groups at the start of every epoch (and every update with on_updates)."""
-    from bgmask.optim import OptimConfig, build_scheduler, set_schedule_position
+    from bgmask.config import OptimConfig
+    from bgmask.optim import build_scheduler, set_schedule_position
 
     opt = two_group_optimizer()
-    cfg = OptimConfig(lr=1e-2, min_lr=1e-4, scratch_lr_factor=10.0, scheduler=name, epochs=epochs,
-                      on_updates=on_updates, **kw)
+    cfg = OptimConfig(lr=1e-2, min_lr=1e-4, scratch_lr_factor=10.0, scheduler_type=name, epochs=epochs,
+                      sched_on_updates=on_updates, **{f"scheduler_{k}": v for k, v in kw.items()})
     sched = build_scheduler(opt, cfg, updates_per_epoch)
     lrs, updates = [], 0
     for epoch in range(epochs):

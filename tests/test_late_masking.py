@@ -9,7 +9,7 @@ import torch
 
 from bgmask.masking import mask_features, mask_to_feature_grid
 from bgmask.models import ModelSpec, create_classifier
-from late_masking.models import LateMaskedClassifier
+from bgmask.strategies.late import LateMaskedClassifier
 
 VIT = "vit_small_patch14_dinov2"
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import json
 import os
 import shlex
 import signal
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bgmask.cli import parse_with_config
+from bgmask.cli import parse_config
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_SCRIPTS = sorted((REPO / "scripts/paper").glob("[!_]*.sh"))
@@ -39,6 +41,22 @@ def script_and_args(cmd: list[str]) -> tuple[Path, list[str]]:
     raise AssertionError(f"no python entry point in {cmd}")
 
 
+CLASSIFIER_ENTRY_POINTS = {"early_masking_and_baseline/train.py": "early_masking_and_baseline.train",
+                           "late_masking/train.py": "late_masking.train"}
+GOLDEN = REPO / "tests/golden/paper_resolved_args.json"
+
+
+def resolved_settings(entry: Path, argv: list[str]) -> dict:
+    """The settings a classifier command resolves to (config files, flags, strategy defaults), as in args.yaml."""
+    module = importlib.import_module(CLASSIFIER_ENTRY_POINTS[f"{entry.parent.name}/{entry.name}"])
+    cfg, _ = parse_config(module.STRATEGIES, argv)
+    return cfg.flat()
+
+
+def is_classifier(entry: Path) -> bool:
+    return f"{entry.parent.name}/{entry.name}" in CLASSIFIER_ENTRY_POINTS
+
+
 @pytest.mark.parametrize("script", PAPER_SCRIPTS, ids=lambda p: p.name)
 def test_every_printed_command_parses(script):
     commands = dry_run(script)
@@ -47,15 +65,37 @@ def test_every_printed_command_parses(script):
     for cmd in commands:
         entry, argv = script_and_args(cmd)
         assert entry.is_file(), entry
-        if entry.name == "train.py" and entry.parent.name in ("early_masking_and_baseline", "late_masking"):
-            module = parsers.setdefault(entry, load_module(entry))
-            args = parse_with_config(module.build_parser(), argv)
-            assert args.data_path == "/data/CUB_200_2011" and args.snapshot_dir.startswith("/runs/")
+        if is_classifier(entry):
+            settings = resolved_settings(entry, argv)
+            assert settings["data_path"] == "/data/CUB_200_2011" and settings["snapshot_dir"].startswith("/runs/")
         else:
             module = parsers.setdefault(entry, load_module(entry))
             module.build_parser().parse_args(argv)
     names = [c[c.index("--snapshot_dir") + 1] for c in commands if "--snapshot_dir" in c]
     assert len(names) == len(set(names)), "two runs would share a snapshot folder"
+
+
+def test_paper_runs_resolve_to_the_golden_settings():
+    """Every classifier run of the paper scripts resolves to the settings recorded in tests/golden/ (written from
+    the one-YAML-per-run configs before they were replaced by regime + model files). The only difference allowed is
+    the ``masking`` key, which args.yaml now records for late masking too."""
+    golden = json.loads(GOLDEN.read_text())
+    seen = {}
+    for script in PAPER_SCRIPTS:
+        for cmd in dry_run(script):
+            entry, argv = script_and_args(cmd)
+            if is_classifier(entry):
+                settings = resolved_settings(entry, argv)
+                seen[Path(settings["snapshot_dir"]).name] = (f"{entry.parent.name}/{entry.name}", settings)
+    assert sorted(seen) == sorted(golden)
+    for name, (entry, settings) in seen.items():
+        expected = dict(golden[name])
+        assert expected.pop("entry_point") == entry, name
+        added = set(settings) - set(expected)
+        assert added <= {"masking"}, (name, added)
+        if added:
+            assert settings["masking"] == "late", name
+        assert {k: settings[k] for k in expected} == expected, name
 
 
 def test_multinode_launcher_uses_c10d_rendezvous():

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from bgmask.errors import BgmaskError
 from bgmask.io import listing
 
 WATERBIRDS_SUB_PATH = "waterbird_complete95_forest2water2"
@@ -20,7 +21,7 @@ INDEX_FILES = ("images.txt", "image_class_labels.txt", "train_test_split.txt")
 SPLITS = ("train", "test", "all")
 
 
-class DatasetError(RuntimeError):
+class DatasetError(BgmaskError, RuntimeError):
     """A dataset on disk is missing, incomplete or inconsistent. The message says which file and what to do."""
 
 

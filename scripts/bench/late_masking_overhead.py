@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from bgmask.models import ModelSpec, create_classifier, param_groups
-from late_masking.models import LateMaskedClassifier
+from bgmask.strategies.late import LateMaskedClassifier
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_SEGMENTER = REPO / "mmsegmentation/configs/segformer_mit-b0_tiny_synthetic-128x128.py"

@@ -45,9 +45,13 @@ run() {
   "$@"
 }
 
-# classifier TRAINER CONFIG NAME [EXTRA FLAGS...]: one classifier run on $NPROC x $NNODES processes.
+# classifier TRAINER REGIME MODEL NAME [EXTRA FLAGS...]: one classifier run on $NPROC x $NNODES processes, set by
+# configs/classifier/REGIME.yaml (frozen | finetune) and configs/classifier/models/MODEL.yaml.
 classifier() {
-  local trainer="$1" config="$2" name="$3"; shift 3
-  run "${LAUNCH[@]}" "$REPO_ROOT/$trainer" --config "$REPO_ROOT/$config" --data_path "$CUB" \
-    --snapshot_dir "$OUT/$name" "$@"
+  local trainer="$1" regime="$2" model="$3" name="$4"; shift 4
+  run "${LAUNCH[@]}" "$REPO_ROOT/$trainer" --config "$REPO_ROOT/configs/classifier/$regime.yaml" \
+    --config "$REPO_ROOT/configs/classifier/models/$model.yaml" --data_path "$CUB" --snapshot_dir "$OUT/$name" "$@"
 }
+
+# ViT head flags: cls_mean (the default concat(CLS, mean patch tokens)), cls (CLS token) or gap (mean patch tokens).
+declare -A HEAD_FLAGS=([cls_mean]="" [cls]="--class_token_only" [gap]="--patch_tokens_only")

@@ -4,7 +4,8 @@
 # Usage: DATA_ROOT=data OUT=runs/paper NPROC=4 bash scripts/paper/second_last_variants.sh [--dry-run]
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 for regime in frozen finetune; do
-  for name in convnext_base vit_base_cls_mean; do
-    classifier late_masking/train.py late_masking/configs/${regime}_${name}_second_last.yaml ${regime}_${name}_second_last_late
+  for model in convnext_base vit_base; do
+    name=$model; [[ $model == vit_* ]] && name=${model}_cls_mean
+    classifier late_masking/train.py $regime $model ${regime}_${name}_second_last_late --fm_second_last_block
   done
 done

@@ -6,10 +6,16 @@ source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 for size in small base large; do
   for head in cls gap; do
     name=vit_${size}_${head}
-    classifier early_masking_and_baseline/train.py early_masking_and_baseline/configs/frozen_$name.yaml frozen_${name}_baseline
-    classifier early_masking_and_baseline/train.py early_masking_and_baseline/configs/frozen_$name.yaml frozen_${name}_early --masking early
+    # shellcheck disable=SC2206  # the head flag is one word or none
+    flags=(${HEAD_FLAGS[$head]})
+    classifier early_masking_and_baseline/train.py frozen vit_$size frozen_${name}_baseline "${flags[@]}"
+    classifier early_masking_and_baseline/train.py frozen vit_$size frozen_${name}_early "${flags[@]}" --masking early
     # Masking after the last block cannot reach the CLS token: the CLS head is late-masked after the second-last.
-    late=$name; [ "$head" = cls ] && late=${name}_second_last
-    classifier late_masking/train.py late_masking/configs/frozen_$late.yaml frozen_${name}_late${late#"$name"}
+    if [[ $head == cls ]]; then
+      classifier late_masking/train.py frozen vit_$size frozen_${name}_late_second_last "${flags[@]}" \
+        --fm_second_last_block
+    else
+      classifier late_masking/train.py frozen vit_$size frozen_${name}_late "${flags[@]}"
+    fi
   done
 done

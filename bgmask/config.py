@@ -1,0 +1,289 @@
+"""Typed configuration of a classifier run: one dataclass per concern, assembled in :class:`TrainConfig`.
+
+Every field is also a command-line flag and a YAML key of the same name (upstream's flag names are kept), so the
+defaults and help texts written here are the only ones: :mod:`bgmask.cli` builds its parser from these classes.
+The library takes these objects, never an ``argparse.Namespace``, and raises :class:`~bgmask.errors.ConfigError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from bgmask.backbones import arch_layout
+from bgmask.data.cub import WATERBIRDS_SUB_PATH
+from bgmask.data.transforms import AUGMENTATIONS, INTERPOLATIONS
+from bgmask.errors import ConfigError
+from bgmask.models import WEIGHT_DECAY_RULES, ModelSpec
+
+OPTIMIZERS = ("adamw", "adam", "sgd")  # timm's 'sgd' is SGD with Nesterov momentum, as upstream's
+SCHEDULERS = ("cosine", "cosine_with_warmup", "steplr", "linearlr", "cosine_warmup_restart")
+
+
+def option(default: Any, help: str = "", choices: tuple | list | None = None, metavar: tuple | None = None):
+    """A config field that is also a flag: its default, help text and allowed values."""
+    return field(default=default, metadata={"help": help, "choices": choices, "metavar": metavar})
+
+
+@dataclass
+class DataConfig:
+    group: ClassVar[str] = "data"
+    data_path: str | None = option(None, "CUB_200_2011 folder (holds images.txt)")
+    dataset: str = option("cub", choices=("cub",))
+    image_sub_path_train: str = option("images", "training image folder under data_path")
+    image_sub_path_test: str = option("images", "CUB test image folder under data_path")
+    ood_image_sub_path: str = option(WATERBIRDS_SUB_PATH, "Waterbirds (OOD) image folder under data_path")
+    skip_ood_eval: bool = option(False, "train and test without the Waterbirds evaluation (recorded in results.json); "
+                                        "without it a missing Waterbirds folder stops the run before training")
+    train_split: float = option(1.0, "fraction of the CUB train split used for training; the rest is the "
+                                     "validation set")
+    eval_mode: str = option("test", "'test': the per-epoch in-distribution metric is the CUB test split; 'val': the "
+                                    "held-out part of the train split (needs --train_split < 1)", ("test", "val"))
+    num_workers: int = option(4)
+    batch_size: int = option(32, "per process; total = batch_size x processes")
+
+
+@dataclass
+class ModelConfig:
+    group: ClassVar[str] = "model"
+    model_arch: str = option("convnext_small", "any timm ConvNeXt or ViT, e.g. convnext_base, "
+                                               "vit_base_patch14_dinov2.lvd142m")
+    image_size: int | None = option(None, "input size (default: the model's pretrained size)")
+    start_weights: str | None = option(None, "DEFAULT loads timm's pretrained weights (hub); omit for random init")
+    pretrained_path: str | None = option(None, "local pretrained weights file (offline)")
+    freeze_backbone: bool = option(False, "train the head only (linear probe)")
+    class_token_only: bool = option(False, "ViT head on the CLS token only")
+    patch_tokens_only: bool = option(False, "ViT head on the mean of the patch tokens only (GAP)")
+    drop_path: float = option(0.0)
+
+    @property
+    def vit_head(self) -> str:
+        return "cls" if self.class_token_only else "mean" if self.patch_tokens_only else "cls_mean"
+
+    def spec(self, num_classes: int, image_size: int) -> ModelSpec:
+        return ModelSpec(arch=self.model_arch, num_classes=num_classes, image_size=image_size,
+                         pretrained=self.start_weights == "DEFAULT", pretrained_path=self.pretrained_path,
+                         drop_path=self.drop_path, vit_head=self.vit_head, freeze_backbone=self.freeze_backbone)
+
+
+@dataclass
+class OptimConfig:
+    group: ClassVar[str] = "optimisation"
+    epochs: int = option(90)
+    lr: float = option(1e-3)
+    min_lr: float = option(1e-8)
+    scratch_lr_factor: float = option(1.0, "head lr = lr x this")
+    optimizer_type: str = option("adamw", choices=OPTIMIZERS)
+    weight_decay: float = option(1e-2)
+    weight_decay_rule: str = option("all", "all: decay every parameter (upstream); timm: exempt biases, norms and "
+                                           "the backbone's no_weight_decay() set (pos_embed, cls/register tokens), "
+                                           "as timm and DeiT do", WEIGHT_DECAY_RULES)
+    momentum: float = option(0.9)
+    betas1: float = option(0.9)
+    betas2: float = option(0.999)
+    scheduler_type: str = option("cosine", "upstream's schedule names, built on timm schedulers (see "
+                                           "docs/fidelity.md)", SCHEDULERS)
+    scheduler_warmup_epochs: int = option(0, "cosine_with_warmup: linear warm-up epochs; cosine_warmup_restart: the "
+                                             "first cycle's length")
+    scheduler_start_factor: float = option(0.333, "linearlr: lr factor at the start")
+    scheduler_end_factor: float = option(1.0, "linearlr: lr factor at the end")
+    scheduler_restart_factor: int = option(2, "cosine_warmup_restart: each cycle is this many times longer than the "
+                                              "previous one")
+    scheduler_gamma: float = option(0.1, "steplr: lr factor at each step")
+    scheduler_step_size: int = option(10, "steplr: epochs between steps")
+    sched_on_updates: bool = option(False, "step the learning-rate schedule after every optimizer update instead of "
+                                           "once per epoch (upstream)")
+    grad_norm_clip: float = option(0.0, "0 disables clipping")
+    use_amp: bool = option(False, "mixed precision on CUDA (fp16 + GradScaler, or bf16 with --amp_dtype bfloat16)")
+    amp_dtype: str = option("float16", choices=("float16", "bfloat16"))
+    smoothing: float = option(0.1, "label smoothing")
+
+
+@dataclass
+class AugConfig:
+    group: ClassVar[str] = "augmentation"
+    augmentations_to_use: str = option("timm", choices=AUGMENTATIONS)
+    aa: str = option("rand-m9-mstd0.5-inc1", "timm RandAugment policy ('' disables)")
+    color_jitter: float = option(0.4)
+    reprob: float = option(0.25, "random erasing probability")
+    remode: str = option("pixel")
+    recount: int = option(1)
+    train_interpolation: str = option("bicubic", "timm augmentation's resize and RandAugment interpolation "
+                                                 "('random': bilinear or bicubic)", INTERPOLATIONS)
+    crop_pct: float = option(1.0, "eval: resize the short side to size/crop_pct, center-crop size. 1.0 (default) is "
+                                  "upstream's Resize(S)+CenterCrop(S); 0.875 with --eval_interpolation bicubic is "
+                                  "timm's ImageNet eval")
+    eval_interpolation: str = option("bilinear", "eval resize interpolation (default: bilinear, torchvision's and "
+                                                 "upstream's)", tuple(i for i in INTERPOLATIONS if i != "random"))
+    turn_on_mixup_or_cutmix: bool = option(False, "enable mixup/cutmix")
+    mixup: float = option(0.8)
+    cutmix: float = option(1.0)
+    cutmix_minmax: tuple[float, float] | None = option(None, "cutmix box ratio range; overrides --cutmix alpha "
+                                                             "(timm)", metavar=("MIN", "MAX"))
+    mixup_prob: float = option(1.0)
+    mixup_switch_prob: float = option(0.5)
+    mixup_mode: str = option("batch", choices=("batch", "pair", "elem"))
+
+
+@dataclass
+class DiagnosticsConfig:
+    group: ClassVar[str] = "diagnostics"
+    diagnostics: str = option("auto", "auto: after training (and with --eval_only) score the Backgrounds-Challenge "
+                                      "views of the CUB test set, BG-Gap and the attribution share inside the bird, "
+                                      "when bird masks exist (see docs/diagnostics.md); none: skip them",
+                              ("auto", "none"))
+    diagnostics_mask_sub_path: str = option("segmentations", "bird masks for the diagnostics: CUB's segmentations/ "
+                                                             "(> 0 is bird) or a mask folder")
+
+
+@dataclass
+class RunConfig:
+    group: ClassVar[str] = "run"
+    snapshot_dir: str | None = option(None, "run folder: checkpoints, logs, results.json")
+    save_every_n_epochs: int = option(0, "also keep epoch_N.pt every N epochs (0: off)")
+    eval_every: int = option(1, "evaluate every N epochs (and always at the end)")
+    resume_training: bool = option(False, "resume from <snapshot_dir>/last.pt (always done when it exists)")
+    eval_only: bool = option(False, "evaluate <snapshot_dir>/best.pt (or --checkpoint) and write results.json")
+    checkpoint: str | None = option(None, "checkpoint for --eval_only")
+    seed: int = option(42)
+    device: str = option("auto", choices=("auto", "cuda", "cpu"))
+    log_interval: int = option(10, "accepted for upstream compatibility; metrics are logged once per epoch "
+                                   "(log.jsonl, wandb)")
+    max_train_batches: int = option(0, "cap batches per epoch (smoke tests; 0: all)")
+    wandb: bool = option(False, "log to Weights & Biases (offline when no credentials are configured)")
+    wandb_project: str = option("bgmask")
+    wandb_entity: str | None = option(None)
+    job_type: str | None = option(None)
+    group: str | None = option(None)
+
+
+GROUPS = (DataConfig, ModelConfig, OptimConfig, AugConfig, DiagnosticsConfig, RunConfig)
+
+# Settings that change how a run is executed or logged, not what it computes.
+RUN_ONLY_SETTINGS = frozenset({"config", "snapshot_dir", "num_workers", "device", "resume_training", "eval_only",
+                               "checkpoint", "save_every_n_epochs", "log_interval", "wandb", "wandb_project",
+                               "wandb_entity", "job_type", "group", "diagnostics", "diagnostics_mask_sub_path"})
+
+
+def field_names(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+@dataclass
+class TrainConfig:
+    """Everything a classifier run needs. ``masking`` names the strategy; ``strategy_options`` holds its own
+    settings (a dataclass declared by the strategy, or None)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    aug: AugConfig = field(default_factory=AugConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    masking: str = "none"
+    strategy_options: Any = None
+
+    @classmethod
+    def from_flat(cls, values: dict, options_cls: type | None = None) -> TrainConfig:
+        """From flag-named settings (a parsed command line or an ``args.yaml``); unknown keys are refused."""
+        names = {g: field_names(g) for g in GROUPS}
+        known = {n for ns in names.values() for n in ns} | {"masking"}
+        option_names = field_names(options_cls) if options_cls is not None else []
+        unknown = sorted(set(values) - known - set(option_names))
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; settings are the flag names without the "
+                              f"leading -- (see --help).")
+        groups = {g: g(**{n: values[n] for n in ns if n in values}) for g, ns in names.items()}
+        options = options_cls(**{n: values[n] for n in option_names if n in values}) if options_cls else None
+        return cls(data=groups[DataConfig], model=groups[ModelConfig], optim=groups[OptimConfig],
+                   aug=groups[AugConfig], diagnostics=groups[DiagnosticsConfig], run=groups[RunConfig],
+                   masking=values.get("masking", "none"), strategy_options=options)
+
+    def flat(self) -> dict:
+        """Flag name -> value for every setting (``args.yaml``, resume checks, experiment trackers)."""
+        out = {"masking": self.masking}
+        for part in (self.data, self.model, self.optim, self.aug, self.diagnostics, self.run, self.strategy_options):
+            if part is not None:
+                out.update({f.name: getattr(part, f.name) for f in dataclasses.fields(part)})
+        return dict(sorted(out.items()))
+
+    def check(self, cuda_available: bool) -> None:
+        """Reject contradictory settings and bad paths before anything is built.
+
+        Contradictions we refuse: two ViT heads at once; a ViT head flag on a CNN; AMP without CUDA; drop-path on a
+        frozen backbone (it would silently do nothing); a warm-up as long as training; min_lr above lr;
+        ``--eval_mode val`` without a validation part. Mixup with a frozen backbone is allowed (a valid regulariser).
+        """
+        errors = _data_errors(self.data) + _model_errors(self.model) + _optim_errors(self.optim, self.model)
+        run = self.run
+        if run.snapshot_dir is None:
+            errors.append("--snapshot_dir is required: the run folder for checkpoints, logs and results.json.")
+        elif os.path.exists(run.snapshot_dir) and not os.path.isdir(run.snapshot_dir):
+            errors.append(f"--snapshot_dir {run.snapshot_dir} exists and is a file, not a folder; choose another "
+                          f"path.")
+        if self.optim.use_amp and (run.device == "cpu" or not cuda_available):
+            errors.append("--use_amp needs a CUDA device (fp16/bf16 autocast); drop the flag to train in fp32 on CPU.")
+        if self.data.batch_size >= 1 and self.aug.turn_on_mixup_or_cutmix and self.data.batch_size % 2:
+            errors.append(f"--batch_size must be even with mixup/cutmix, got {self.data.batch_size}.")
+        if not 0 <= self.aug.mixup_prob <= 1 or not 0 <= self.aug.mixup_switch_prob <= 1:
+            errors.append("--mixup_prob and --mixup_switch_prob are probabilities in [0, 1].")
+        if run.eval_only and run.checkpoint and not os.path.isfile(run.checkpoint):
+            errors.append(f"--checkpoint {run.checkpoint} does not exist.")
+        if errors:
+            raise ConfigError("invalid arguments:\n  - " + "\n  - ".join(errors))
+
+
+def _data_errors(data: DataConfig) -> list[str]:
+    errors = []
+    if data.data_path is None:
+        errors.append("--data_path is required: the CUB_200_2011 folder (holds images.txt).")
+    elif not os.path.isdir(data.data_path):
+        errors.append(f"--data_path {data.data_path} does not exist. Point it at the extracted CUB_200_2011 folder "
+                      f"(or generate the synthetic one with scripts/make_synthetic_cub.py).")
+    if not 0 < data.train_split <= 1:
+        errors.append(f"--train_split must be in (0, 1], got {data.train_split}.")
+    if data.eval_mode == "val" and data.train_split >= 1:
+        errors.append("--eval_mode val needs a validation part: set --train_split below 1 (e.g. 0.9).")
+    if data.batch_size < 1:
+        errors.append(f"--batch_size must be positive, got {data.batch_size}.")
+    return errors
+
+
+def _model_errors(model: ModelConfig) -> list[str]:
+    errors = []
+    if model.class_token_only and model.patch_tokens_only:
+        errors.append("--class_token_only and --patch_tokens_only are mutually exclusive: pick one head, or neither "
+                      "for the default concat(CLS, mean patch tokens).")
+    layout = arch_layout(model.model_arch)
+    if (model.class_token_only or model.patch_tokens_only) and layout not in (None, "tokens"):
+        errors.append(f"--class_token_only/--patch_tokens_only select a ViT head; {model.model_arch} is not a ViT "
+                      f"({layout} features).")
+    if model.freeze_backbone and model.drop_path > 0:
+        errors.append("--drop_path has no effect with --freeze_backbone (the frozen backbone runs in eval mode); "
+                      "set --drop_path 0.")
+    if model.start_weights not in (None, "", "DEFAULT", "None"):
+        errors.append(f"--start_weights accepts DEFAULT (timm pretrained weights) only, got {model.start_weights!r}; "
+                      f"use --pretrained_path FILE for local weights.")
+    if model.pretrained_path and not os.path.isfile(model.pretrained_path):
+        errors.append(f"--pretrained_path {model.pretrained_path} does not exist.")
+    return errors
+
+
+def _optim_errors(optim: OptimConfig, model: ModelConfig) -> list[str]:
+    errors = []
+    if optim.epochs < 1:
+        errors.append(f"--epochs must be >= 1, got {optim.epochs}.")
+    if optim.scheduler_warmup_epochs >= optim.epochs and optim.scheduler_type == "cosine_with_warmup":
+        errors.append(f"--scheduler_warmup_epochs ({optim.scheduler_warmup_epochs}) must be below --epochs "
+                      f"({optim.epochs}).")
+    if optim.scheduler_type == "cosine_warmup_restart" and (optim.scheduler_warmup_epochs < 1
+                                                            or optim.scheduler_restart_factor < 1):
+        errors.append("cosine_warmup_restart takes its first cycle length from --scheduler_warmup_epochs (as "
+                      "upstream) and needs it >= 1, with --scheduler_restart_factor >= 1.")
+    if optim.scheduler_type == "steplr" and optim.scheduler_step_size < 1:
+        errors.append(f"--scheduler_step_size must be >= 1, got {optim.scheduler_step_size}.")
+    if optim.min_lr > optim.lr:
+        errors.append(f"--min_lr ({optim.min_lr}) is above --lr ({optim.lr}).")
+    return errors
