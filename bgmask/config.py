@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from bgmask.backbones import arch_layout
-from bgmask.data.cub import WATERBIRDS_SUB_PATH
+from bgmask.data.cub import GT_MASK_SUB_PATH, WATERBIRDS_SUB_PATH
 from bgmask.data.transforms import AUGMENTATIONS, INTERPOLATIONS
 from bgmask.errors import ConfigError
 from bgmask.models import WEIGHT_DECAY_RULES, ModelSpec
@@ -134,7 +134,7 @@ class DiagnosticsConfig:
                                       "views of the CUB test set, BG-Gap and the attribution share inside the bird, "
                                       "when bird masks exist (see docs/diagnostics.md); none: skip them",
                               ("auto", "none"))
-    diagnostics_mask_sub_path: str = option("segmentations", "bird masks for the diagnostics: CUB's segmentations/ "
+    diagnostics_mask_sub_path: str = option(GT_MASK_SUB_PATH, "bird masks for the diagnostics: CUB's segmentations/ "
                                                              "(> 0 is bird) or a mask folder")
 
 

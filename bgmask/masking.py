@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from bgmask.data.cub import WATERBIRDS_SUB_PATH
+from bgmask.data.cub import GT_MASK_SUB_PATH, WATERBIRDS_SUB_PATH
 from bgmask.io import atomic_write
 
 # Where generate_masks.py writes, per source image folder: (mask folder, masked-image folder), all relative to the
@@ -79,7 +79,7 @@ def write_gt_masked_folders(cub_root: str | os.PathLike, progress: bool = True, 
     for image_sub_path, (mask_dir, masked_dir) in MASK_FOLDERS.items():
         if not (root / image_sub_path).is_dir():
             continue
-        ds = CUBDataset(root, "all", image_sub_path=image_sub_path, mask_sub_path="segmentations",
+        ds = CUBDataset(root, "all", image_sub_path=image_sub_path, mask_sub_path=GT_MASK_SUB_PATH,
                         with_metadata=False)
         count = 0
         for i in tqdm(range(len(ds)), desc=f"GT masks -> {masked_dir}", disable=not progress):

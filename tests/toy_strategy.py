@@ -15,6 +15,7 @@ from torch import nn
 
 from bgmask import cli
 from bgmask.config import TrainConfig, option
+from bgmask.data.cub import GT_MASK_SUB_PATH
 from bgmask.strategies import DataView, Strategy, register
 
 
@@ -52,7 +53,7 @@ class NoiseBackground(Strategy):
 
     def data_view(self, cfg: TrainConfig) -> DataView:
         view = super().data_view(cfg)
-        return DataView(view.train, view.test, view.ood, masks=("segmentations",) * 3)
+        return DataView(view.train, view.test, view.ood, masks=(GT_MASK_SUB_PATH,) * 3)
 
     def wrap_model(self, cfg: TrainConfig, classifier: nn.Module) -> nn.Module:
         return NoiseBackgroundModel(classifier, cfg.strategy_options.noise_std)

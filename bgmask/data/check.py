@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 from bgmask.data.cub import (
+    GT_MASK_SUB_PATH,
     WATERBIRDS_SUB_PATH,
     CUBDataset,
     CUBIndex,
@@ -16,18 +17,18 @@ from bgmask.data.cub import (
     mask_path_for,
     missing_folder_hint,
 )
-from bgmask.masking import PROVENANCE_FILE
+from bgmask.masking import MASK_FOLDERS, PROVENANCE_FILE
 
 # Optional parts of the tree and what needs them (masked folders: see mmsegmentation/tools/generate_masks.py).
 OPTIONAL_MASK_FOLDERS = {
-    "segmentations": "segmentation data preparation, generate_masks.py --gt and late masking --mask_source gt",
-    "masks": "late masking --mask_source precomputed",
-    f"{WATERBIRDS_SUB_PATH}_masks": "late masking's Waterbirds evaluation with precomputed masks",
+    GT_MASK_SUB_PATH: "segmentation data preparation, generate_masks.py --gt and late masking --mask_source gt",
+    MASK_FOLDERS["images"][0]: "late masking --mask_source precomputed",
+    MASK_FOLDERS[WATERBIRDS_SUB_PATH][0]: "late masking's Waterbirds evaluation with precomputed masks",
 }
 OPTIONAL_IMAGE_FOLDERS = {
     WATERBIRDS_SUB_PATH: "every run's Waterbirds (OOD) evaluation",
-    "images_masked": "early masking",
-    f"{WATERBIRDS_SUB_PATH}_masked": "early masking's Waterbirds evaluation",
+    MASK_FOLDERS["images"][1]: "early masking",
+    MASK_FOLDERS[WATERBIRDS_SUB_PATH][1]: "early masking's Waterbirds evaluation",
 }
 
 
@@ -40,8 +41,9 @@ def summarize(root: Path, sample_decode: int = 20) -> list[str]:
     """Validate ``root`` and return summary lines; raises :class:`DatasetError` on the first hard problem."""
     index = CUBIndex.load(root)
     n_train = int(index.is_train.sum())
+    n_test = len(index.ids) - n_train
     lines = [f"CUB root: {root}",
-             f"  {len(index.ids)} images, {index.num_classes} classes, {n_train} train / {len(index.ids) - n_train} test"]
+             f"  {len(index.ids)} images, {index.num_classes} classes, {n_train} train / {n_test} test"]
     ds = CUBDataset(root, "all")  # checks every image file exists
     sizes = Counter()
     step = max(1, len(ds) // max(1, sample_decode))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +16,7 @@ from bgmask.errors import BgmaskError
 from bgmask.io import listing
 
 WATERBIRDS_SUB_PATH = "waterbird_complete95_forest2water2"
+GT_MASK_SUB_PATH = "segmentations"  # CUB's ground-truth masks (> 0 is bird)
 WATERBIRDS_COLUMNS = ("img_id", "img_filename", "y", "split", "place", "place_filename")
 INDEX_FILES = ("images.txt", "image_class_labels.txt", "train_test_split.txt")
 SPLITS = ("train", "test", "all")
@@ -71,7 +72,8 @@ class CUBIndex:
 
     @classmethod
     def load(cls, root: str | os.PathLike) -> CUBIndex:
-        """Read and cross-check ``images.txt``, ``image_class_labels.txt``, ``train_test_split.txt``, ``classes.txt``."""
+        """Read and cross-check ``images.txt``, ``image_class_labels.txt``, ``train_test_split.txt`` and
+        ``classes.txt``."""
         root = Path(root)
         if not root.is_dir():
             hint = ""
@@ -106,7 +108,8 @@ class CUBIndex:
                                    + ". The index files come from different dataset versions or one is truncated.")
         class_ids = sorted(classes)
         if class_ids != list(range(1, len(class_ids) + 1)):
-            raise DatasetError(f"{root / 'classes.txt'}: class ids must be 1..N without gaps, got {listing(class_ids)}.")
+            raise DatasetError(f"{root / 'classes.txt'}: class ids must be 1..N without gaps, got "
+                               f"{listing(class_ids)}.")
 
         sorted_ids = np.array(sorted(ids), dtype=np.int64)
         label_arr = np.empty(len(sorted_ids), dtype=np.int64)
@@ -142,12 +145,13 @@ GENERATE_MASKS_COMMAND = ("python mmsegmentation/tools/generate_masks.py --cub_r
 
 
 def missing_folder_hint(root: Path, sub_path: str) -> str:
-    """How to obtain a missing folder ``root/sub_path`` of the CUB tree (what supplies it, or where it was misplaced)."""
+    """How to obtain a missing folder ``root/sub_path`` of the CUB tree: what supplies it, or where it was
+    misplaced."""
     name = Path(sub_path).name
     beside = root.parent / name
     if beside.is_dir() and beside != root / sub_path:
         return f"It was found next to the CUB root at {beside}; move it inside: mv {beside} {root}/"
-    if name == "segmentations":
+    if name == GT_MASK_SUB_PATH:
         return (f"CUB's segmentations ship separately as segmentations.tgz (CUB-200-2011 download page); extract "
                 f"it inside {root}/ so that {root}/segmentations/001.Black_footed_Albatross/... exists.")
     if name == WATERBIRDS_SUB_PATH:

@@ -32,13 +32,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from bgmask.data.cub import GT_MASK_SUB_PATH, WATERBIRDS_SUB_PATH
+
 HABITAT_NAMES = ("forest", "water", "sand", "sky", "snow", "grass", "rock", "marsh")
 WATER_HABITAT = 1
 PART_NAMES = (
     "back", "beak", "belly", "breast", "crown", "forehead", "left eye", "left leg", "left wing", "nape",
     "right eye", "right leg", "right wing", "tail", "throat",
 )
-WATERBIRDS_DIRNAME = "waterbird_complete95_forest2water2"
 SUPERSAMPLE = 4  # drawing resolution factor: the box-filtered downsample gives antialiased, soft mask edges
 
 _BODY_COLOURS = {  # genus plumage
@@ -370,14 +371,14 @@ def generate(out_dir: str | os.PathLike, config: SyntheticConfig = SyntheticConf
         if tmp_root.exists():
             shutil.rmtree(tmp_root, ignore_errors=True)
     num_images, num_train, on_home = summary_counts
-    return GenerationSummary(final_root, final_root / WATERBIRDS_DIRNAME, num_images, num_train, config.num_classes,
+    return GenerationSummary(final_root, final_root / WATERBIRDS_SUB_PATH, num_images, num_train, config.num_classes,
                              on_home / num_images, time.perf_counter() - start)
 
 
 def _write_tree(root: Path, config: SyntheticConfig, species: list[Species], progress: bool) -> tuple[int, int, int]:
     from tqdm import tqdm
 
-    wb_root = root / WATERBIRDS_DIRNAME
+    wb_root = root / WATERBIRDS_SUB_PATH
     (root / "parts").mkdir(parents=True)
     wb_root.mkdir()
     size = config.image_size
@@ -387,7 +388,7 @@ def _write_tree(root: Path, config: SyntheticConfig, species: list[Species], pro
     image_id, num_train, on_home = 0, 0, 0
     for c, sp in enumerate(species):
         class_dir = f"{c + 1:03d}.{sp.name}"
-        for sub in ("images", "segmentations"):
+        for sub in ("images", GT_MASK_SUB_PATH):
             (root / sub / class_dir).mkdir(parents=True)
         (wb_root / class_dir).mkdir()
         split_rng = np.random.default_rng([config.seed, 15485863, c])
@@ -416,7 +417,7 @@ def _write_tree(root: Path, config: SyntheticConfig, species: list[Species], pro
             rel = f"{class_dir}/{stem}.jpg"
             (root / "images" / rel).write_bytes(_encode_jpeg(image))
             (wb_root / rel).write_bytes(_encode_jpeg(wb_image))
-            (root / "segmentations" / class_dir / f"{stem}.png").write_bytes(_encode_png(mask))
+            (root / GT_MASK_SUB_PATH / class_dir / f"{stem}.png").write_bytes(_encode_png(mask))
 
             ys, xs = np.nonzero(mask)
             x0, y0 = float(xs.min()), float(ys.min())

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from bgmask.config import TrainConfig, option
-from bgmask.data.cub import WATERBIRDS_SUB_PATH
+from bgmask.data.cub import GT_MASK_SUB_PATH, WATERBIRDS_SUB_PATH
 from bgmask.errors import ConfigError
 from bgmask.masking import MASK_FOLDERS, mask_to_feature_grid
 from bgmask.models import Classifier
@@ -76,7 +76,7 @@ class LateMasking(Strategy):
         view = super().data_view(cfg)
         if opts.mask_source == "segmenter":
             return view
-        masks = ("segmentations",) * 3 if opts.mask_source == "gt" else \
+        masks = (GT_MASK_SUB_PATH,) * 3 if opts.mask_source == "gt" else \
             (opts.mask_sub_path, opts.mask_sub_path, opts.ood_mask_sub_path)
         return DataView(view.train, view.test, view.ood, masks)
 
