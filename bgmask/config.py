@@ -57,6 +57,11 @@ class ModelConfig:
     class_token_only: bool = option(False, "ViT head on the CLS token only")
     patch_tokens_only: bool = option(False, "ViT head on the mean of the patch tokens only (GAP)")
     drop_path: float = option(0.0)
+    probe_heads: str | None = option(None, "with --freeze_backbone: train these heads together on one backbone "
+                                           "forward per batch, a comma list of cls, mean, cls_mean (ViT) or pool "
+                                           "(CNN), each also as late:HEAD (masked after the last stage/block; "
+                                           "late:masked_mean too). results.json gets 'probes'; its top-level "
+                                           "metrics are the first head's (see bgmask/probes.py)")
 
     @property
     def vit_head(self) -> str:
@@ -268,6 +273,16 @@ def _model_errors(model: ModelConfig) -> list[str]:
                       f"use --pretrained_path FILE for local weights.")
     if model.pretrained_path and not os.path.isfile(model.pretrained_path):
         errors.append(f"--pretrained_path {model.pretrained_path} does not exist.")
+    if model.probe_heads is not None:
+        from bgmask.probes import head_errors, parse_heads
+
+        if not model.freeze_backbone:
+            errors.append("--probe_heads trains heads on a frozen backbone: add --freeze_backbone (fine-tuned heads "
+                          "change the backbone, so they cannot share it).")
+        if model.class_token_only or model.patch_tokens_only:
+            errors.append("--probe_heads names every head; drop --class_token_only / --patch_tokens_only (use "
+                          "cls or mean in the list).")
+        errors += head_errors(parse_heads(model.probe_heads), layout)
     return errors
 
 
@@ -286,4 +301,7 @@ def _optim_errors(optim: OptimConfig, model: ModelConfig) -> list[str]:
         errors.append(f"--scheduler_step_size must be >= 1, got {optim.scheduler_step_size}.")
     if optim.min_lr > optim.lr:
         errors.append(f"--min_lr ({optim.min_lr}) is above --lr ({optim.lr}).")
+    if model.probe_heads is not None and optim.grad_norm_clip > 0:
+        errors.append("--grad_norm_clip clips the norm over all parameters, which would couple the --probe_heads; "
+                      "set it to 0 (the frozen regime does not clip).")
     return errors

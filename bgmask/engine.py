@@ -1,7 +1,9 @@
 """Training and evaluation loops shared by every strategy: AMP, grad clipping, exact cross-process test counts.
 
 Batches are tuples ``(*inputs, labels)``; the model is called as ``model(*inputs)``, so a strategy that needs masks
-just returns ``(image, mask, label)`` from its dataset and takes ``(image, mask)`` in its forward.
+just returns ``(image, mask, label)`` from its dataset and takes ``(image, mask)`` in its forward. A model may also
+return ``{head: logits}`` (several heads on one forward, :mod:`bgmask.probes`): training back-propagates the sum of
+the heads' losses and evaluation reports every head.
 """
 
 from __future__ import annotations
@@ -101,8 +103,12 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         if batch_transform is not None:
             inputs, targets = batch_transform(inputs, labels)
         with amp.autocast():
-            loss = criterion(model(*inputs), targets)
-        loss_value = loss.item()
+            out = model(*inputs)
+            # Several heads: the sum gives each head exactly its own loss's gradient; the mean is what is logged.
+            outs = out.values() if isinstance(out, dict) else [out]
+            losses = [criterion(o, targets) for o in outs]
+            loss = losses[0] if len(losses) == 1 else torch.stack(losses).sum()
+        loss_value = loss.item() / len(losses)
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(f"training loss is {loss_value} at step {step}; lower --lr, enable "
                                      f"--grad_norm_clip, or check the inputs. The last good checkpoint is kept.")
@@ -139,30 +145,41 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: AmpSettings, p
     Each process must see a disjoint shard (:class:`ShardSampler`); correct/total counts are all-reduced, so every
     image counts once whatever the number of processes or batch size. With Waterbirds metadata (``places`` and
     ``waterbird_y`` indexed by dataset position) it also reports per-place top-1 and top-1 per (y, place) group,
-    and the worst group.
+    and the worst group. A model with several heads (``probe_names``, returning ``{head: logits}``) gives
+    ``{head: metrics}``.
     """
     model.eval()
+    heads = getattr(getattr(model, "module", model), "probe_names", None)
     num_places = int(places.max()) + 1 if places is not None else 0
     num_groups = 2 * num_places
-    correct = torch.zeros(2 + 2 * num_groups, dtype=torch.float64)  # [correct, total, group correct..., group n...]
+    # per head: [correct, total, group correct..., group n...]
+    counts = torch.zeros(len(heads or [None]), 2 + 2 * num_groups, dtype=torch.float64)
     place_t = torch.as_tensor(places) if places is not None else None
     y_t = torch.as_tensor(waterbird_y) if waterbird_y is not None else None
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
         *inputs, labels, index = batch
         inputs = _to_device(inputs, device)
         with amp.autocast():
-            logits = model(*inputs)
-        hits = (logits.argmax(dim=1).cpu() == labels).to(torch.float64)
-        correct[0] += hits.sum()
-        correct[1] += hits.numel()
-        if place_t is not None:
-            group = y_t[index] * num_places + place_t[index]
-            correct[2:2 + num_groups] += torch.bincount(group, weights=hits, minlength=num_groups)
-            correct[2 + num_groups:] += torch.bincount(group, minlength=num_groups).to(torch.float64)
-    counts = all_reduce_sum(correct.to(device)).cpu()
+            out = model(*inputs)
+        logits = [out[h] for h in heads] if heads else [out]
+        group = y_t[index] * num_places + place_t[index] if place_t is not None else None
+        for row, head_logits in zip(counts, logits):
+            hits = (head_logits.argmax(dim=1).cpu() == labels).to(torch.float64)
+            row[0] += hits.sum()
+            row[1] += hits.numel()
+            if group is not None:
+                row[2:2 + num_groups] += torch.bincount(group, weights=hits, minlength=num_groups)
+                row[2 + num_groups:] += torch.bincount(group, minlength=num_groups).to(torch.float64)
+    counts = all_reduce_sum(counts.to(device)).cpu()
+    metrics = [_metrics(row, num_places, with_groups=place_t is not None) for row in counts]
+    return dict(zip(heads, metrics)) if heads else metrics[0]
+
+
+def _metrics(counts: torch.Tensor, num_places: int, with_groups: bool) -> dict:
+    num_groups = 2 * num_places
     total = int(counts[1])
     result = {"top1": 100.0 * float(counts[0]) / max(total, 1), "correct": int(counts[0]), "num_images": total}
-    if place_t is not None:
+    if with_groups:
         g_correct, g_total = counts[2:2 + num_groups], counts[2 + num_groups:]
         groups, per_place = {}, {}
         for y in range(2):

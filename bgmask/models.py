@@ -16,6 +16,7 @@ from torch import nn
 
 from bgmask.backbones import adapter_for, takes_img_size
 from bgmask.errors import BgmaskError
+from bgmask.masking import mask_to_feature_grid
 
 VIT_HEADS = ("cls_mean", "cls", "mean")
 
@@ -57,6 +58,8 @@ class Classifier(nn.Module):
         width = backbone.num_features
         if self.is_vit and vit_head == "cls_mean":
             width *= 2
+        # The RNG state the head's init starts from: probe heads (bgmask.probes) draw theirs from it too.
+        self.head_rng_state = torch.get_rng_state()
         self.head = nn.Linear(width, num_classes)
         self.freeze_backbone = freeze_backbone
         if freeze_backbone:
@@ -93,14 +96,28 @@ class Classifier(nn.Module):
         """Features → head input."""
         if not self.is_vit:
             return self.backbone.forward_head(feats, pre_logits=True)
-        cls_token, patches = feats[:, 0], feats[:, self.num_prefix_tokens:]
-        if self.vit_head == "cls":
-            return cls_token
-        mean = patches.mean(dim=1)
-        return mean if self.vit_head == "mean" else torch.cat([cls_token, mean], dim=1)
+        return vit_pool(feats, self.vit_head, self.num_prefix_tokens)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.pool(self.features(x)))
+
+
+def vit_pool(feats: torch.Tensor, head: str, num_prefix_tokens: int) -> torch.Tensor:
+    """ViT tokens ``B,N,D`` -> head input: CLS token (``cls``), mean of the patch tokens (``mean``), or both
+    concatenated (``cls_mean``)."""
+    cls_token = feats[:, 0]
+    if head == "cls":
+        return cls_token
+    mean = feats[:, num_prefix_tokens:].mean(dim=1)
+    return mean if head == "mean" else torch.cat([cls_token, mean], dim=1)
+
+
+def foreground_mean(feats: torch.Tensor, masks: torch.Tensor, num_prefix_tokens: int,
+                    grid_size: tuple[int, int]) -> torch.Tensor:
+    """Mean of the foreground patch tokens only (masks ``B,H,W``, 1 = bird; an all-background image gives zeros)."""
+    weights = mask_to_feature_grid(masks, grid_size).flatten(1)[..., None]  # B, N, 1
+    patches = feats[:, num_prefix_tokens:]
+    return (patches * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 
 
 class ModelError(BgmaskError, ValueError):

@@ -73,7 +73,17 @@ def _head_of(args: dict, results: dict) -> str:
 
 
 def load_run(run_dir: str | os.PathLike) -> RunResult:
-    """Read ``run_dir/results.json`` (and ``args.yaml`` for the regime and head)."""
+    """Read ``run_dir/results.json`` (and ``args.yaml`` for the regime and head) as one table entry; a run with
+    probe heads gives its first head (:func:`load_runs` gives all)."""
+    return load_runs(run_dir)[0]
+
+
+PROBE_HEAD_LABELS = {"cls": "CLS", "mean": "GAP", "cls_mean": "CLS+GAP", "masked_mean": "GAP (fg mean)", "pool": "-"}
+
+
+def load_runs(run_dir: str | os.PathLike) -> list[RunResult]:
+    """The table entries of one run folder: the run itself, or one per probe head (``--probe_heads``): a ``late:``
+    head is a late-masking entry, the others are entries of the run's images (baseline, or early masking)."""
     run_dir = Path(run_dir)
     path = run_dir / "results.json"
     if not path.is_file():
@@ -84,15 +94,29 @@ def load_run(run_dir: str | os.PathLike) -> RunResult:
         import yaml
 
         args = yaml.safe_load((run_dir / "args.yaml").read_text()) or {}
-    wb = results.get("waterbirds") or {}
-    return RunResult(
-        run_dir=str(run_dir), model_arch=results["model_arch"],
-        regime=_regime_of(args), head=_head_of(args, results),
-        masking=results["masking"], mask_source=results.get("mask_source", "-"),
-        cub_top1=results["cub_test"]["top1"], cub_images=results["cub_test"]["num_images"],
-        wb_top1=wb.get("top1"), wb_images=wb.get("num_images", 0), wb_worst_group=wb.get("worst_group"),
-        cub_correct=results["cub_test"].get("correct"), wb_correct=wb.get("correct"), seed=args.get("seed"),
-        diagnostics=results.get("diagnostics"), data_path=args.get("data_path"), image_size=results.get("image_size"))
+    common = {"run_dir": str(run_dir), "model_arch": results["model_arch"], "regime": _regime_of(args),
+              "seed": args.get("seed"), "data_path": args.get("data_path"), "image_size": results.get("image_size")}
+    if "probes" not in results:
+        return [_entry(results, common, _head_of(args, results), results["masking"],
+                       results.get("mask_source", "-"), results.get("diagnostics"))]
+    entries = []
+    for k, (head, metrics) in enumerate(results["probes"].items()):
+        late = head.startswith("late:")
+        base = head.removeprefix("late:")
+        masking = "late" if late else ("early" if results["masking"] == "early" else "none")
+        label = PROBE_HEAD_LABELS.get(base, base) if arch_layout(results["model_arch"]) == "tokens" else "-"
+        entries.append(_entry(metrics, common, label, masking, results.get("mask_source", "-") if late else "-",
+                              results.get("diagnostics") if k == 0 else None))
+    return entries
+
+
+def _entry(metrics: dict, common: dict, head: str, masking: str, mask_source: str, diagnostics) -> RunResult:
+    wb = metrics.get("waterbirds") or {}
+    return RunResult(**common, head=head, masking=masking, mask_source=mask_source,
+                     cub_top1=metrics["cub_test"]["top1"], cub_images=metrics["cub_test"]["num_images"],
+                     wb_top1=wb.get("top1"), wb_images=wb.get("num_images", 0), wb_worst_group=wb.get("worst_group"),
+                     cub_correct=metrics["cub_test"].get("correct"), wb_correct=wb.get("correct"),
+                     diagnostics=diagnostics)
 
 
 def wilson_interval(correct: int, total: int, z: float = 1.959964) -> tuple[float, float]:

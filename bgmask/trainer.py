@@ -34,6 +34,7 @@ from bgmask.mixup import MaskMixup
 from bgmask.models import create_classifier
 from bgmask.optim import build_optimizer, build_scheduler, set_schedule_position
 from bgmask.preemption import REQUEUE_EXIT_CODE, PreemptionFlag
+from bgmask.probes import LATE, ProbeHeads, needs_masks, parse_heads
 from bgmask.strategies import DataView, Strategy
 
 AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -44,9 +45,11 @@ def run(cfg: TrainConfig, strategy: Strategy) -> dict | None:
     """Train (or with ``--eval_only`` evaluate) and write results.json. Returns the results on rank 0."""
     cfg.check(torch.cuda.is_available())
     strategy.check(cfg)
+    view = strategy.data_view(cfg)
+    check_probe_masks(cfg, view)
     session = start_session(cfg)
     image_size = resolve_image_size(cfg.model)
-    data = image_folder_data(cfg, strategy.data_view(cfg), image_size)
+    data = image_folder_data(cfg, view, image_size)
     model, weights = build_model(session, strategy, data.num_classes, image_size)
     ckpt = CheckpointManager(session.snapshot_dir, cfg.run.save_every_n_epochs, enabled=session.info.is_main)
     if cfg.run.eval_only:
@@ -57,7 +60,7 @@ def run(cfg: TrainConfig, strategy: Strategy) -> dict | None:
                "num_classes": data.num_classes, "world_size": session.info.world_size, "weights": weights,
                **({} if data.waterbirds is not None else {"waterbirds": {"skipped": "--skip_ood_eval"}}),
                **strategy.results_info(cfg),
-               "diagnostics": run_diagnostics(session, model.module, strategy, data)}
+               "diagnostics": run_diagnostics(session, *diagnostics_target(model.module, strategy, cfg), data)}
     if session.info.is_main:
         write_json_atomic(results, session.snapshot_dir / "results.json")
     distributed.cleanup()
@@ -115,7 +118,10 @@ def build_model(session: Session, strategy: Strategy, num_classes: int, image_si
     if info.is_main:
         print(f"weights: {weights['source']}" + (f" ({weights['location']})" if weights["location"] else "")
               + (f", resampled: {weights['resampled']}" if weights["resampled"] else ""), flush=True)
-    model = strategy.wrap_model(session.cfg, classifier).to(info.device)
+    if session.cfg.model.probe_heads is not None:
+        model = ProbeHeads(classifier, parse_heads(session.cfg.model.probe_heads), num_classes).to(info.device)
+    else:
+        model = strategy.wrap_model(session.cfg, classifier).to(info.device)
     if info.distributed and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ddp = model
@@ -123,6 +129,14 @@ def build_model(session: Session, strategy: Strategy, num_classes: int, image_si
         ddp = nn.parallel.DistributedDataParallel(
             model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
     return RunModel(model, ddp), weights
+
+
+def check_probe_masks(cfg: TrainConfig, view: DataView) -> None:
+    """``late:`` probe heads need masks loaded with the images, which only a strategy that loads masks provides."""
+    if cfg.model.probe_heads is not None and needs_masks(parse_heads(cfg.model.probe_heads)) and view.masks is None:
+        raise ConfigError(f"--probe_heads {cfg.model.probe_heads} has late: heads, which need masks loaded with the "
+                          f"images: run them with late_masking/train.py (--mask_source precomputed or gt); its "
+                          f"heads without late: are the baseline's.")
 
 
 def resolve_image_size(model: ModelConfig) -> int:
@@ -228,17 +242,24 @@ def train_num_classes(ds) -> int:
 
 # ------------------------------------------------------------------------------------------------- evaluation
 def evaluate_sets(session: Session, model: RunModel, sets: dict) -> dict:
-    """Metrics per named dataset (Waterbirds also per place and group, when its metadata is there)."""
-    out = {}
+    """Metrics per named dataset (Waterbirds also per place and group, when its metadata is there). With probe heads
+    the top level holds the first head's metrics and ``probes`` every head's, ``{head: {dataset: metrics}}``."""
+    heads = getattr(model.module, "probe_names", None)
+    per_set = {}
     for name, ds in sets.items():
-        out[name] = evaluate(model.ddp, session.eval_loader(ds), session.info.device, session.amp,
-                             places=getattr(ds, "places", None), waterbird_y=getattr(ds, "waterbird_y", None),
-                             progress=session.info.is_main, desc=f"eval {name}")
-        if getattr(ds, "skipped", None):
-            out[name]["skipped_missing_files"] = len(ds.skipped)
-        if name == "waterbirds" and ds.places is None:
-            out[name]["group_metrics"] = f"absent: no metadata.csv in {ds.image_root} or the Waterbirds release"
-    return out
+        result = evaluate(model.ddp, session.eval_loader(ds), session.info.device, session.amp,
+                          places=getattr(ds, "places", None), waterbird_y=getattr(ds, "waterbird_y", None),
+                          progress=session.info.is_main, desc=f"eval {name}")
+        for metrics in (result.values() if heads else [result]):
+            if getattr(ds, "skipped", None):
+                metrics["skipped_missing_files"] = len(ds.skipped)
+            if name == "waterbirds" and ds.places is None:
+                metrics["group_metrics"] = f"absent: no metadata.csv in {ds.image_root} or the Waterbirds release"
+        per_set[name] = result
+    if not heads:
+        return per_set
+    return {**{name: result[heads[0]] for name, result in per_set.items()},
+            "probes": {head: {name: result[head] for name, result in per_set.items()} for head in heads}}
 
 
 def evaluate_checkpoint(session: Session, data: DataBundle, model: RunModel, ckpt: CheckpointManager) -> dict:
@@ -400,9 +421,11 @@ class EpochLoop:
             is_best = top1 > progress.best_top1
             if is_best:
                 progress.best_top1, progress.best_epoch, progress.best_metrics = top1, done, metrics
-            record.update({name: _brief(m) for name, m in metrics.items()})
+            record.update({name: _brief(m) for name, m in metrics.items() if name != "probes"})
+            if "probes" in metrics:
+                record["probes"] = {h: {n: _brief(m) for n, m in ms.items()} for h, ms in metrics["probes"].items()}
             if info.is_main:
-                summary = ", ".join(f"{n} {m['top1']:.2f}%" for n, m in metrics.items())
+                summary = ", ".join(f"{n} {m['top1']:.2f}%" for n, m in metrics.items() if n != "probes")
                 print(f"epoch {done}/{cfg.optim.epochs}: loss {stats['loss']:.4f}, {summary}", flush=True)
         self.logger.log(record, step=done)
         self.ckpt.save(self.training_state(progress), done, is_best)
@@ -475,7 +498,18 @@ def check_writable_dir(path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ diagnostics
-def run_diagnostics(session: Session, model: nn.Module, strategy: Strategy, data: DataBundle) -> dict:
+def diagnostics_target(model: nn.Module, strategy: Strategy, cfg: TrainConfig) -> tuple[nn.Module, str | None, str]:
+    """The model the diagnostics score, how it takes its inputs (see :class:`~bgmask.strategies.Strategy`), and a
+    name for it. With probe heads: the first head, as its single-head run's model."""
+    if not isinstance(model, ProbeHeads):
+        return model, strategy.diagnostics_input, strategy.name
+    head = model.probe_names[0]
+    late = head.startswith(LATE)
+    kind = "late" if late else "early" if strategy.diagnostics_input == "early" else "none"
+    return model.single_head_model(head), kind, f"{strategy.name}, probe head {head}"
+
+
+def run_diagnostics(session: Session, model: nn.Module, kind: str | None, name: str, data: DataBundle) -> dict:
     """Background-reliance diagnostics of the final weights (:mod:`bgmask.diagnostics`), or why they are absent.
 
     Every test image is scored once per view on any number of processes; rank 0 keeps a few attribution maps in
@@ -484,8 +518,8 @@ def run_diagnostics(session: Session, model: nn.Module, strategy: Strategy, data
     cfg, info = session.cfg.diagnostics, session.info
     if cfg.diagnostics == "none":
         return {"skipped": "--diagnostics none"}
-    if strategy.diagnostics_input is None:
-        return {"skipped": f"the {strategy.name!r} strategy declares no diagnostics input"}
+    if kind is None:
+        return {"skipped": f"the {name!r} strategy declares no diagnostics input"}
     root = Path(session.cfg.data.data_path)
     if not (root / cfg.diagnostics_mask_sub_path).is_dir():
         hint = missing_folder_hint(root, cfg.diagnostics_mask_sub_path)
@@ -494,7 +528,7 @@ def run_diagnostics(session: Session, model: nn.Module, strategy: Strategy, data
         return {"skipped": f"no masks in {root / cfg.diagnostics_mask_sub_path}"}
     from bgmask import diagnostics
 
-    kind, seed = strategy.diagnostics_input, session.cfg.run.seed
+    seed = session.cfg.run.seed
     layout = getattr(model, "classifier", model).adapter.layout
     eval_tf, out = data.cub_test.transform, {}
     for view in diagnostics.VIEWS:
@@ -511,6 +545,7 @@ def run_diagnostics(session: Session, model: nn.Module, strategy: Strategy, data
     out["fg_attribution"] = share
     out["fg_attribution_images"] = counted
     out["attribution"] = "|gradient x input|" if layout == "tokens" else "Grad-CAM on the pooled feature map"
+    out["model"] = name
     if info.is_main:
         gallery["paths"] = [ds.base.paths[i] for i in gallery["index"]]
         atomic_torch_save(gallery, diagnostics.gallery_path(session.snapshot_dir))

@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bgmask.results import load_run, write_outputs
+from bgmask.results import load_runs, write_outputs
 
 
 def main(argv=None) -> int:
@@ -23,7 +23,7 @@ def main(argv=None) -> int:
         if not Path(run_dir).is_dir():
             continue
         try:
-            runs.append(load_run(run_dir))
+            runs.extend(load_runs(run_dir))
         except FileNotFoundError as e:
             skipped.append(str(e))
     for message in skipped:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import json
@@ -16,6 +17,9 @@ from pathlib import Path
 import pytest
 
 from bgmask.cli import parse_config
+from bgmask.config import TrainConfig
+from bgmask.probes import LATE, parse_heads
+from bgmask.strategies.late import LateOptions
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_SCRIPTS = sorted((REPO / "scripts/paper").glob("[!_]*.sh"))
@@ -75,27 +79,55 @@ def test_every_printed_command_parses(script):
     assert len(names) == len(set(names)), "two runs would share a snapshot folder"
 
 
+def single_runs(entry: str, settings: dict) -> list[tuple[str, dict]]:
+    """The single-head runs a ``--probe_heads`` run stands for (each head trains exactly as its own run would)."""
+    if settings.get("probe_heads") is None:
+        return [(entry, settings)]
+    runs = []
+    for head in parse_heads(settings["probe_heads"]):
+        base = head.removeprefix(LATE)
+        single = {**settings, "probe_heads": None, "class_token_only": base == "cls",
+                  "patch_tokens_only": base in ("mean", "masked_mean")}
+        if head.startswith(LATE):
+            runs.append(("late_masking/train.py", {**single, "masking": "late", "masked_mean": base == "masked_mean"}))
+        else:
+            masking = settings["masking"] if entry == "early_masking_and_baseline/train.py" else "none"
+            late_only = {f.name for f in dataclasses.fields(LateOptions)}
+            runs.append(("early_masking_and_baseline/train.py",
+                         {k: v for k, v in single.items() if k not in late_only} | {"masking": masking}))
+    return runs
+
+
 def test_paper_runs_resolve_to_the_golden_settings():
     """Every classifier run of the paper scripts resolves to the settings recorded in tests/golden/ (written from
-    the one-YAML-per-run configs before they were replaced by regime + model files). The only difference allowed is
-    the ``masking`` key, which args.yaml now records for late masking too."""
+    the one-YAML-per-run configs before they were replaced by regime + model files). A --probe_heads run counts as
+    the single-head runs it stands for. Allowed differences: args.yaml records ``masking`` for late masking too, and
+    settings added since hold their defaults."""
     golden = json.loads(GOLDEN.read_text())
-    seen = {}
+    defaults = TrainConfig().flat()
+    expected = sorted(canonical(g.pop("entry_point"), g) for g in golden.values())
+    found = []
     for script in PAPER_SCRIPTS:
         for cmd in dry_run(script):
             entry, argv = script_and_args(cmd)
-            if is_classifier(entry):
-                settings = resolved_settings(entry, argv)
-                seen[Path(settings["snapshot_dir"]).name] = (f"{entry.parent.name}/{entry.name}", settings)
-    assert sorted(seen) == sorted(golden)
-    for name, (entry, settings) in seen.items():
-        expected = dict(golden[name])
-        assert expected.pop("entry_point") == entry, name
-        added = set(settings) - set(expected)
-        assert added <= {"masking"}, (name, added)
-        if added:
-            assert settings["masking"] == "late", name
-        assert {k: settings[k] for k in expected} == expected, name
+            if not is_classifier(entry):
+                continue
+            runs = single_runs(f"{entry.parent.name}/{entry.name}", resolved_settings(entry, argv))
+            for single_entry, settings in runs:
+                known = set(next(g for g in golden.values() if canonical_entry(g) == single_entry))
+                for key in set(settings) - known:
+                    assert key == "masking" and settings[key] == "late" or settings[key] == defaults[key], key
+                found.append(canonical(single_entry, {k: v for k, v in settings.items() if k in known}))
+    assert sorted(found) == expected
+
+
+def canonical_entry(golden_settings: dict) -> str:
+    return "late_masking/train.py" if "mask_source" in golden_settings else "early_masking_and_baseline/train.py"
+
+
+def canonical(entry: str, settings: dict) -> str:
+    """One run as comparable text: entry point and settings, without the run folder's name."""
+    return json.dumps([entry, {k: v for k, v in sorted(settings.items()) if k != "snapshot_dir"}])
 
 
 def test_multinode_launcher_uses_c10d_rendezvous():

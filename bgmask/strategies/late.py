@@ -18,8 +18,8 @@ from torch import nn
 from bgmask.config import TrainConfig, option
 from bgmask.data.cub import GT_MASK_SUB_PATH, WATERBIRDS_SUB_PATH
 from bgmask.errors import ConfigError
-from bgmask.masking import MASK_FOLDERS, mask_to_feature_grid
-from bgmask.models import Classifier
+from bgmask.masking import MASK_FOLDERS
+from bgmask.models import Classifier, foreground_mean
 from bgmask.strategies.base import DataView, Strategy, register
 
 MASK_SOURCES = ("precomputed", "gt", "segmenter")
@@ -63,6 +63,11 @@ class LateMasking(Strategy):
         if opts.feature_masking_last_layer and opts.fm_second_last_block:
             raise ConfigError("--feature_masking_last_layer (mask after the last stage) contradicts "
                               "--fm_second_last_block; pick one.")
+        if cfg.model.probe_heads is not None and (opts.fm_second_last_block or opts.masked_mean
+                                                  or opts.mask_source == "segmenter"):
+            raise ConfigError("--probe_heads masks after the last stage/block, with masks loaded with the images: it "
+                              "takes neither --fm_second_last_block (a separate run: it trains the last block) nor "
+                              "--mask_source segmenter; for --masked_mean list the head late:masked_mean.")
         if cfg.model.class_token_only and not opts.fm_second_last_block:
             raise ConfigError("--class_token_only with masking after the last block cannot differ from the baseline: "
                               "the head reads the CLS token, which zeroing patch tokens after the last block never "
@@ -172,7 +177,5 @@ class LateMaskedClassifier(nn.Module):
         clf = self.classifier
         if not (clf.is_vit and self.masked_mean and clf.vit_head != "cls"):
             return clf.pool(feats)
-        weights = mask_to_feature_grid(masks, clf.adapter.grid_size).flatten(1)[..., None]  # B, N, 1
-        patches = feats[:, clf.num_prefix_tokens:]
-        mean = (patches * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        mean = foreground_mean(feats, masks, clf.num_prefix_tokens, clf.adapter.grid_size)
         return mean if clf.vit_head == "mean" else torch.cat([feats[:, 0], mean], dim=1)

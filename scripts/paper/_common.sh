@@ -52,6 +52,3 @@ classifier() {
   run "${LAUNCH[@]}" "$REPO_ROOT/$trainer" --config "$REPO_ROOT/configs/classifier/$regime.yaml" \
     --config "$REPO_ROOT/configs/classifier/models/$model.yaml" --data_path "$CUB" --snapshot_dir "$OUT/$name" "$@"
 }
-
-# ViT head flags: cls_mean (the default concat(CLS, mean patch tokens)), cls (CLS token) or gap (mean patch tokens).
-declare -A HEAD_FLAGS=([cls_mean]="" [cls]="--class_token_only" [gap]="--patch_tokens_only")
