@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from bgmask.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -32,30 +34,38 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """The device a process uses: 'auto' (or None) is this process's CUDA device (``LOCAL_RANK`` under torchrun) when
+    CUDA is available, else the CPU; 'cuda' is this process's CUDA device; 'cpu' or 'cuda:N' are taken as given."""
+    if device in (None, "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda was requested but no CUDA device is visible; use --device cpu (or auto).")
+        if device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+    return device
+
+
 def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
     """Initialise the process group when launched by torchrun; a plain ``python train.py`` stays single-process.
 
     Args:
-        device: 'auto' (cuda when available), 'cuda' or 'cpu'.
+        device: 'auto' (cuda when available), 'cuda' or 'cpu' (see :func:`resolve_device`).
         timeout_s: collective timeout; a crashed peer makes the others fail after at most this long.
     """
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was requested but no CUDA device is visible; use --device cpu.")
+    dev = resolve_device(device)
     if not launched_by_torchrun():
-        return DistInfo(device=torch.device("cuda", 0) if device == "cuda" else torch.device("cpu"))
+        return DistInfo(device=dev)
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if device == "cuda":
-        torch.cuda.set_device(local_rank)
-        dev = torch.device("cuda", local_rank)
-    else:
-        dev = torch.device("cpu")
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device == "cuda" else "gloo",
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo",
                                 timeout=datetime.timedelta(seconds=timeout_s),
-                                **({"device_id": dev} if device == "cuda" else {}))
+                                **({"device_id": dev} if dev.type == "cuda" else {}))
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
 
 

@@ -173,6 +173,8 @@ def weights_source(spec: ModelSpec) -> dict:
     cfg = _pretrained_cfg(spec.arch)
     resampled = None
     pretrained_size = cfg.input_size[-1] if cfg is not None and cfg.input_size else None
+    if spec.pretrained_path:  # a timm weights folder says its own size in config.json
+        pretrained_size = _file_input_size(spec.pretrained_path) or pretrained_size
     if spec.image_size and pretrained_size and takes_img_size(spec.arch) and spec.image_size != pretrained_size:
         resampled = f"position embeddings {pretrained_size} px -> {spec.image_size} px"
     if spec.pretrained_path:
@@ -180,6 +182,18 @@ def weights_source(spec: ModelSpec) -> dict:
     cached = _cached_hub_file(cfg)
     return {"source": "cache" if cached else "hub",
             "location": cached or (cfg.hf_hub_id or cfg.url if cfg is not None else None), "resampled": resampled}
+
+
+def _file_input_size(path: str) -> int | None:
+    """The input size in the ``config.json`` beside a weights file (timm / Hugging Face layout), if any."""
+    import json
+
+    config = os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
+    try:
+        with open(config) as f:
+            return int(json.load(f)["pretrained_cfg"]["input_size"][-1])
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
 
 
 def _pretrained_cfg(arch: str):

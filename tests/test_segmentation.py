@@ -21,6 +21,7 @@ pytest.importorskip("mmseg")
 
 from bgmask.data.cub import WATERBIRDS_SUB_PATH, CUBIndex, DatasetError, load_rgb, mask_path_for  # noqa: E402
 from bgmask.masking import MASK_FOLDERS, MASKED_JPEG_OPTIONS, apply_mask  # noqa: E402
+from cub_seg.runner import disable_pretrained  # noqa: E402
 
 pytestmark = [
     pytest.mark.mmseg,
@@ -61,7 +62,7 @@ def read_mask(path: Path) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------ plugin, configs
-def test_plugin_registers_dataset_metric_and_checkpoint_loader():
+def test_plugin_registers_dataset_and_metric_and_changes_no_checkpoint_loader():
     from mmengine.runner.checkpoint import CheckpointLoader
     from mmseg.registry import DATASETS, METRICS
 
@@ -74,8 +75,14 @@ def test_plugin_registers_dataset_metric_and_checkpoint_loader():
     assert defaults["img_suffix"].default == ".jpg" and defaults["seg_map_suffix"].default == ".png"
     assert defaults["reduce_zero_label"].default is False
     assert METRICS.get("PerClassIoUMetric") is cub_seg.PerClassIoUMetric
-    assert CheckpointLoader._get_checkpoint_loader("work_dirs/x/iter_10.pth") is cub_seg.load_from_local_trusted
-    assert CheckpointLoader._get_checkpoint_loader("https://example.org/x.pth") is not cub_seg.load_from_local_trusted
+    # Importing the plugin leaves mmengine's loaders alone; our entry points switch them only while they load.
+    local = CheckpointLoader._get_checkpoint_loader("work_dirs/x/iter_10.pth")
+    assert local is not cub_seg.load_from_local_trusted
+    with cub_seg.trusted_local_checkpoints():
+        assert CheckpointLoader._get_checkpoint_loader("work_dirs/x/iter_10.pth") is cub_seg.load_from_local_trusted
+        assert CheckpointLoader._get_checkpoint_loader("https://example.org/x.pth") is not \
+            cub_seg.load_from_local_trusted
+    assert CheckpointLoader._get_checkpoint_loader("work_dirs/x/iter_10.pth") is local
 
 
 @pytest.mark.parametrize("config", CONFIGS)
@@ -98,7 +105,7 @@ def test_config_loads_and_builds(config):
     else:
         assert cfg.model.backbone.init_cfg.type == "Pretrained"  # upstream's initialisation is kept
         assert cfg.train_cfg.max_iters == 160000
-        cfg.model.backbone.init_cfg = None
+        disable_pretrained(cfg)
     init_default_scope("mmseg")
     model = MODELS.build(cfg.model).eval()
     assert model.decode_head.num_classes == 2
@@ -116,7 +123,7 @@ def test_mask2former_loss_runs_with_two_classes():
     from mmseg.structures import SegDataSample
 
     cfg = Config.fromfile(SEG / "configs" / "mask2former_r50_8xb2-160k_cub-512x512.py")
-    cfg.model.backbone.init_cfg = None
+    disable_pretrained(cfg)
     init_default_scope("mmseg")
     model = MODELS.build(cfg.model).train()
     gt = torch.zeros(1, 64, 64, dtype=torch.long)
@@ -238,11 +245,16 @@ def trained(seg_data, tmp_path_factory) -> Path:
 def test_checkpoint_from_training_needs_and_gets_trusted_loading(trained):
     from mmengine.runner.checkpoint import _load_checkpoint
 
-    checkpoint = _load_checkpoint(str(trained), map_location="cpu")
+    import cub_seg
+
+    with cub_seg.trusted_local_checkpoints():
+        checkpoint = _load_checkpoint(str(trained), map_location="cpu")
     assert {"state_dict", "meta", "message_hub"} <= set(checkpoint)
     if tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 6):
         with pytest.raises(Exception, match="weights_only"):
             torch.load(trained, map_location="cpu")  # torch's default refuses mmengine checkpoints
+        with pytest.raises(Exception, match="weights_only"):
+            _load_checkpoint(str(trained), map_location="cpu")  # and so does mmengine outside the block
 
 
 def test_test_tool_reports_both_splits(trained, seg_data, tmp_path):

@@ -128,6 +128,29 @@ def make_species(config: SyntheticConfig) -> list[Species]:
     return species
 
 
+def appearance(sp: Species) -> tuple:
+    """What a species looks like when rendered (its name and home habitat aside)."""
+    return (sp.body, sp.cap, sp.wing_bar, sp.beak_length, sp.crest, sp.forked_tail, sp.breast_spot, sp.eye_ring,
+            round(sp.body_aspect, 6))
+
+
+def disjoint_species(benchmark: SyntheticConfig, num_classes: int, seed: int) -> list[Species]:
+    """``num_classes`` species that look like none of ``benchmark``'s (a pretraining corpus, as ImageNet's classes
+    are not the evaluation's species). Candidates come from a species table with another seed; each one whose
+    appearance equals a benchmark species' is dropped, and so is a repeated appearance."""
+    taken = {appearance(sp) for sp in make_species(benchmark)}
+    candidates = make_species(SyntheticConfig(num_classes=200, seed=seed, habitats=benchmark.habitats,
+                                              species_per_genus=benchmark.species_per_genus))
+    chosen = []
+    for sp in candidates:
+        if appearance(sp) not in taken:
+            taken.add(appearance(sp))
+            chosen.append(sp)
+    if len(chosen) < num_classes:
+        raise ValueError(f"only {len(chosen)} species differ from the benchmark's with seed {seed}; ask for fewer")
+    return chosen[:num_classes]
+
+
 # --------------------------------------------------------------------------------------------------- habitats
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
     """Value noise in [0, 1]: a ``cells``-sized random grid bicubically upsampled to ``h x w``."""
@@ -339,7 +362,7 @@ class GenerationSummary:
 
 
 def generate(out_dir: str | os.PathLike, config: SyntheticConfig = SyntheticConfig(), progress: bool = True,
-             overwrite: bool = False) -> GenerationSummary:
+             overwrite: bool = False, species: list[Species] | None = None) -> GenerationSummary:
     """Write ``out_dir/CUB_200_2011`` (with its Waterbirds folder inside) for ``config``.
 
     The tree is built in a temporary sibling folder and renamed into place at the end, so an interrupted run never
@@ -350,6 +373,7 @@ def generate(out_dir: str | os.PathLike, config: SyntheticConfig = SyntheticConf
         config: generator settings.
         progress: show a tqdm progress bar.
         overwrite: replace an existing ``CUB_200_2011/`` instead of refusing.
+        species: the species table (default: :func:`make_species` of ``config``); one per class.
     """
     config.validate()
     start = time.perf_counter()
@@ -361,7 +385,9 @@ def generate(out_dir: str | os.PathLike, config: SyntheticConfig = SyntheticConf
     tmp_root = out_dir / f".CUB_200_2011.partial-{os.getpid()}"
     if tmp_root.exists():
         shutil.rmtree(tmp_root)
-    species = make_species(config)
+    species = make_species(config) if species is None else list(species)
+    if len(species) != config.num_classes:
+        raise ValueError(f"{len(species)} species given for num_classes={config.num_classes}")
     try:
         summary_counts = _write_tree(tmp_root, config, species, progress)
         if final_root.exists():

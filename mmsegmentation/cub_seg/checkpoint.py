@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import torch
 from mmengine.runner.checkpoint import CheckpointLoader
@@ -12,7 +14,9 @@ from mmengine.runner.checkpoint import CheckpointLoader
 # message hub, mmengine HistoryBuffer objects, the config text), so the new default refuses to load it: resuming,
 # test.py and generate_masks.py would all fail on checkpoints this repository wrote itself.
 #
-# Choice: replace mmengine's loader for *local paths* (scheme prefix '') by one that passes weights_only=False.
+# Choice: while our entry points load checkpoints (trusted_local_checkpoints() below), mmengine's loader for *local
+# paths* (scheme prefix '') is one that passes weights_only=False; on exit mmengine's own loader is back. Importing
+# cub_seg changes nothing in mmengine.
 # Local files are ones the user points at explicitly (their own training output or a release they chose), which is
 # the trust model torch documents for weights_only=False. We did not use torch.serialization.add_safe_globals: the
 # classes inside a checkpoint depend on the hooks, optimizer and numpy version, so an allow-list breaks silently on
@@ -34,5 +38,17 @@ def load_from_local_trusted(filename: str, map_location=None):
     return torch.load(filename, map_location=map_location, weights_only=False)
 
 
-# Longer prefixes win in mmengine's lookup, so only paths without a URL-like scheme reach this loader.
-CheckpointLoader.register_scheme(prefixes="", loader=load_from_local_trusted, force=True)
+@contextlib.contextmanager
+def trusted_local_checkpoints() -> Iterator[None]:
+    """Inside the block, mmengine loads local checkpoint files with :func:`load_from_local_trusted`; remote URLs keep
+    their loaders. The previous local loader is restored on exit (nesting is fine)."""
+    # Longer prefixes win in mmengine's lookup, so only paths without a URL-like scheme reach this loader.
+    previous = CheckpointLoader._schemes.get("")
+    CheckpointLoader.register_scheme(prefixes="", loader=load_from_local_trusted, force=True)
+    try:
+        yield
+    finally:
+        if previous is None:
+            CheckpointLoader._schemes.pop("", None)
+        else:
+            CheckpointLoader.register_scheme(prefixes="", loader=previous, force=True)

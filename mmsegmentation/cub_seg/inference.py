@@ -23,25 +23,15 @@ from mmengine.registry import init_default_scope
 from mmengine.runner import load_checkpoint
 from mmseg.registry import MODELS
 
-import cub_seg  # noqa: F401  (registers the dataset/metric and the trusted local checkpoint loader)
+from bgmask.distributed import resolve_device
+from cub_seg.checkpoint import trusted_local_checkpoints
+from cub_seg.runner import disable_pretrained
 
 # timm's IMAGENET_DEFAULT_MEAN / STD, the normalisation of the classifiers' transforms.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Transforms of a test pipeline that do not change the image (loading, annotations, packing).
 _NON_IMAGE_TRANSFORMS = ("LoadImageFromFile", "LoadAnnotations", "PackSegInputs", "LoadImageFromNDArray")
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """'auto' (or None): the local CUDA device when there is one (``LOCAL_RANK`` under torchrun), else the CPU."""
-    if device in (None, "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
-        return torch.device("cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was requested but no CUDA device is visible; use --device cpu or auto.")
-    return device
 
 
 def load_segmenter(config: str | os.PathLike | Config, checkpoint: str | os.PathLike,
@@ -65,14 +55,13 @@ def load_segmenter(config: str | os.PathLike | Config, checkpoint: str | os.Path
         raise FileNotFoundError(f"Segmenter checkpoint {checkpoint} does not exist; train one with "
                                 f"mmsegmentation/tools/train.py (it writes WORK_DIR/iter_N.pth).")
     cfg = config.copy()
-    cfg.model.pretrained = None
-    if "backbone" in cfg.model:
-        cfg.model.backbone.init_cfg = None
+    disable_pretrained(cfg)
     cfg.model.train_cfg = None
     init_default_scope(cfg.get("default_scope", "mmseg"))
     model = revert_sync_batchnorm(MODELS.build(cfg.model))
     try:
-        load_checkpoint(model, str(checkpoint), map_location="cpu", strict=True, logger="silent")
+        with trusted_local_checkpoints():
+            load_checkpoint(model, str(checkpoint), map_location="cpu", strict=True, logger="silent")
     except RuntimeError as e:
         reason = str(e).splitlines()[0].rstrip(".")
         raise RuntimeError(f"Checkpoint {checkpoint} does not fit the model of config "

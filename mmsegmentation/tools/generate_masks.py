@@ -23,13 +23,14 @@ import warnings
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")  # noise from mmengine's imports
 
 from bgmask.data.cub import CUBIndex, DatasetError  # noqa: E402
+from bgmask.distributed import resolve_device  # noqa: E402
 from cub_seg.generate import (  # noqa: E402
     file_sha256,
     generate_gt_masks,
     generate_predicted_masks,
     shard_from_env,
 )
-from cub_seg.inference import Segmenter, resolve_device  # noqa: E402
+from cub_seg.inference import Segmenter  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

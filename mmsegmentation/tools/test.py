@@ -18,6 +18,7 @@ warnings.filterwarnings("ignore", message="pkg_resources is deprecated")  # nois
 from mmengine.dist import is_main_process  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
+from cub_seg.checkpoint import trusted_local_checkpoints  # noqa: E402
 from cub_seg.runner import TEST_SPLITS, ConfigError, add_common_args, check_data, config_for_split, load_config  # noqa: E402,E501
 
 
@@ -49,7 +50,8 @@ def main(argv=None) -> int:
     for split, split_cfg in split_cfgs.items():
         # One Runner per split; distinct names keep their loggers and visualizers apart.
         split_cfg.experiment_name = f"test_{split}_{stamp}"
-        results[split] = {k: float(v) for k, v in Runner.from_cfg(split_cfg).test().items()}
+        with trusted_local_checkpoints():
+            results[split] = {k: float(v) for k, v in Runner.from_cfg(split_cfg).test().items()}
     if is_main_process():
         out = args.out or osp.join(cfg.work_dir, "test_metrics.json")
         with open(out, "w") as f:

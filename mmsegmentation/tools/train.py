@@ -18,6 +18,7 @@ warnings.filterwarnings("ignore", message="pkg_resources is deprecated")  # nois
 import torch  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
+from cub_seg.checkpoint import trusted_local_checkpoints  # noqa: E402
 from cub_seg.runner import ConfigError, add_common_args, disable_pretrained, load_config  # noqa: E402
 
 
@@ -58,7 +59,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     runner = Runner.from_cfg(cfg)
-    runner.train()
+    with trusted_local_checkpoints():  # resume / load_from read checkpoints this repository wrote
+        runner.train()
     last = osp.join(cfg.work_dir, "last_checkpoint")
     if osp.isfile(last):
         with open(last) as f:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from bgmask.distributed import resolve_device
 from bgmask.models import ModelSpec, create_classifier, param_groups
 from bgmask.strategies.late import LateMaskedClassifier
 
@@ -37,12 +38,11 @@ def random_checkpoint(config: str, folder: str) -> str:
     from mmseg.registry import MODELS
 
     import cub_seg  # noqa: F401  (registers the plugin)
+    from cub_seg.runner import disable_pretrained
 
     cfg = Config.fromfile(config)
     init_default_scope(cfg.get("default_scope", "mmseg"))
-    cfg.model.pretrained = None
-    if "backbone" in cfg.model:
-        cfg.model.backbone.init_cfg = None
+    disable_pretrained(cfg)
     model = MODELS.build(cfg.model)
     path = str(Path(folder) / "random_segmenter.pth")
     torch.save({"state_dict": model.state_dict(), "meta": {}}, path)
@@ -80,8 +80,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--out", default="runs/bench/late_masking_overhead.json")
     args = p.parse_args(argv)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+    device = resolve_device(args.device)
     from cub_seg.inference import SegmenterMaskProvider
 
     torch.manual_seed(0)

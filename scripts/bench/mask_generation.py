@@ -27,8 +27,10 @@ warnings.filterwarnings("ignore")  # mmseg's construction-time advice would drow
 import torch  # noqa: E402
 
 from bgmask.data.cub import CUBIndex  # noqa: E402
+from bgmask.distributed import resolve_device  # noqa: E402
 from cub_seg.generate import predict_folder  # noqa: E402
-from cub_seg.inference import Segmenter, load_segmenter, resolve_device  # noqa: E402
+from cub_seg.inference import Segmenter, load_segmenter  # noqa: E402
+from cub_seg.runner import disable_pretrained  # noqa: E402
 
 
 def random_init_checkpoint(config: str, folder: str) -> str:
@@ -38,8 +40,7 @@ def random_init_checkpoint(config: str, folder: str) -> str:
     from mmseg.registry import MODELS
 
     cfg = Config.fromfile(config)
-    cfg.model.pretrained = None
-    cfg.model.backbone.init_cfg = None
+    disable_pretrained(cfg)
     init_default_scope("mmseg")
     path = os.path.join(folder, "random_init.pth")
     torch.save({"state_dict": MODELS.build(cfg.model).state_dict(), "meta": {}}, path)
