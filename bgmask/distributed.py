@@ -42,7 +42,7 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     device = torch.device(device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError("--device cuda was requested but no CUDA device is visible; use --device cpu (or auto).")
+            raise ConfigError("--device cuda was requested but no CUDA device is visible; use --device cpu.")
         if device.index is None:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
     return device

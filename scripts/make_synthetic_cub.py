@@ -7,7 +7,7 @@ Example: python scripts/make_synthetic_cub.py --out data/synthetic --seed 0
 import argparse
 import sys
 
-from bgmask.data.synthetic import SyntheticConfig, generate
+from bgmask.data.synthetic import BACKGROUNDS, SyntheticConfig, generate
 
 
 def main(argv=None) -> int:
@@ -21,11 +21,17 @@ def main(argv=None) -> int:
     p.add_argument("--bias", type=float, default=defaults.bias,
                    help="probability that a CUB image shows its species' home habitat")
     p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--backgrounds", choices=BACKGROUNDS, default=defaults.backgrounds,
+                   help="home: the species' home habitat with probability --bias (the benchmark); balanced: every "
+                        "species on every habitat equally often, independent of species (--bias unused)")
+    p.add_argument("--train_fraction", type=float, default=defaults.train_fraction,
+                   help="fraction of each class's images in the train split")
     p.add_argument("--overwrite", action="store_true", help="replace an existing CUB_200_2011/ in --out")
     p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     args = p.parse_args(argv)
     config = SyntheticConfig(num_classes=args.num_classes, images_per_class=args.images_per_class,
-                             image_size=args.image_size, habitats=args.habitats, bias=args.bias, seed=args.seed)
+                             image_size=args.image_size, habitats=args.habitats, bias=args.bias, seed=args.seed,
+                             backgrounds=args.backgrounds, train_fraction=args.train_fraction)
     try:
         summary = generate(args.out, config, progress=not args.no_progress, overwrite=args.overwrite)
     except (ValueError, FileExistsError) as e:

@@ -62,8 +62,7 @@ def read_mask(path: Path) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------ plugin, configs
-def test_plugin_registers_dataset_and_metric_and_changes_no_checkpoint_loader():
-    from mmengine.runner.checkpoint import CheckpointLoader
+def test_plugin_registers_dataset_and_metric():
     from mmseg.registry import DATASETS, METRICS
 
     import cub_seg
@@ -75,14 +74,43 @@ def test_plugin_registers_dataset_and_metric_and_changes_no_checkpoint_loader():
     assert defaults["img_suffix"].default == ".jpg" and defaults["seg_map_suffix"].default == ".png"
     assert defaults["reduce_zero_label"].default is False
     assert METRICS.get("PerClassIoUMetric") is cub_seg.PerClassIoUMetric
-    # Importing the plugin leaves mmengine's loaders alone; our entry points switch them only while they load.
+
+
+def test_importing_the_plugin_changes_no_checkpoint_loader():
+    """Importing cub_seg (every config does; late masking imports cub_seg.inference) leaves mmengine's loaders as
+    they were, in a fresh process where nothing else touched them."""
+    code = (
+        "from mmengine.runner.checkpoint import CheckpointLoader as L\n"
+        "before = L._schemes['']\n"
+        "import cub_seg, cub_seg.inference, cub_seg.generate, cub_seg.runner\n"
+        "assert L._schemes[''] is before, L._schemes['']\n"
+        "assert cub_seg.load_from_local_trusted not in L._schemes.values()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_trusted_loader_only_inside_the_context_and_only_for_local_paths():
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    import cub_seg
+
     local = CheckpointLoader._get_checkpoint_loader("work_dirs/x/iter_10.pth")
+    remote = {url: CheckpointLoader._get_checkpoint_loader(url)
+              for url in ("https://example.org/x.pth", "open-mmlab://resnet50_v1c", "torchvision://resnet50")}
     assert local is not cub_seg.load_from_local_trusted
     with cub_seg.trusted_local_checkpoints():
         assert CheckpointLoader._get_checkpoint_loader("work_dirs/x/iter_10.pth") is cub_seg.load_from_local_trusted
-        assert CheckpointLoader._get_checkpoint_loader("https://example.org/x.pth") is not \
-            cub_seg.load_from_local_trusted
+        assert CheckpointLoader._get_checkpoint_loader("/abs/iter_10.pth") is cub_seg.load_from_local_trusted
+        with cub_seg.trusted_local_checkpoints():  # nested: still trusted, and the outer block is kept
+            pass
+        assert CheckpointLoader._get_checkpoint_loader("work_dirs/x/iter_10.pth") is cub_seg.load_from_local_trusted
+        for url, loader in remote.items():
+            assert CheckpointLoader._get_checkpoint_loader(url) is loader  # URLs keep mmengine's loaders
     assert CheckpointLoader._get_checkpoint_loader("work_dirs/x/iter_10.pth") is local
+    with pytest.raises(KeyError), cub_seg.trusted_local_checkpoints():
+        raise KeyError("an error inside the block")
+    assert CheckpointLoader._get_checkpoint_loader("work_dirs/x/iter_10.pth") is local  # restored on errors too
 
 
 @pytest.mark.parametrize("config", CONFIGS)
@@ -337,7 +365,7 @@ def test_generated_masks_cover_every_image_at_original_size(generated, trained):
             assert mask.shape == (image.size[1], image.size[0])
             assert set(np.unique(mask)) <= {0, 255}
             assert (generated / masked_dir / rel).is_file()
-        # The files hold what the Python API predicts (batching may move a few pixels on padded batches).
+        # The files hold what the Python API predicts (batch composition may move a few pixels).
         sample = index.paths[:4]
         expected = segmenter.predict_images([np.asarray(load_rgb(generated / image_dir / r)) for r in sample])
         for rel, exp in zip(sample, expected):
@@ -451,15 +479,26 @@ def _same_size_images(root: Path, count: int = 3) -> list[np.ndarray]:
 
 
 def test_batched_prediction_matches_one_image_per_call(trained, tiny_cub_root):
+    from mmseg.apis import inference_model
+
     from cub_seg.inference import Segmenter
 
     segmenter = Segmenter.from_files(TINY_CONFIG, trained, "cpu")
     images = _same_size_images(tiny_cub_root)
-    batched = segmenter.predict_images(images)
+    # Mixed sizes in any order: grouped by shape for inference_model, returned in the input order.
+    other = np.ascontiguousarray(images[0][: images[0].shape[0] // 2 + 7])
+    images = [images[0], other, *images[1:], other[:, ::-1]]
+    batched = segmenter.predict_images(images, batch_size=2)
+    # The model still takes file paths afterwards (inference_model's switch to arrays is undone).
+    path = tiny_cub_root / "images" / CUBIndex.load(tiny_cub_root).paths[0]
+    assert inference_model(segmenter.model, str(path)).pred_sem_seg.data.shape[-2:] == load_rgb(path).size[::-1]
     for image, mask in zip(images, batched):
         single = segmenter.predict_images([image])[0]
         assert mask.shape == image.shape[:2] and mask.dtype == np.uint8
         assert (mask == single).mean() > 0.999
+        # MMSeg's own inference on the same pixels (its loaders give BGR).
+        reference = inference_model(segmenter.model, np.ascontiguousarray(image[..., ::-1])).pred_sem_seg.data[0]
+        assert (mask == reference.numpy()).mean() > 0.999
 
 
 def test_segmenter_refuses_a_checkpoint_of_another_config(trained):
@@ -472,7 +511,10 @@ def test_segmenter_refuses_a_checkpoint_of_another_config(trained):
 
 
 def test_mask_provider_for_late_masking(trained, tiny_cub_root):
-    from cub_seg.inference import IMAGENET_MEAN, IMAGENET_STD, Segmenter, SegmenterMaskProvider
+    from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN
+    from timm.data import IMAGENET_DEFAULT_STD as IMAGENET_STD
+
+    from cub_seg.inference import Segmenter, SegmenterMaskProvider
 
     images = _same_size_images(tiny_cub_root)
     batch = torch.stack([torch.from_numpy(img).permute(2, 0, 1).float() / 255 for img in images])

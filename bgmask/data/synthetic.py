@@ -8,6 +8,9 @@ OOD evaluation) must run and be tested end to end. The generator reproduces the 
 * **Background bias.** Each species has a *home habitat*. In the CUB images a bird sits on its home habitat with
   probability ``bias``, otherwise on another habitat. Siblings of one genus get different home habitats, so the
   background is a cheap shortcut for exactly the hard, fine-grained decision.
+* **Backgrounds independent of species** (``backgrounds="balanced"``, for a pretraining corpus): every species is
+  shown on every habitat equally often, within the train and within the test split, so nothing about the background
+  predicts the species (``bias`` is then unused).
 * **Waterbirds twin.** Every CUB image is re-composited with its own soft mask onto a *held-out* texture instance
   of a habitat drawn independently of the species, as in the real Waterbirds (``img * seg + place * (1 - seg)``),
   so the bird keeps its exact position and the CUB masks, boxes and parts stay valid.
@@ -40,6 +43,7 @@ PART_NAMES = (
     "back", "beak", "belly", "breast", "crown", "forehead", "left eye", "left leg", "left wing", "nape",
     "right eye", "right leg", "right wing", "tail", "throat",
 )
+BACKGROUNDS = ("home", "balanced")
 SUPERSAMPLE = 4  # drawing resolution factor: the box-filtered downsample gives antialiased, soft mask edges
 
 _BODY_COLOURS = {  # genus plumage
@@ -83,6 +87,12 @@ class SyntheticConfig:
     bias: float = 0.95
     seed: int = 0
     species_per_genus: int = 4
+    backgrounds: str = "home"  # "home": home habitat with probability ``bias``; "balanced": independent of species
+    train_fraction: float = 0.5  # of each class's images in the train split (rounded down)
+
+    @property
+    def train_per_class(self) -> int:
+        return int(self.images_per_class * self.train_fraction + 1e-9)  # 0.29 * 100 is 28.999...
 
     def validate(self) -> None:
         if not 2 <= self.num_classes <= 200:
@@ -96,6 +106,11 @@ class SyntheticConfig:
                              f"got {self.habitats}")
         if not 0.0 <= self.bias <= 1.0:
             raise ValueError(f"bias must be a probability in [0, 1], got {self.bias}")
+        if self.backgrounds not in BACKGROUNDS:
+            raise ValueError(f"backgrounds must be one of {BACKGROUNDS}, got {self.backgrounds!r}")
+        if not 1 <= self.train_per_class < self.images_per_class:
+            raise ValueError(f"train_fraction {self.train_fraction} leaves {self.train_per_class} of "
+                             f"{self.images_per_class} images per class for training; both splits need at least one")
 
 
 def make_species(config: SyntheticConfig) -> list[Species]:
@@ -135,20 +150,41 @@ def appearance(sp: Species) -> tuple:
 
 
 def disjoint_species(benchmark: SyntheticConfig, num_classes: int, seed: int) -> list[Species]:
-    """``num_classes`` species that look like none of ``benchmark``'s (a pretraining corpus, as ImageNet's classes
-    are not the evaluation's species). Candidates come from a species table with another seed; each one whose
-    appearance equals a benchmark species' is dropped, and so is a repeated appearance."""
+    """``num_classes`` species that are none of ``benchmark``'s, for a pretraining corpus (as a pretraining set's
+    classes should not be the evaluation's species).
+
+    Candidates come from a species table made with ``seed`` (genera share plumage and shape as in the benchmark, so
+    the corpus teaches the same kind of fine-grained distinctions). A candidate is dropped when its
+    :func:`appearance` equals a benchmark species' (or an earlier candidate's), and when its name is a benchmark
+    species' name; the first ``num_classes`` that remain are returned, in order.
+    """
     taken = {appearance(sp) for sp in make_species(benchmark)}
+    names = {sp.name for sp in make_species(benchmark)}
     candidates = make_species(SyntheticConfig(num_classes=200, seed=seed, habitats=benchmark.habitats,
                                               species_per_genus=benchmark.species_per_genus))
     chosen = []
     for sp in candidates:
-        if appearance(sp) not in taken:
+        if appearance(sp) not in taken and sp.name not in names:
             taken.add(appearance(sp))
             chosen.append(sp)
     if len(chosen) < num_classes:
         raise ValueError(f"only {len(chosen)} species differ from the benchmark's with seed {seed}; ask for fewer")
     return chosen[:num_classes]
+
+
+def balanced_habitats(config: SyntheticConfig, class_index: int, is_train: np.ndarray) -> np.ndarray:
+    """The background habitat of each image of one class with ``backgrounds="balanced"``: within the train and within
+    the test split, every habitat occurs ``n // habitats`` times (the remaining ``n % habitats`` images take distinct
+    random habitats), in a random order. The draw never looks at the species, so backgrounds carry no information
+    about it; counts are exactly equal when a split's size is a multiple of ``habitats``."""
+    rng = np.random.default_rng([config.seed, 32452843, class_index])
+    habitats = np.empty(len(is_train), np.int64)
+    for part in (is_train, ~is_train):
+        n = int(part.sum())
+        plan = np.concatenate([np.tile(np.arange(config.habitats), n // config.habitats),
+                               rng.choice(config.habitats, n % config.habitats, replace=False)])
+        habitats[part] = rng.permutation(plan)
+    return habitats
 
 
 # --------------------------------------------------------------------------------------------------- habitats
@@ -353,10 +389,15 @@ class GenerationSummary:
     num_classes: int
     home_habitat_rate: float  # fraction of CUB images on their species' home habitat
     seconds: float
+    # CUB background counts: [split (0 train, 1 test), class, habitat] (the images do not record their habitat)
+    habitat_counts: np.ndarray | None = None
+    backgrounds: str = "home"  # SyntheticConfig.backgrounds
 
     def __str__(self) -> str:
+        backgrounds = (f"{self.home_habitat_rate:.1%} on the home habitat" if self.backgrounds == "home" else
+                       "backgrounds independent of species")
         return (f"Synthetic CUB: {self.num_images} images ({self.num_train} train / {self.num_images - self.num_train} "
-                f"test), {self.num_classes} classes, {self.home_habitat_rate:.1%} on the home habitat -> "
+                f"test), {self.num_classes} classes, {backgrounds} -> "
                 f"{self.cub_root}\nSynthetic Waterbirds: {self.num_images} images -> {self.waterbirds_root}\n"
                 f"Generated in {self.seconds:.1f} s ({self.num_images / max(self.seconds, 1e-9):.0f} images/s)")
 
@@ -388,8 +429,9 @@ def generate(out_dir: str | os.PathLike, config: SyntheticConfig = SyntheticConf
     species = make_species(config) if species is None else list(species)
     if len(species) != config.num_classes:
         raise ValueError(f"{len(species)} species given for num_classes={config.num_classes}")
+    habitat_counts = np.zeros((2, config.num_classes, config.habitats), np.int64)
     try:
-        summary_counts = _write_tree(tmp_root, config, species, progress)
+        summary_counts = _write_tree(tmp_root, config, species, progress, habitat_counts)
         if final_root.exists():
             shutil.rmtree(final_root)
         tmp_root.rename(final_root)
@@ -398,10 +440,11 @@ def generate(out_dir: str | os.PathLike, config: SyntheticConfig = SyntheticConf
             shutil.rmtree(tmp_root, ignore_errors=True)
     num_images, num_train, on_home = summary_counts
     return GenerationSummary(final_root, final_root / WATERBIRDS_SUB_PATH, num_images, num_train, config.num_classes,
-                             on_home / num_images, time.perf_counter() - start)
+                             on_home / num_images, time.perf_counter() - start, habitat_counts, config.backgrounds)
 
 
-def _write_tree(root: Path, config: SyntheticConfig, species: list[Species], progress: bool) -> tuple[int, int, int]:
+def _write_tree(root: Path, config: SyntheticConfig, species: list[Species], progress: bool,
+                habitat_counts: np.ndarray) -> tuple[int, int, int]:
     from tqdm import tqdm
 
     wb_root = root / WATERBIRDS_SUB_PATH
@@ -419,17 +462,21 @@ def _write_tree(root: Path, config: SyntheticConfig, species: list[Species], pro
         (wb_root / class_dir).mkdir()
         split_rng = np.random.default_rng([config.seed, 15485863, c])
         is_train = np.zeros(config.images_per_class, bool)
-        is_train[split_rng.permutation(config.images_per_class)[: config.images_per_class // 2]] = True
+        is_train[split_rng.permutation(config.images_per_class)[: config.train_per_class]] = True
+        planned = balanced_habitats(config, c, is_train) if config.backgrounds == "balanced" else None
         for k in range(config.images_per_class):
             image_id += 1
             rng = np.random.default_rng([config.seed, image_id])
             # Real CUB images vary in shape; two aspect ratios exercise the non-square code paths.
             h, w = size, (size if rng.random() < 0.5 else round(size * 1.25))
-            if rng.random() < config.bias:
+            if planned is not None:
+                habitat = int(planned[k])
+            elif rng.random() < config.bias:
                 habitat = sp.home_habitat
             else:
                 habitat = int((sp.home_habitat + rng.integers(1, config.habitats)) % config.habitats)
             on_home += habitat == sp.home_habitat
+            habitat_counts[int(not is_train[k]), c, habitat] += 1
             bird = render_bird(sp, rng, h, w)
             background = render_habitat(habitat, np.random.default_rng([config.seed, image_id, 1]), h, w)
             image = bird.colour + background * (1.0 - bird.alpha[..., None])  # colour is premultiplied

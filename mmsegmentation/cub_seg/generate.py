@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from bgmask.data.cub import CUBIndex, DatasetError, load_rgb, mask_path_for
@@ -24,7 +23,7 @@ from bgmask.masking import (
     write_gt_masked_folders,
     write_mask_and_masked_image,
 )
-from cub_seg.inference import Segmenter, TestResize, pad_batch
+from cub_seg.inference import Segmenter
 
 
 @dataclass
@@ -101,38 +100,12 @@ def check_provenance(cub_root: Path, plans: list[FolderPlan], source: dict, over
             atomic_write_text(path, json.dumps(source, indent=2) + "\n")
 
 
-class _DecodeDataset(torch.utils.data.Dataset):
-    """Decodes images (in DataLoader workers) and applies the segmenter's test resize."""
-
-    def __init__(self, image_root: Path, rel_paths: list[str], resize: TestResize):
-        self.image_root, self.rel_paths, self.resize = image_root, rel_paths, resize
-
-    def __len__(self) -> int:
-        return len(self.rel_paths)
-
-    def __getitem__(self, i: int):
-        rgb = np.array(load_rgb(self.image_root / self.rel_paths[i]))  # writable: torch.from_numpy needs it
-        return i, rgb, self.resize(rgb)
-
-
-def _keep_list(batch):
-    return batch
-
-
-def _init_decode_worker(_):
-    # OpenCV's own thread pool in every decoding process would oversubscribe the cores the model runs on.
-    import cv2
-
-    cv2.setNumThreads(0)
-
-
-def _order_by_shape(image_root: Path, rel_paths: list[str], resize: TestResize) -> list[str]:
-    """Sort images by their test-resized shape so a batch mostly holds one shape (little padding)."""
-    def key(rel):
+def _order_by_shape(image_root: Path, rel_paths: list[str]) -> list[str]:
+    """Images sorted by size, so that same-size images are consecutive (one ``inference_model`` call each)."""
+    def size(rel):
         with Image.open(image_root / rel) as img:  # header only
-            w, h = img.size
-        return resize.shape(h, w)
-    return sorted(rel_paths, key=lambda rel: (key(rel), rel))
+            return img.size
+    return sorted(rel_paths, key=lambda rel: (size(rel), rel))
 
 
 def predict_folder(segmenter: Segmenter, image_root: Path, rel_paths: list[str], batch_size: int = 16,
@@ -140,25 +113,38 @@ def predict_folder(segmenter: Segmenter, image_root: Path, rel_paths: list[str],
     """Yield ``(rel_path, rgb_image, mask)`` for ``rel_paths``: masks {0, 1} uint8 at the image's resolution.
 
     Args:
-        segmenter: the loaded segmenter.
+        segmenter: the loaded segmenter (``mmseg.apis.inference_model`` on same-shape lists).
         image_root: folder the relative paths are under.
-        rel_paths: images to predict (any sizes; processed in batches of similar shape).
-        batch_size: images per forward pass.
-        num_workers: DataLoader processes decoding and resizing images (0: in this process).
+        rel_paths: images to predict (any sizes; same-size images are predicted together).
+        batch_size: images per ``inference_model`` call.
+        num_workers: threads decoding the next batches while the model runs (0: decode in this thread).
     """
-    if not rel_paths:
+    ordered = _order_by_shape(image_root, rel_paths)
+    chunks = [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
+    for chunk, images in _decoded(image_root, chunks, num_workers):
+        yield from zip(chunk, images, segmenter.predict_images(images, batch_size))
+
+
+def _decoded(image_root: Path, chunks: list[list[str]], num_workers: int):
+    """Yield ``(chunk, RGB arrays)`` in order; with workers, the next chunks are decoded in threads meanwhile."""
+    def decode(chunk: list[str]) -> list[np.ndarray]:
+        return [np.asarray(load_rgb(image_root / rel)) for rel in chunk]
+
+    if not num_workers:
+        for chunk in chunks:
+            yield chunk, decode(chunk)
         return
-    ordered = _order_by_shape(image_root, rel_paths, segmenter.resize)
-    dataset = _DecodeDataset(image_root, ordered, segmenter.resize)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                         collate_fn=_keep_list, pin_memory=segmenter.device.type == "cuda",
-                                         worker_init_fn=_init_decode_worker if num_workers else None)
-    for batch in loader:
-        idx, originals, resized = zip(*batch)
-        tensor, sizes = pad_batch(resized)
-        masks = segmenter.predict(tensor, sizes, [img.shape[:2] for img in originals])
-        for i, rgb, mask in zip(idx, originals, masks):
-            yield ordered[i], rgb, mask.cpu().numpy()
+    with ThreadPoolExecutor(max_workers=num_workers) as pool:
+        # At most 2 chunks per worker decoded ahead: memory stays bounded on a folder of any size.
+        ahead: deque[tuple[list[str], Future]] = deque()
+        for chunk in chunks:
+            ahead.append((chunk, pool.submit(decode, chunk)))
+            if len(ahead) > 2 * num_workers:
+                done, future = ahead.popleft()
+                yield done, future.result()
+        while ahead:
+            done, future = ahead.popleft()
+            yield done, future.result()
 
 
 def generate_predicted_masks(segmenter: Segmenter, cub_root: str | os.PathLike, source: dict, batch_size: int = 16,
@@ -174,8 +160,8 @@ def generate_predicted_masks(segmenter: Segmenter, cub_root: str | os.PathLike, 
         segmenter: the loaded segmenter.
         cub_root: the CUB_200_2011 folder.
         source: provenance recorded in the mask folders (see :func:`check_provenance`).
-        batch_size: images per forward pass.
-        num_workers: image-decoding DataLoader processes.
+        batch_size: same-size images per forward pass.
+        num_workers: image-decoding threads (0: decode between forward passes).
         overwrite: rewrite finished images and ignore a different provenance.
         progress: show a progress bar (rank 0).
         rank: this process's shard index.

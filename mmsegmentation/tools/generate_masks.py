@@ -39,8 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="segmenter config (the one the checkpoint was trained with)")
     p.add_argument("--checkpoint", help="segmenter checkpoint written by mmsegmentation/tools/train.py")
     p.add_argument("--gt", action="store_true", help="oracle masks: CUB's segmentations thresholded at > 0")
-    p.add_argument("--batch_size", type=int, default=16, help="images per forward pass")
-    p.add_argument("--num_workers", type=int, default=2, help="image-decoding processes (0: none)")
+    p.add_argument("--batch_size", type=int, default=16,
+                   help="images per forward pass (same-shape images, mmseg.apis.inference_model)")
+    p.add_argument("--num_workers", type=int, default=2,
+                   help="image-decoding threads (0: decode between forward passes)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     p.add_argument("--overwrite", action="store_true", help="regenerate finished images too")
     p.add_argument("--no_progress", action="store_true")
