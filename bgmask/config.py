@@ -59,8 +59,8 @@ class ModelConfig:
     drop_path: float = option(0.0)
     probe_heads: str | None = option(None, "with --freeze_backbone: train these heads together on one backbone "
                                            "forward per batch, a comma list of cls, mean, cls_mean (ViT) or pool "
-                                           "(CNN), each also as late:HEAD (masked after the last stage/block; "
-                                           "late:masked_mean too). results.json gets 'probes'; its top-level "
+                                           "(CNN), and late:HEAD for each but cls (masked after the last "
+                                           "stage/block; late:masked_mean too). results.json gets 'probes'; its top-level "
                                            "metrics are the first head's (see bgmask/probes.py)")
 
     @property
@@ -304,4 +304,7 @@ def _optim_errors(optim: OptimConfig, model: ModelConfig) -> list[str]:
     if model.probe_heads is not None and optim.grad_norm_clip > 0:
         errors.append("--grad_norm_clip clips the norm over all parameters, which would couple the --probe_heads; "
                       "set it to 0 (the frozen regime does not clip).")
+    if model.probe_heads is not None and optim.use_amp and optim.amp_dtype == "float16":
+        errors.append("--use_amp with float16 shares one loss scaler between the --probe_heads: an overflow in one "
+                      "head would skip every head's step; use --amp_dtype bfloat16 (no scaler) or no AMP.")
     return errors

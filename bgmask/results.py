@@ -106,7 +106,7 @@ def load_runs(run_dir: str | os.PathLike) -> list[RunResult]:
         masking = "late" if late else ("early" if results["masking"] == "early" else "none")
         label = PROBE_HEAD_LABELS.get(base, base) if arch_layout(results["model_arch"]) == "tokens" else "-"
         entries.append(_entry(metrics, common, label, masking, results.get("mask_source", "-") if late else "-",
-                              results.get("diagnostics") if k == 0 else None))
+                              metrics.get("diagnostics", results.get("diagnostics") if k == 0 else None)))
     return entries
 
 

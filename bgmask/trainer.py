@@ -59,8 +59,13 @@ def run(cfg: TrainConfig, strategy: Strategy) -> dict | None:
     results = {**outcome, "model_arch": cfg.model.model_arch, "masking": strategy.name, "image_size": image_size,
                "num_classes": data.num_classes, "world_size": session.info.world_size, "weights": weights,
                **({} if data.waterbirds is not None else {"waterbirds": {"skipped": "--skip_ood_eval"}}),
-               **strategy.results_info(cfg),
-               "diagnostics": run_diagnostics(session, *diagnostics_target(model.module, strategy, cfg), data)}
+               **strategy.results_info(cfg)}
+    diagnostics = run_diagnostics(session, *diagnostics_target(model.module, strategy, cfg), data)
+    if "probes" in results:  # every head's own diagnostics; the top level holds the first head's, as its metrics
+        for head, head_diagnostics in diagnostics.items():
+            results["probes"][head]["diagnostics"] = head_diagnostics
+        diagnostics = diagnostics[next(iter(diagnostics))]
+    results["diagnostics"] = diagnostics
     if session.info.is_main:
         write_json_atomic(results, session.snapshot_dir / "results.json")
     distributed.cleanup()
@@ -284,6 +289,7 @@ class Progress:
     best_top1: float = -1.0
     best_epoch: int = 0
     best_metrics: dict | None = None
+    best_probes: dict | None = None  # with probe heads: each head's best {"epoch", "top1"}
 
 
 def train(session: Session, data: DataBundle, model: RunModel, ckpt: CheckpointManager, strategy: Strategy) -> dict:
@@ -334,7 +340,8 @@ def resume(session: Session, model: nn.Module, optimizer, scaler, ckpt: Checkpoi
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     progress = Progress(epoch=state["epoch"], step=state.get("step", 0), best_top1=state["best_top1"],
-                        best_epoch=state["best_epoch"], best_metrics=state.get("best_metrics"))
+                        best_epoch=state["best_epoch"], best_metrics=state.get("best_metrics"),
+                        best_probes=state.get("best_probes"))
     rng = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
     if len(rng) == info.world_size:
         set_rng_state(rng[info.rank])
@@ -382,9 +389,11 @@ class EpochLoop:
         self.logger.close()
         if last_metrics is None:  # resumed after the final epoch: evaluate the final weights again
             last_metrics = evaluate_sets(self.session, self.model, self.data.eval_sets())
-        return {**last_metrics, "epoch": cfg.optim.epochs,
-                "best": {"epoch": progress.best_epoch, "top1": progress.best_top1,
-                         "selected_on": "val" if cfg.data.eval_mode == "val" else "cub_test"}}
+        best = {"epoch": progress.best_epoch, "top1": progress.best_top1,
+                "selected_on": "val" if cfg.data.eval_mode == "val" else "cub_test"}
+        if progress.best_probes is not None:
+            best["probes"] = progress.best_probes
+        return {**last_metrics, "epoch": cfg.optim.epochs, "best": best}
 
     def train_epoch(self, epoch: int, skip: int, preemption: PreemptionFlag) -> dict:
         cfg, info = self.session.cfg, self.session.info
@@ -417,10 +426,19 @@ class EpochLoop:
             if cfg.data.eval_mode == "val":
                 sets = {"val": self.data.val, **({} if done < cfg.optim.epochs else sets)}
             metrics = evaluate_sets(self.session, self.model, sets)
-            top1 = metrics["val" if cfg.data.eval_mode == "val" else "cub_test"]["top1"]
+            selected_on = "val" if cfg.data.eval_mode == "val" else "cub_test"
+            top1 = metrics[selected_on]["top1"]
             is_best = top1 > progress.best_top1
             if is_best:
                 progress.best_top1, progress.best_epoch, progress.best_metrics = top1, done, metrics
+            if "probes" in metrics:
+                # Each head has its own best epoch, so no one best.pt can stand for the run: probe runs keep last.pt.
+                progress.best_probes = progress.best_probes or {}
+                for head, head_metrics in metrics["probes"].items():
+                    previous = progress.best_probes.get(head, {"top1": -1.0})
+                    if head_metrics[selected_on]["top1"] > previous["top1"]:
+                        progress.best_probes[head] = {"epoch": done, "top1": head_metrics[selected_on]["top1"]}
+                is_best = False
             record.update({name: _brief(m) for name, m in metrics.items() if name != "probes"})
             if "probes" in metrics:
                 record["probes"] = {h: {n: _brief(m) for n, m in ms.items()} for h, ms in metrics["probes"].items()}
@@ -435,7 +453,7 @@ class EpochLoop:
     def stop_preempted(self, epoch: int, steps: int, progress: Progress, preemption: PreemptionFlag) -> None:
         """Save the exact position (``steps`` optimizer steps into ``epoch``) and exit asking to be requeued."""
         self.ckpt.save_last(self.training_state(Progress(epoch, steps, progress.best_top1, progress.best_epoch,
-                                                         progress.best_metrics)))
+                                                         progress.best_metrics, progress.best_probes)))
         distributed.barrier()
         if self.session.info.is_main:
             print(f"Preempted (signal {preemption.signal_received}) in epoch {epoch + 1} after {steps} steps: saved "
@@ -451,6 +469,7 @@ class EpochLoop:
                 "scaler": self.scaler.state_dict() if self.scaler else None,
                 "epoch": progress.epoch, "step": progress.step, "best_top1": progress.best_top1,
                 "best_epoch": progress.best_epoch, "best_metrics": progress.best_metrics,
+                "best_probes": progress.best_probes,
                 "rng": gather_rng_states(self.session.info), "args": cfg.flat(),
                 "model_arch": cfg.model.model_arch, "num_classes": self.data.num_classes}
 
@@ -500,56 +519,67 @@ def check_writable_dir(path: Path) -> None:
 # ------------------------------------------------------------------------------------------------ diagnostics
 def diagnostics_target(model: nn.Module, strategy: Strategy, cfg: TrainConfig) -> tuple[nn.Module, str | None, str]:
     """The model the diagnostics score, how it takes its inputs (see :class:`~bgmask.strategies.Strategy`), and a
-    name for it. With probe heads: the first head, as its single-head run's model."""
+    name for it. With probe heads: all of them (the views go through the backbone once for every head), with the
+    masks loaded when a ``late:`` head needs them."""
     if not isinstance(model, ProbeHeads):
         return model, strategy.diagnostics_input, strategy.name
-    head = model.probe_names[0]
-    late = head.startswith(LATE)
-    kind = "late" if late else "early" if strategy.diagnostics_input == "early" else "none"
-    return model.single_head_model(head), kind, f"{strategy.name}, probe head {head}"
+    kind = "early" if strategy.diagnostics_input == "early" else "late" if needs_masks(model.probe_names) else "none"
+    return model, kind, strategy.name
 
 
 def run_diagnostics(session: Session, model: nn.Module, kind: str | None, name: str, data: DataBundle) -> dict:
     """Background-reliance diagnostics of the final weights (:mod:`bgmask.diagnostics`), or why they are absent.
 
     Every test image is scored once per view on any number of processes; rank 0 keeps a few attribution maps in
-    ``attribution_gallery.pt`` for ``collect_results``.
+    ``attribution_gallery.pt`` for ``collect_results`` (of the first head, with probe heads). With probe heads the
+    result is ``{head: diagnostics}``: each head is scored as its single-head run's model would be.
     """
     cfg, info = session.cfg.diagnostics, session.info
+    heads = getattr(model, "probe_names", None)
+    skipped = None
     if cfg.diagnostics == "none":
-        return {"skipped": "--diagnostics none"}
-    if kind is None:
-        return {"skipped": f"the {name!r} strategy declares no diagnostics input"}
+        skipped = {"skipped": "--diagnostics none"}
+    elif kind is None:
+        skipped = {"skipped": f"the {name!r} strategy declares no diagnostics input"}
     root = Path(session.cfg.data.data_path)
-    if not (root / cfg.diagnostics_mask_sub_path).is_dir():
+    if skipped is None and not (root / cfg.diagnostics_mask_sub_path).is_dir():
         hint = missing_folder_hint(root, cfg.diagnostics_mask_sub_path)
         warnings.warn(f"background diagnostics skipped: no bird masks in {root / cfg.diagnostics_mask_sub_path}. "
                       f"{hint}", stacklevel=2)
-        return {"skipped": f"no masks in {root / cfg.diagnostics_mask_sub_path}"}
+        skipped = {"skipped": f"no masks in {root / cfg.diagnostics_mask_sub_path}"}
+    if skipped is not None:
+        return {head: dict(skipped) for head in heads} if heads else skipped
     from bgmask import diagnostics
 
     seed = session.cfg.run.seed
     layout = getattr(model, "classifier", model).adapter.layout
-    eval_tf, out = data.cub_test.transform, {}
+    eval_tf = data.cub_test.transform
+    out = {head: {} for head in heads or [None]}
     for view in diagnostics.VIEWS:
         ds = diagnostics.DiagnosticViews(root, cfg.diagnostics_mask_sub_path, view, kind, eval_tf, seed)
         metrics = evaluate(model, session.eval_loader(ds), info.device, session.amp, progress=info.is_main,
                            desc=f"diagnostics {view}")
-        out[view] = {"top1": metrics["top1"], "num_images": metrics["num_images"]}
-    out["bg_gap"] = out["mixed_same"]["top1"] - out["mixed_rand"]["top1"]
+        for head, m in (metrics.items() if heads else [(None, metrics)]):
+            out[head][view] = {"top1": m["top1"], "num_images": m["num_images"]}
     ds = diagnostics.DiagnosticViews(root, cfg.diagnostics_mask_sub_path, "original", kind, eval_tf, seed,
                                      with_mask=True)
-    share, counted, gallery = diagnostics.fg_attribution(model, session.eval_loader(ds), info.device, kind, layout,
-                                                         gallery=GALLERY_IMAGES if info.is_main else 0,
-                                                         progress=info.is_main)
-    out["fg_attribution"] = share
-    out["fg_attribution_images"] = counted
-    out["attribution"] = "|gradient x input|" if layout == "tokens" else "Grad-CAM on the pooled feature map"
-    out["model"] = name
-    if info.is_main:
-        gallery["paths"] = [ds.base.paths[i] for i in gallery["index"]]
-        atomic_torch_save(gallery, diagnostics.gallery_path(session.snapshot_dir))
-    return out
+    for k, head in enumerate(heads or [None]):
+        # A probe head's attribution is that of its single-head run: late heads take the mask, the others do not.
+        head_model = model if head is None else model.single_head_model(head)
+        head_kind = kind if head is None else "late" if head.startswith(LATE) else "early" if kind == "early" \
+            else "none"
+        keep = GALLERY_IMAGES if info.is_main and k == 0 else 0
+        share, counted, gallery = diagnostics.fg_attribution(head_model, session.eval_loader(ds), info.device,
+                                                             head_kind, layout, gallery=keep, progress=info.is_main)
+        result = out[head]
+        result["bg_gap"] = result["mixed_same"]["top1"] - result["mixed_rand"]["top1"]
+        result.update(fg_attribution=share, fg_attribution_images=counted,
+                      attribution="|gradient x input|" if layout == "tokens" else "Grad-CAM on the pooled feature map",
+                      model=name if head is None else f"{name}, probe head {head}")
+        if keep:
+            gallery["paths"] = [ds.base.paths[i] for i in gallery["index"]]
+            atomic_torch_save(gallery, diagnostics.gallery_path(session.snapshot_dir))
+    return out if heads else out[None]
 
 
 # ------------------------------------------------------------------------------------------ resume and checks

@@ -78,15 +78,22 @@ stage gallery "$OUT/mask_gallery.png" \
 # ViT-S/14 (56 px) pretrained on a synthetic corpus of other species with species-independent backgrounds
 # (bgmask/pretrain.py), cached outside the clone and loaded through --pretrained_path like downloaded weights.
 stage pretrain "$OUT/logs/.pretrain-never-skipped" "$PY" scripts/pretrain_synthetic.py
-CONVNEXT_WEIGHTS="$("$PY" scripts/pretrain_synthetic.py --print_path convnext_atto 2>/dev/null)"
-VIT_WEIGHTS="$("$PY" scripts/pretrain_synthetic.py --print_path vit_small_patch14_dinov2 2>/dev/null)"
+weights_of() {  # the cached weights file of one backbone (its messages go to the pretrain log)
+  "$PY" scripts/pretrain_synthetic.py --print_path "$1" 2>>"$OUT/logs/pretrain.log" \
+    || { echo "ERROR: no pretrained weights for $1; see $OUT/logs/pretrain.log" >&2; exit 1; }
+}
+CONVNEXT_WEIGHTS="$(weights_of convnext_atto)"
+VIT_WEIGHTS="$(weights_of vit_small_patch14_dinov2)"
 
 # Same recipe for every strategy of a regime; late masking uses the predicted masks. Evaluation at the end only.
 COMMON=(--data_path "$CUB" --batch_size 32 --num_workers 0 --augmentations_to_use cub_original --seed 0)
 CONVNEXT=(--model_arch convnext_atto --image_size 64 --pretrained_path "$CONVNEXT_WEIGHTS")
 VIT=(--model_arch vit_small_patch14_dinov2 --image_size 56 --pretrained_path "$VIT_WEIGHTS")
-# Frozen (linear probes): every head that reads the same frozen features trains in one run (--probe_heads), the
-# baseline heads next to late masking after the last stage/block; early masking reads other images: its own run.
+# Frozen (linear probes): every ViT head that reads the same frozen features trains in one run (--probe_heads), the
+# baseline heads next to late masking after the last block; early masking reads other images: its own run.
+# At 64 px ConvNeXt's last feature map is 2x2: too coarse to separate bird from background, so ConvNeXt masks after
+# the second-last stage (4x4) in both regimes, a run of its own (the last stage then trains on masked features, as
+# upstream's second-last variant). The ViT's 4x4 token grid is masked after the last block.
 FROZEN=(--freeze_backbone --lr 5e-3 --weight_decay 0.01 --scheduler_type cosine --epochs "$FROZEN_EPOCHS"
         --eval_every "$FROZEN_EPOCHS")
 # Fine-tuned: the whole network, the new head at lr x 10, 1 warm-up epoch.
@@ -101,8 +108,8 @@ run_classifier() {  # NAME COMMAND...
 EARLY=("$PY" early_masking_and_baseline/train.py)
 LATE=("$PY" late_masking/train.py --mask_source precomputed)
 
-run_classifier convnext_frozen_probes "${LATE[@]}" "${COMMON[@]}" "${CONVNEXT[@]}" "${FROZEN[@]}" \
-  --probe_heads pool,late:pool
+run_classifier convnext_frozen_baseline "${EARLY[@]}" "${COMMON[@]}" "${CONVNEXT[@]}" "${FROZEN[@]}"
+run_classifier convnext_frozen_late "${LATE[@]}" "${COMMON[@]}" "${CONVNEXT[@]}" "${FROZEN[@]}" --fm_second_last_block
 run_classifier convnext_frozen_early "${EARLY[@]}" --masking early "${COMMON[@]}" "${CONVNEXT[@]}" "${FROZEN[@]}"
 run_classifier vit_frozen_probes "${LATE[@]}" "${COMMON[@]}" "${VIT[@]}" "${FROZEN[@]}" \
   --probe_heads mean,cls,cls_mean,late:mean,late:cls_mean
@@ -111,8 +118,6 @@ run_classifier vit_frozen_early "${EARLY[@]}" --masking early "${COMMON[@]}" "${
 for model in convnext vit; do
   if [[ "$model" == convnext ]]; then
     ARCH=("${CONVNEXT[@]}" --epochs "$EPOCHS" --eval_every "$EPOCHS")
-    # At 64 px ConvNeXt's last feature map is 2x2: too coarse to separate bird from background, so the fine-tuned
-    # ConvNeXt masks after the second-last stage (4x4). The ViT's 4x4 token grid is masked after the last block.
     LATE_VARIANT=(--fm_second_last_block)
   else
     ARCH=("${VIT[@]}" --patch_tokens_only --epochs "$VIT_EPOCHS" --eval_every "$VIT_EPOCHS")

@@ -26,7 +26,7 @@ def common(root, arch, size, *extra):
 
 
 def head_weight(run_dir, prefix: str) -> torch.Tensor:
-    """The final weights (best.pt is the best epoch of the *first* head in a probe run)."""
+    """The final weights (a probe run keeps no best.pt: each head has its own best epoch)."""
     return load_checkpoint(run_dir / "last.pt")["model"][f"{prefix}.weight"]
 
 
@@ -75,9 +75,39 @@ def test_probe_heads_are_refused_where_they_cannot_be_honoured(tiny_cub_root, tm
         (late_main, ["--freeze_backbone", "--probe_heads", "mean", "--fm_second_last_block"], "a separate run"),
         (early_main, ["--freeze_backbone", "--probe_heads", "pool"], "not a head of this backbone"),
         (early_main, ["--freeze_backbone", "--probe_heads", "mean", "--grad_norm_clip", "1"], "couple"),
+        (early_main, ["--freeze_backbone", "--probe_heads", "mean", "--use_amp", "--amp_dtype", "float16"],
+         "one loss scaler"),
     ]
     for main, extra, message in cases:
         assert main([*base, *extra]) == 2
         assert message in capsys.readouterr().err, message
     assert not (tmp_path / "r").exists()
     assert head_errors(["cls", "cls"], "tokens") and head_errors(["pool", "late:pool"], "NCHW") == []
+
+
+def test_each_probe_head_gets_the_diagnostics_of_its_single_head_run(tiny_cub_root, tmp_path):
+    def flags(run, *extra):
+        argv = common(tiny_cub_root, "convnext_atto", 64, "--snapshot_dir", str(tmp_path / run), *extra)
+        argv[argv.index("--diagnostics") + 1] = "auto"
+        return argv
+
+    assert late_main(flags("probes", "--mask_source", "gt", "--probe_heads", "pool,late:pool")) == 0
+    assert early_main(flags("pool")) == 0
+    assert late_main(flags("late", "--mask_source", "gt")) == 0
+    probes = json.loads((tmp_path / "probes" / "results.json").read_text())
+    assert probes["diagnostics"] == probes["probes"]["pool"]["diagnostics"]
+    for head, run in (("pool", "pool"), ("late:pool", "late")):
+        single = json.loads((tmp_path / run / "results.json").read_text())["diagnostics"]
+        mine = dict(probes["probes"][head]["diagnostics"])
+        assert mine.pop("model").endswith(f"probe head {head}")
+        single.pop("model")
+        assert mine.keys() == single.keys() and "bg_gap" in mine
+        for key, value in single.items():
+            if key == "fg_attribution":
+                assert mine[key] == pytest.approx(value, abs=1e-5), head
+            else:
+                assert mine[key] == value, (head, key)
+    entries = {e.masking: e for e in load_runs(tmp_path / "probes")}
+    assert entries["late"].diagnostics == probes["probes"]["late:pool"]["diagnostics"]
+    assert not (tmp_path / "probes" / "best.pt").exists()  # one best epoch cannot be every head's
+    assert set(probes["best"]["probes"]) == {"pool", "late:pool"}

@@ -501,6 +501,29 @@ def test_batched_prediction_matches_one_image_per_call(trained, tiny_cub_root):
         assert (mask == reference.numpy()).mean() > 0.999
 
 
+def test_images_of_one_test_resized_size_share_a_forward_pass(trained, tiny_cub_root, monkeypatch):
+    """Real CUB images have many sizes that the test resize maps to a few: they are batched by that size."""
+    import mmseg.apis
+
+    from cub_seg.inference import Segmenter
+
+    segmenter = Segmenter.from_files(TINY_CONFIG, trained, "cpu")
+    base = _same_size_images(tiny_cub_root)[0]
+    candidates = [base, *(np.ascontiguousarray(base[:crop_h, :crop_w]) for crop_h, crop_w in
+                          ((base.shape[0], base.shape[1] - 1), (base.shape[0], base.shape[1] - 3),
+                           (base.shape[0] - 1, base.shape[1]), (base.shape[0] - 2, base.shape[1] - 2)))]
+    key = segmenter.batch_key(*base.shape[:2])
+    same = [img for img in candidates if segmenter.batch_key(*img.shape[:2]) == key]
+    assert len({img.shape for img in same}) >= 2, [img.shape for img in candidates]
+    singles = [segmenter.predict_images([img])[0] for img in same]
+    calls, real = [], mmseg.apis.inference_model
+    monkeypatch.setattr(mmseg.apis, "inference_model", lambda model, imgs: calls.append(len(imgs)) or real(model, imgs))
+    masks = segmenter.predict_images(same, batch_size=len(same))
+    assert calls == [len(same)]  # one forward pass for all of them
+    for img, mask, single in zip(same, masks, singles):
+        assert mask.shape == img.shape[:2] and (mask == single).mean() > 0.999
+
+
 def test_segmenter_refuses_a_checkpoint_of_another_config(trained):
     from cub_seg.inference import load_segmenter
 

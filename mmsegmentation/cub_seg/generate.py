@@ -100,12 +100,14 @@ def check_provenance(cub_root: Path, plans: list[FolderPlan], source: dict, over
             atomic_write_text(path, json.dumps(source, indent=2) + "\n")
 
 
-def _order_by_shape(image_root: Path, rel_paths: list[str]) -> list[str]:
-    """Images sorted by size, so that same-size images are consecutive (one ``inference_model`` call each)."""
-    def size(rel):
+def _order_by_shape(segmenter: Segmenter, image_root: Path, rel_paths: list[str]) -> list[str]:
+    """Images sorted by :meth:`Segmenter.batch_key` (their test-resized size), so that images that can share an
+    ``inference_model`` call are consecutive."""
+    def key(rel):
         with Image.open(image_root / rel) as img:  # header only
-            return img.size
-    return sorted(rel_paths, key=lambda rel: (size(rel), rel))
+            w, h = img.size
+        return segmenter.batch_key(h, w)
+    return sorted(rel_paths, key=lambda rel: (key(rel), rel))
 
 
 def predict_folder(segmenter: Segmenter, image_root: Path, rel_paths: list[str], batch_size: int = 16,
@@ -113,13 +115,13 @@ def predict_folder(segmenter: Segmenter, image_root: Path, rel_paths: list[str],
     """Yield ``(rel_path, rgb_image, mask)`` for ``rel_paths``: masks {0, 1} uint8 at the image's resolution.
 
     Args:
-        segmenter: the loaded segmenter (``mmseg.apis.inference_model`` on same-shape lists).
+        segmenter: the loaded segmenter (``mmseg.apis.inference_model`` on lists of images of one test-resized size).
         image_root: folder the relative paths are under.
-        rel_paths: images to predict (any sizes; same-size images are predicted together).
+        rel_paths: images to predict (any sizes; images of one test-resized size are predicted together).
         batch_size: images per ``inference_model`` call.
         num_workers: threads decoding the next batches while the model runs (0: decode in this thread).
     """
-    ordered = _order_by_shape(image_root, rel_paths)
+    ordered = _order_by_shape(segmenter, image_root, rel_paths)
     chunks = [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
     for chunk, images in _decoded(image_root, chunks, num_workers):
         yield from zip(chunk, images, segmenter.predict_images(images, batch_size))
@@ -160,7 +162,7 @@ def generate_predicted_masks(segmenter: Segmenter, cub_root: str | os.PathLike, 
         segmenter: the loaded segmenter.
         cub_root: the CUB_200_2011 folder.
         source: provenance recorded in the mask folders (see :func:`check_provenance`).
-        batch_size: same-size images per forward pass.
+        batch_size: images of one test-resized size per forward pass.
         num_workers: image-decoding threads (0: decode between forward passes).
         overwrite: rewrite finished images and ignore a different provenance.
         progress: show a progress bar (rank 0).

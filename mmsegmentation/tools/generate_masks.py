@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="segmenter checkpoint written by mmsegmentation/tools/train.py")
     p.add_argument("--gt", action="store_true", help="oracle masks: CUB's segmentations thresholded at > 0")
     p.add_argument("--batch_size", type=int, default=16,
-                   help="images per forward pass (same-shape images, mmseg.apis.inference_model)")
+                   help="images per forward pass (images of one test-resized size, mmseg.apis.inference_model)")
     p.add_argument("--num_workers", type=int, default=2,
                    help="image-decoding threads (0: decode between forward passes)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
