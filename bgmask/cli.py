@@ -19,7 +19,7 @@ import yaml
 
 from bgmask import strategies
 from bgmask.config import GROUPS, TrainConfig
-from bgmask.errors import BgmaskError
+from bgmask.errors import BgmaskError, ConfigError
 
 BASE_KEY = "_base_"
 
@@ -39,7 +39,7 @@ def add_options(parser: argparse.ArgumentParser, options_cls: type) -> None:
 
     Booleans also accept an explicit value (``--flag``, ``--flag True``, ``--flag 0``).
     """
-    group = parser.add_argument_group(getattr(options_cls, "group", options_cls.__name__))
+    group = parser.add_argument_group(getattr(options_cls, "section", options_cls.__name__))
     hints = typing.get_type_hints(options_cls)
     for f in dataclasses.fields(options_cls):
         kind = _flag_type(hints[f.name])
@@ -129,10 +129,16 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, strategies.
     names = getattr(args, "strategy_names", None) or [values.get("masking", "none")]
     name = values.pop("masking", names[0])
     strategy = strategies.get(name)()
-    own = set(dataclasses.fields(strategy.Options)) if strategy.Options else set()
-    other_options = {f.name for n in names if n != name and strategies.get(n).Options
-                     for f in dataclasses.fields(strategies.get(n).Options)} - {f.name for f in own}
-    values = {k: v for k, v in values.items() if k not in other_options}
+    own = {f.name for f in dataclasses.fields(strategy.Options)} if strategy.Options else set()
+    # Options of the other strategies an entry point offers: dropped, but refused when set (they would be ignored).
+    other_defaults = {f.name: (n, f.default) for n in names if n != name and strategies.get(n).Options
+                      for f in dataclasses.fields(strategies.get(n).Options) if f.name not in own}
+    unused = [f"--{k} ({other_defaults[k][0]})" for k, v in values.items()
+              if k in other_defaults and v != other_defaults[k][1]]
+    if unused:
+        raise ConfigError(f"--masking {name} does not use {', '.join(unused)}: these are options of another "
+                          f"strategy; drop them or pick that strategy with --masking.")
+    values = {k: v for k, v in values.items() if k not in other_defaults}
     cfg = TrainConfig.from_flat({**values, "masking": name}, strategy.Options)
     return strategy.resolve(cfg), strategy
 

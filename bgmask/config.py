@@ -29,7 +29,7 @@ def option(default: Any, help: str = "", choices: tuple | list | None = None, me
 
 @dataclass
 class DataConfig:
-    group: ClassVar[str] = "data"
+    section: ClassVar[str] = "data"
     data_path: str | None = option(None, "CUB_200_2011 folder (holds images.txt)")
     dataset: str = option("cub", choices=("cub",))
     image_sub_path_train: str = option("images", "training image folder under data_path")
@@ -47,7 +47,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    group: ClassVar[str] = "model"
+    section: ClassVar[str] = "model"
     model_arch: str = option("convnext_small", "any timm ConvNeXt or ViT, e.g. convnext_base, "
                                                "vit_base_patch14_dinov2.lvd142m")
     image_size: int | None = option(None, "input size (default: the model's pretrained size)")
@@ -60,8 +60,8 @@ class ModelConfig:
     probe_heads: str | None = option(None, "with --freeze_backbone: train these heads together on one backbone "
                                            "forward per batch, a comma list of cls, mean, cls_mean (ViT) or pool "
                                            "(CNN), and late:HEAD for each but cls (masked after the last "
-                                           "stage/block; late:masked_mean too). results.json gets 'probes'; its top-level "
-                                           "metrics are the first head's (see bgmask/probes.py)")
+                                           "stage/block; late:masked_mean too). results.json gets 'probes'; its "
+                                           "top-level metrics are the first head's (see bgmask/probes.py)")
 
     @property
     def vit_head(self) -> str:
@@ -75,7 +75,7 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    group: ClassVar[str] = "optimisation"
+    section: ClassVar[str] = "optimisation"
     epochs: int = option(90)
     lr: float = option(1e-3)
     min_lr: float = option(1e-8)
@@ -108,7 +108,7 @@ class OptimConfig:
 
 @dataclass
 class AugConfig:
-    group: ClassVar[str] = "augmentation"
+    section: ClassVar[str] = "augmentation"
     augmentations_to_use: str = option("timm", choices=AUGMENTATIONS)
     aa: str = option("rand-m9-mstd0.5-inc1", "timm RandAugment policy ('' disables)")
     color_jitter: float = option(0.4)
@@ -134,7 +134,7 @@ class AugConfig:
 
 @dataclass
 class DiagnosticsConfig:
-    group: ClassVar[str] = "diagnostics"
+    section: ClassVar[str] = "diagnostics"
     diagnostics: str = option("auto", "auto: after training (and with --eval_only) score the Backgrounds-Challenge "
                                       "views of the CUB test set, BG-Gap and the attribution share inside the bird, "
                                       "when bird masks exist (see docs/diagnostics.md); none: skip them",
@@ -145,7 +145,7 @@ class DiagnosticsConfig:
 
 @dataclass
 class RunConfig:
-    group: ClassVar[str] = "run"
+    section: ClassVar[str] = "run"
     snapshot_dir: str | None = option(None, "run folder: checkpoints, logs, results.json")
     save_every_n_epochs: int = option(0, "also keep epoch_N.pt every N epochs (0: off)")
     eval_every: int = option(1, "evaluate every N epochs (and always at the end)")
@@ -221,7 +221,9 @@ class TrainConfig:
         frozen backbone (it would silently do nothing); a warm-up as long as training; min_lr above lr;
         ``--eval_mode val`` without a validation part. Mixup with a frozen backbone is allowed (a valid regulariser).
         """
-        errors = _data_errors(self.data) + _model_errors(self.model) + _optim_errors(self.optim, self.model)
+        errors = choice_errors(self.data, self.model, self.optim, self.aug, self.diagnostics, self.run,
+                               self.strategy_options)
+        errors += _data_errors(self.data) + _model_errors(self.model) + _optim_errors(self.optim, self.model)
         run = self.run
         if run.snapshot_dir is None:
             errors.append("--snapshot_dir is required: the run folder for checkpoints, logs and results.json.")
@@ -238,6 +240,20 @@ class TrainConfig:
             errors.append(f"--checkpoint {run.checkpoint} does not exist.")
         if errors:
             raise ConfigError("invalid arguments:\n  - " + "\n  - ".join(errors))
+
+
+def choice_errors(*parts) -> list[str]:
+    """Values outside a field's ``choices``: argparse checks flags, but not values from ``--config`` files, an
+    ``args.yaml`` or a config built in Python."""
+    errors = []
+    for part in parts:
+        if part is None:
+            continue
+        for f in dataclasses.fields(part):
+            choices, value = f.metadata.get("choices"), getattr(part, f.name)
+            if choices is not None and value is not None and value not in choices:
+                errors.append(f"--{f.name} must be one of {', '.join(map(str, choices))}; got {value!r}.")
+    return errors
 
 
 def _data_errors(data: DataConfig) -> list[str]:

@@ -44,7 +44,11 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         if not torch.cuda.is_available():
             raise ConfigError("--device cuda was requested but no CUDA device is visible; use --device cpu.")
         if device.index is None:
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+            local_rank, count = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
+            if local_rank >= count:  # two processes on one GPU would silently share it
+                raise ConfigError(f"LOCAL_RANK {local_rank} but only {count} CUDA device(s) are visible: start at "
+                                  f"most {count} processes per node (torchrun --nproc_per_node {count}).")
+            device = torch.device("cuda", local_rank)
     return device
 
 

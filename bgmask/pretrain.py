@@ -173,14 +173,17 @@ def cache_root() -> Path:
 
 
 def versions() -> dict:
-    """Versions the corpus bytes (numpy, Pillow) and the trained weights (torch, torchvision, timm) depend on."""
+    """Versions the corpus bytes (numpy, Pillow) and the trained weights (torch, torchvision, timm, the device)
+    depend on."""
     import numpy
     import PIL
     import timm
     import torch
     import torchvision
 
-    return {"python": platform.python_version(), "machine": platform.machine(), "numpy": numpy.__version__,
+    # The trainer runs on CUDA when there is one (--device auto): CPU and GPU kernels give different weights.
+    return {"python": platform.python_version(), "machine": platform.machine(),
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "numpy": numpy.__version__,
             "pillow": PIL.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
             "timm": timm.__version__}
 

@@ -17,11 +17,21 @@ BUILTIN_STRATEGIES = ("none", "early", "late")  # always columns of the table, i
 
 
 def strategy_columns(runs: list[RunResult]) -> list[str]:
-    """The strategies of the table: the built-in ones, then any other strategy the runs used (registry order, then
-    names unknown here)."""
-    used = {r.masking for r in runs}
+    """The strategy columns of the table (:attr:`RunResult.column`): the built-in strategies, each followed by its
+    variants the runs used (late masking after the second-last stage/block), then any other strategy the runs used
+    (registry order, then names unknown here)."""
+    used = {r.column for r in runs}
+    columns = []
+    for name in BUILTIN_STRATEGIES:
+        columns += [name, *sorted(c for c in used if c.startswith(f"{name}:"))]
     registered = [n for n in strategies.names() if n not in BUILTIN_STRATEGIES and n in used]
-    return [*BUILTIN_STRATEGIES, *registered, *sorted(used - set(BUILTIN_STRATEGIES) - set(registered))]
+    return [*columns, *registered, *sorted(used - set(columns) - set(registered))]
+
+
+def column_label(column: str) -> str:
+    """``late`` -> ``late masking``; ``late:second_last`` -> ``late masking (second-last)``."""
+    name, _, variant = column.partition(":")
+    return strategies.label(name) + (f" ({variant.replace('_', '-')})" if variant else "")
 
 
 @dataclass(frozen=True)
@@ -45,10 +55,17 @@ class RunResult:
     diagnostics: dict | None = None  # results.json "diagnostics" (views, bg_gap, fg_attribution) when computed
     data_path: str | None = None
     image_size: int | None = None
+    variant: str = "last"  # late masking: where the features are masked ("last" or "second_last" stage/block)
 
     @property
     def row_key(self) -> tuple[str, str, str]:
         return self.model_arch, self.head, self.regime
+
+    @property
+    def column(self) -> str:
+        """The table column: the strategy, or ``strategy:variant`` for late masking after the second-last stage or
+        block (another method than after the last, so another column)."""
+        return self.masking if self.variant in ("last", "-", None) else f"{self.masking}:{self.variant}"
 
     @property
     def ood_gap(self) -> float | None:
@@ -98,7 +115,7 @@ def load_runs(run_dir: str | os.PathLike) -> list[RunResult]:
               "seed": args.get("seed"), "data_path": args.get("data_path"), "image_size": results.get("image_size")}
     if "probes" not in results:
         return [_entry(results, common, _head_of(args, results), results["masking"],
-                       results.get("mask_source", "-"), results.get("diagnostics"))]
+                       results.get("mask_source", "-"), results.get("diagnostics"), results.get("variant", "last"))]
     entries = []
     for k, (head, metrics) in enumerate(results["probes"].items()):
         late = head.startswith("late:")
@@ -110,9 +127,10 @@ def load_runs(run_dir: str | os.PathLike) -> list[RunResult]:
     return entries
 
 
-def _entry(metrics: dict, common: dict, head: str, masking: str, mask_source: str, diagnostics) -> RunResult:
+def _entry(metrics: dict, common: dict, head: str, masking: str, mask_source: str, diagnostics,
+           variant: str = "last") -> RunResult:
     wb = metrics.get("waterbirds") or {}
-    return RunResult(**common, head=head, masking=masking, mask_source=mask_source,
+    return RunResult(**common, head=head, masking=masking, mask_source=mask_source, variant=variant,
                      cub_top1=metrics["cub_test"]["top1"], cub_images=metrics["cub_test"]["num_images"],
                      wb_top1=wb.get("top1"), wb_images=wb.get("num_images", 0), wb_worst_group=wb.get("worst_group"),
                      cub_correct=metrics["cub_test"].get("correct"), wb_correct=wb.get("correct"),
@@ -178,10 +196,10 @@ def group_cells(runs: list[RunResult]) -> dict[tuple[str, str, str], dict[str, l
     """Runs per table row and strategy; several runs in one cell must be seeds of one configuration."""
     rows: dict[tuple[str, str, str], dict[str, list[RunResult]]] = {}
     for run in runs:
-        cell = rows.setdefault(run.row_key, {}).setdefault(run.masking, [])
+        cell = rows.setdefault(run.row_key, {}).setdefault(run.column, [])
         same_seed = [r for r in cell if r.seed == run.seed]
         if same_seed:
-            raise ValueError(f"two runs for the same table cell ({run.row_key}, {run.masking}) with the same seed "
+            raise ValueError(f"two runs for the same table cell ({run.row_key}, {run.column}) with the same seed "
                              f"{run.seed}: {same_seed[0].run_dir} and {run.run_dir}")
         cell.append(run)
     return rows
@@ -193,7 +211,7 @@ def build_table(runs: list[RunResult]) -> tuple[list[str], list[list[str]]]:
     header = ["architecture", "head", "regime"]
     columns = strategy_columns(runs)
     for s in columns:
-        name = strategies.label(s)
+        name = column_label(s)
         header += [f"{name} CUB", f"{name} WB", f"{name} gap", f"{name} WB worst"]
     rows = group_cells(runs)
     table = []
@@ -266,9 +284,9 @@ def diagnostics_table(runs: list[RunResult]) -> tuple[list[str], list[list[str]]
     """One row per run: the view accuracies, BG-Gap and the attribution share inside the bird."""
     header = ["architecture", "head", "regime", "strategy", *DIAGNOSTIC_VIEWS, "BG-Gap", "FG-attr"]
     table, columns = [], strategy_columns(runs)
-    for r in sorted(runs, key=lambda r: (r.row_key, columns.index(r.masking), r.seed or 0)):
+    for r in sorted(runs, key=lambda r: (r.row_key, columns.index(r.column), r.seed or 0)):
         d = r.diagnostics
-        table.append([*r.row_key, strategies.label(r.masking), *(_fmt(d[v]["top1"]) for v in DIAGNOSTIC_VIEWS),
+        table.append([*r.row_key, column_label(r.column), *(_fmt(d[v]["top1"]) for v in DIAGNOSTIC_VIEWS),
                       _fmt(d["bg_gap"]), f"{d['fg_attribution']:.2f}"])
     return header, table
 
@@ -284,14 +302,14 @@ def plot_diagnostics(runs: list[RunResult], path: Path) -> None:
     fig, axes = plt.subplots(1, len(keys), figsize=(5.0 * len(keys), 3.6), squeeze=False)
     colors = {"none": "#4878d0", "early": "#6acc64", "late": "#d65f5f"}
     for ax, key in zip(axes[0], keys):
-        cell = {r.masking: r for r in runs if r.row_key == key}
+        cell = {r.column: r for r in runs if r.row_key == key}
         present = [s for s in strategy_columns(runs) if s in cell]
         width = 0.8 / max(1, len(present))
         for k, s in enumerate(present):
             d = cell[s].diagnostics
             xs = [i + (k - (len(present) - 1) / 2) * width for i in range(len(DIAGNOSTIC_VIEWS))]
-            ax.bar(xs, [d[v]["top1"] for v in DIAGNOSTIC_VIEWS], width=width, color=colors.get(s),
-                   label=f"{strategies.label(s)} (BG-Gap {d['bg_gap']:.0f}, FG-attr {d['fg_attribution']:.2f})")
+            ax.bar(xs, [d[v]["top1"] for v in DIAGNOSTIC_VIEWS], width=width, color=colors.get(s.split(":")[0]),
+                   label=f"{column_label(s)} (BG-Gap {d['bg_gap']:.0f}, FG-attr {d['fg_attribution']:.2f})")
         ax.set_xticks(range(len(DIAGNOSTIC_VIEWS)), [v.replace("_", "-") for v in DIAGNOSTIC_VIEWS], fontsize=8)
         ax.set_ylim(0, 105)
         arch, head, regime = key
@@ -339,7 +357,7 @@ def plot_attribution_gallery(runs: list[RunResult], path: Path) -> Path | None:
                 axes[row][col].imshow(maps[r.run_dir], cmap="jet", alpha=0.5)
             if row == 0:
                 head = "" if r.head == "-" else f" {r.head}"
-                axes[0][col].set_title(f"{r.model_arch.split('_')[0]}{head}\n{strategies.label(r.masking)}", fontsize=7)
+                axes[0][col].set_title(f"{r.model_arch.split('_')[0]}{head}\n{column_label(r.column)}", fontsize=7)
         axes[0][0].set_title("image", fontsize=7)
     for ax in axes.flat:
         ax.axis("off")
@@ -372,7 +390,7 @@ def plot_accuracy_bars(runs: list[RunResult], path: Path) -> None:
                    yerr=errors, capsize=3, error_kw={"elinewidth": 0.8})
             for x, a in zip(xs, accs):
                 ax.text(x + offset, a.value + a.error[1] + 1, f"{a.value:.0f}", ha="center", fontsize=8)
-        ax.set_xticks(list(xs), [strategies.label(s) for s in present])
+        ax.set_xticks(list(xs), [column_label(s).replace(" (", "\n(") for s in present])
         ax.set_ylim(0, 105)
         arch, head, regime = key
         ax.set_title(f"{arch}{'' if head == '-' else f' ({head})'}, {regime}", fontsize=9)

@@ -161,6 +161,32 @@ def test_contradictory_flags_fail_before_training(tiny_cub_root, tmp_path):
         check(parse(["--data_path", str(tiny_cub_root), "--snapshot_dir", str(tmp_path / "afile")]))
 
 
+def test_values_from_config_files_are_held_to_the_flags_choices(tiny_cub_root, tmp_path):
+    """argparse checks choices on the command line only; a YAML typo must not silently pick another behaviour."""
+    base = ["--data_path", str(tiny_cub_root), "--snapshot_dir", str(tmp_path / "run")]
+    cfg = tmp_path / "c.yaml"
+    for text, message in (("eval_mode: validation\n", "--eval_mode must be one of test, val; got 'validation'"),
+                          ("amp_dtype: fp16\n", "--amp_dtype must be one of"),
+                          ("weight_decay_rule: timmy\n", "--weight_decay_rule must be one of")):
+        cfg.write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            check(parse([*base, "--config", str(cfg)]))
+    cfg.write_text("mask_source: segmentor\n")
+    args = parse_with_config(build_parser(["late"]), [*base, "--config", str(cfg)])
+    with pytest.raises(ConfigError, match="--mask_source must be one of precomputed, gt, segmenter"):
+        check(args)
+
+
+def test_options_of_another_strategy_are_refused_not_ignored(tiny_cub_root, tmp_path):
+    base = ["--data_path", str(tiny_cub_root), "--snapshot_dir", str(tmp_path / "run")]
+    parser = build_parser(["none", "early", "late"])
+    with pytest.raises(ConfigError, match=r"--masking none does not use --mask_source \(late\)"):
+        config_from_args(parse_with_config(parser, [*base, "--masking", "none", "--mask_source", "gt"]))
+    cfg, strategy = config_from_args(parse_with_config(parser, [*base, "--masking", "late", "--mask_source", "gt"]))
+    assert strategy.name == "late" and cfg.strategy_options.mask_source == "gt"
+    assert config_from_args(parse_with_config(parser, [*base, "--masking", "early"]))[1].name == "early"
+
+
 # ------------------------------------------------------------------------------------------ end-to-end runs
 def train_argv(root, run_dir, *extra):
     return ["--data_path", str(root), "--snapshot_dir", str(run_dir), "--model_arch", "convnext_atto",

@@ -10,10 +10,11 @@ import yaml
 from bgmask.results import accuracy, build_table, load_run, wilson_interval, write_outputs
 
 
-def fake_run(tmp_path, name, masking="none", seed=0, cub=(300, 400), wb=(100, 400), arch="convnext_atto"):
+def fake_run(tmp_path, name, masking="none", seed=0, cub=(300, 400), wb=(100, 400), arch="convnext_atto",
+             **extra):
     run = tmp_path / name
     run.mkdir()
-    results = {"model_arch": arch, "masking": masking,
+    results = {"model_arch": arch, "masking": masking, **extra,
                "cub_test": {"top1": 100 * cub[0] / cub[1], "correct": cub[0], "num_images": cub[1]},
                "waterbirds": {"top1": 100 * wb[0] / wb[1], "correct": wb[0], "num_images": wb[1],
                               "worst_group": 0.0}}
@@ -49,3 +50,16 @@ def test_two_runs_of_one_cell_with_the_same_seed_are_refused(tmp_path):
     runs = [load_run(fake_run(tmp_path, n)) for n in ("a", "b")]
     with pytest.raises(ValueError, match="same seed"):
         build_table(runs)
+
+
+def test_late_masking_after_the_second_last_stage_is_its_own_column(tmp_path):
+    """The paper's second-last variant is another method: its runs sit beside the default's, not in its cell."""
+    runs = [load_run(fake_run(tmp_path, "base")),
+            load_run(fake_run(tmp_path, "late", masking="late", variant="last", cub=(320, 400))),
+            load_run(fake_run(tmp_path, "late2", masking="late", variant="second_last", cub=(280, 400)))]
+    header, table = build_table(runs)
+    row = dict(zip(header, table[0]))
+    assert len(table) == 1
+    assert row["late masking CUB"].startswith("80.0") and row["late masking (second-last) CUB"].startswith("70.0")
+    assert header.index("late masking (second-last) CUB") > header.index("late masking CUB")
+    assert write_outputs(runs, tmp_path / "out")["png"].is_file()

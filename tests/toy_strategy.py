@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -21,7 +22,7 @@ from bgmask.strategies import DataView, Strategy, register
 
 @dataclass
 class NoiseOptions:
-    group = "noise background"
+    section: ClassVar[str] = "noise background"
     noise_std: float = option(1.0, "std of the noise that replaces the background (in normalised pixel units)")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -27,7 +28,7 @@ MASK_SOURCES = ("precomputed", "gt", "segmenter")
 
 @dataclass
 class LateOptions:
-    group = "late masking"
+    section: ClassVar[str] = "late masking"
     mask_source: str = option("precomputed", "precomputed: mask folders from mmsegmentation/tools/generate_masks.py; "
                                              "gt: CUB's segmentations (oracle); segmenter: an MMSeg model run on "
                                              "every batch (upstream)", MASK_SOURCES)
@@ -67,7 +68,8 @@ class LateMasking(Strategy):
                                                   or opts.mask_source == "segmenter"):
             raise ConfigError("--probe_heads masks after the last stage/block, with masks loaded with the images: it "
                               "takes neither --fm_second_last_block (a separate run: it trains the last block) nor "
-                              "--mask_source segmenter; for --masked_mean list the head late:masked_mean.")
+                              "--mask_source segmenter nor --masked_mean (list the head late:masked_mean instead: "
+                              "the GAP head over foreground tokens, as --patch_tokens_only --masked_mean).")
         if cfg.model.class_token_only and not opts.fm_second_last_block:
             raise ConfigError("--class_token_only with masking after the last block cannot differ from the baseline: "
                               "the head reads the CLS token, which zeroing patch tokens after the last block never "

@@ -3,8 +3,9 @@
 
 Modes, all predicting masks at each image's original resolution with MMSeg's ``mmseg.apis.inference_model``:
   inference_model   one call per image path (MMSeg decodes the file): the naive loop
-  grouped_bs{N}     cub_seg.generate.predict_folder, as generate_masks.py runs it: images sorted by size, lists of
-                    up to N images of one test-resized size per call, decoded by --num_workers threads ahead of the model
+  grouped_bs{N}     cub_seg.generate.predict_folder, as generate_masks.py runs it: images sorted by their size after
+                    the test resize, lists of up to N images of one such size per call, decoded by --num_workers
+                    threads ahead of the model
 Writing the PNG/JPEG outputs is excluded (it is the same for every mode and runs in writer threads).
 
 Our former batched re-implementation of the test pipeline and data preprocessor (resize, pad, normalise, crop and
