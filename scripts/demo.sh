@@ -6,16 +6,16 @@
 # Usage: bash scripts/demo.sh [--force]
 #   --force  redo every stage (finished stages are otherwise reused; the pretrained weights stay cached)
 #   DATA=data/synthetic  where the benchmark is generated;  OUT=runs/demo  where every stage writes
-#   FROZEN_EPOCHS=15 / EPOCHS=12 / VIT_EPOCHS=8  frozen, fine-tuned ConvNeXt and fine-tuned ViT epochs
+#   FROZEN_EPOCHS=10 / EPOCHS=12 / VIT_EPOCHS=6  frozen, fine-tuned ConvNeXt and fine-tuned ViT epochs
 set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO_ROOT"
 VENV="${VENV:-$REPO_ROOT/.venv}"
 DATA="${DATA:-data/synthetic}"
 OUT="${OUT:-runs/demo}"
-FROZEN_EPOCHS="${FROZEN_EPOCHS:-15}"
+FROZEN_EPOCHS="${FROZEN_EPOCHS:-10}"
 EPOCHS="${EPOCHS:-12}"
-VIT_EPOCHS="${VIT_EPOCHS:-8}"
+VIT_EPOCHS="${VIT_EPOCHS:-6}"
 FORCE=0
 for arg in "$@"; do
   case "$arg" in
