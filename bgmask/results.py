@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -56,6 +57,7 @@ class RunResult:
     data_path: str | None = None
     image_size: int | None = None
     variant: str = "last"  # late masking: where the features are masked ("last" or "second_last" stage/block)
+    has_gallery: bool = True  # the run folder's attribution_gallery.pt is this entry's (a probe run's: its first head)
 
     @property
     def row_key(self) -> tuple[str, str, str]:
@@ -122,8 +124,9 @@ def load_runs(run_dir: str | os.PathLike) -> list[RunResult]:
         base = head.removeprefix("late:")
         masking = "late" if late else ("early" if results["masking"] == "early" else "none")
         label = PROBE_HEAD_LABELS.get(base, base) if arch_layout(results["model_arch"]) == "tokens" else "-"
-        entries.append(_entry(metrics, common, label, masking, results.get("mask_source", "-") if late else "-",
-                              metrics.get("diagnostics", results.get("diagnostics") if k == 0 else None)))
+        entry = _entry(metrics, common, label, masking, results.get("mask_source", "-") if late else "-",
+                       metrics.get("diagnostics", results.get("diagnostics") if k == 0 else None))
+        entries.append(dataclasses.replace(entry, has_gallery=k == 0))
     return entries
 
 
@@ -299,9 +302,9 @@ def plot_diagnostics(runs: list[RunResult], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     keys = sorted({r.row_key for r in runs})
-    fig, axes = plt.subplots(1, len(keys), figsize=(5.0 * len(keys), 3.6), squeeze=False)
+    fig, axes = panel_grid(plt, len(keys), 5.0, 3.6)
     colors = {"none": "#4878d0", "early": "#6acc64", "late": "#d65f5f"}
-    for ax, key in zip(axes[0], keys):
+    for ax, key in zip(axes, keys):
         cell = {r.column: r for r in runs if r.row_key == key}
         present = [s for s in strategy_columns(runs) if s in cell]
         width = 0.8 / max(1, len(present))
@@ -322,14 +325,15 @@ def plot_diagnostics(runs: list[RunResult], path: Path) -> None:
 
 
 def plot_attribution_gallery(runs: list[RunResult], path: Path) -> Path | None:
-    """Per test image (rows): the image, then each run's attribution overlaid on it (columns)."""
+    """Per test image (rows): the image, then each run's attribution overlaid on it (columns). A probe run keeps the
+    maps of its first head only."""
     import torch
     from PIL import Image
 
     from bgmask.diagnostics import gallery_path
 
     galleries = [(r, torch.load(gallery_path(r.run_dir), weights_only=False)) for r in runs
-                 if gallery_path(r.run_dir).is_file()]
+                 if r.has_gallery and gallery_path(r.run_dir).is_file()]
     if not galleries or not galleries[0][0].data_path:
         return None
     import matplotlib
@@ -357,14 +361,27 @@ def plot_attribution_gallery(runs: list[RunResult], path: Path) -> Path | None:
                 axes[row][col].imshow(maps[r.run_dir], cmap="jet", alpha=0.5)
             if row == 0:
                 head = "" if r.head == "-" else f" {r.head}"
-                axes[0][col].set_title(f"{r.model_arch.split('_')[0]}{head}\n{column_label(r.column)}", fontsize=7)
+                axes[0][col].set_title(f"{r.model_arch.split('_')[0]}{head}, {r.regime}\n{column_label(r.column)}",
+                                       fontsize=7)
         axes[0][0].set_title("image", fontsize=7)
     for ax in axes.flat:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    # Many runs make a wide figure: cap it at about 2000 pixels.
+    fig.savefig(path, dpi=min(110, 2000 / fig.get_figwidth()))
     plt.close(fig)
     return path
+
+
+def panel_grid(plt, panels: int, width: float, height: float, per_row: int = 3):
+    """A figure with ``panels`` axes, at most ``per_row`` per row (unused axes hidden); the axes as a flat list."""
+    cols = min(per_row, max(1, panels))
+    rows = -(-max(1, panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat[panels:]:
+        ax.axis("off")
+    return fig, flat[:panels]
 
 
 def plot_accuracy_bars(runs: list[RunResult], path: Path) -> None:
@@ -376,8 +393,8 @@ def plot_accuracy_bars(runs: list[RunResult], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     keys = sorted({r.row_key for r in runs})
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6), squeeze=False)
-    for ax, key in zip(axes[0], keys):
+    fig, axes = panel_grid(plt, len(keys), 4.2, 3.6)
+    for ax, key in zip(axes, keys):
         cells = group_cells([r for r in runs if r.row_key == key])[key]
         present = [s for s in strategy_columns(runs) if s in cells]
         xs = range(len(present))
@@ -395,8 +412,8 @@ def plot_accuracy_bars(runs: list[RunResult], path: Path) -> None:
         arch, head, regime = key
         ax.set_title(f"{arch}{'' if head == '-' else f' ({head})'}, {regime}", fontsize=9)
         ax.set_ylabel("top-1 (%)")
-    handles, labels = axes[0][0].get_legend_handles_labels()
+    handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", ncol=2, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.25 / fig.get_figheight()))
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -107,6 +107,7 @@ def test_each_probe_head_gets_the_diagnostics_of_its_single_head_run(tiny_cub_ro
                 assert mine[key] == pytest.approx(value, abs=1e-5), head
             else:
                 assert mine[key] == value, (head, key)
+    assert [e.has_gallery for e in load_runs(tmp_path / "probes")] == [True, False]  # the maps are the first head's
     entries = {e.masking: e for e in load_runs(tmp_path / "probes")}
     assert entries["late"].diagnostics == probes["probes"]["late:pool"]["diagnostics"]
     assert not (tmp_path / "probes" / "best.pt").exists()  # one best epoch cannot be every head's

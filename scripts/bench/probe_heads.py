@@ -7,6 +7,8 @@ run trains exactly as its separate run (tests/test_probes.py), so only the time 
 JSON (``--out``).
 
 CPU default:  python scripts/bench/probe_heads.py
+Measured on 2 CPU cores (2026-12-02, defaults: 6 heads, ViT-S/14 at 56 px, 2 epochs, 120 images): separate runs
+17.1 s in total (2.7-3.1 s each), one pass 3.2 s, a 5.35x speed-up.
 Options:      --heads cls,mean,cls_mean,late:mean,late:cls_mean,late:masked_mean --model_arch ... --epochs 2
 """
 
