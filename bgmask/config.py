@@ -150,7 +150,8 @@ class RunConfig:
     save_every_n_epochs: int = option(0, "also keep epoch_N.pt every N epochs (0: off)")
     eval_every: int = option(1, "evaluate every N epochs (and always at the end)")
     resume_training: bool = option(False, "resume from <snapshot_dir>/last.pt (always done when it exists)")
-    eval_only: bool = option(False, "evaluate <snapshot_dir>/best.pt (or --checkpoint) and write results.json")
+    eval_only: bool = option(False, "evaluate <snapshot_dir>/best.pt (or --checkpoint; a --probe_heads run: "
+                                    "last.pt) and write results.json")
     checkpoint: str | None = option(None, "checkpoint for --eval_only")
     seed: int = option(42)
     device: str = option("auto", choices=("auto", "cuda", "cpu"))
@@ -223,7 +224,8 @@ class TrainConfig:
         """
         errors = choice_errors(self.data, self.model, self.optim, self.aug, self.diagnostics, self.run,
                                self.strategy_options)
-        errors += _data_errors(self.data) + _model_errors(self.model) + _optim_errors(self.optim, self.model)
+        errors += _data_errors(self.data) + _model_errors(self.model)
+        errors += _optim_errors(self.optim, self.model, self.run.eval_only)
         run = self.run
         if run.snapshot_dir is None:
             errors.append("--snapshot_dir is required: the run folder for checkpoints, logs and results.json.")
@@ -302,7 +304,7 @@ def _model_errors(model: ModelConfig) -> list[str]:
     return errors
 
 
-def _optim_errors(optim: OptimConfig, model: ModelConfig) -> list[str]:
+def _optim_errors(optim: OptimConfig, model: ModelConfig, eval_only: bool = False) -> list[str]:
     errors = []
     if optim.epochs < 1:
         errors.append(f"--epochs must be >= 1, got {optim.epochs}.")
@@ -320,7 +322,7 @@ def _optim_errors(optim: OptimConfig, model: ModelConfig) -> list[str]:
     if model.probe_heads is not None and optim.grad_norm_clip > 0:
         errors.append("--grad_norm_clip clips the norm over all parameters, which would couple the --probe_heads; "
                       "set it to 0 (the frozen regime does not clip).")
-    if model.probe_heads is not None and optim.use_amp and optim.amp_dtype == "float16":
+    if model.probe_heads is not None and optim.use_amp and optim.amp_dtype == "float16" and not eval_only:
         errors.append("--use_amp with float16 shares one loss scaler between the --probe_heads: an overflow in one "
                       "head would skip every head's step; use --amp_dtype bfloat16 (no scaler) or no AMP.")
     return errors

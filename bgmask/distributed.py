@@ -45,7 +45,9 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
             raise ConfigError("--device cuda was requested but no CUDA device is visible; use --device cpu.")
         if device.index is None:
             local_rank, count = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
-            if local_rank >= count:  # two processes on one GPU would silently share it
+            if count == 1:  # one GPU visible per process (bound by the scheduler): it is this process's
+                local_rank = 0
+            elif local_rank >= count:  # two processes on one GPU would silently share it
                 raise ConfigError(f"LOCAL_RANK {local_rank} but only {count} CUDA device(s) are visible: start at "
                                   f"most {count} processes per node (torchrun --nproc_per_node {count}).")
             device = torch.device("cuda", local_rank)

@@ -268,9 +268,12 @@ def evaluate_sets(session: Session, model: RunModel, sets: dict) -> dict:
 
 
 def evaluate_checkpoint(session: Session, data: DataBundle, model: RunModel, ckpt: CheckpointManager) -> dict:
-    """``--eval_only``: the metrics of ``--checkpoint``, or of the run's best (else last) checkpoint."""
+    """``--eval_only``: the metrics of ``--checkpoint``, or of the run's best (else last) checkpoint; a probe run's
+    last."""
     run = session.cfg.run
-    path = Path(run.checkpoint) if run.checkpoint else ckpt.best_path if ckpt.best_path.is_file() else ckpt.last_path
+    # A probe run has no one best epoch (each head has its own): its final weights are scored.
+    best = ckpt.best_path if ckpt.best_path.is_file() and session.cfg.model.probe_heads is None else None
+    path = Path(run.checkpoint) if run.checkpoint else best or ckpt.last_path
     if not path.is_file():
         raise ConfigError(f"--eval_only found no checkpoint: neither {ckpt.best_path} nor {ckpt.last_path} exists; "
                           f"pass --checkpoint FILE.")

@@ -100,9 +100,11 @@ FROZEN=(--freeze_backbone --lr 5e-3 --weight_decay 0.01 --scheduler_type cosine 
 FINETUNE=(--lr 5e-4 --scratch_lr_factor 10 --weight_decay 0.05 --scheduler_type cosine_with_warmup
           --scheduler_warmup_epochs 1)
 
+[[ "$FORCE" == 1 ]] && rm -rf "$CLS_DIR"
+RUNS=()  # the runs this demo trains: collected below (a folder left by an older demo is not)
 run_classifier() {  # NAME COMMAND...
   local run="$CLS_DIR/$1"; shift
-  [[ "$FORCE" == 1 ]] && rm -rf "$run"
+  RUNS+=("$run")
   stage "$(basename "$run")" "$run/results.json" "$@" --snapshot_dir "$run"
 }
 EARLY=("$PY" early_masking_and_baseline/train.py)
@@ -134,7 +136,7 @@ NOTE="Synthetic benchmark (scripts/make_synthetic_cub.py defaults), measured by 
 $(nproc) CPU cores; backbones pretrained on the synthetic corpus (scripts/pretrain_synthetic.py); frozen \
 $FROZEN_EPOCHS epochs, fine-tuned $EPOCHS epochs ConvNeXt / $VIT_EPOCHS epochs ViT; masks from the tiny segmenter \
 ($(basename "$SEG_CONFIG" .py))."
-"$PY" scripts/collect_results.py "$CLS_DIR"/* --out "$OUT" --note "$NOTE"
+"$PY" scripts/collect_results.py "${RUNS[@]}" --out "$OUT" --note "$NOTE"
 echo "Figures: $OUT/results.png (accuracy), $OUT/diagnostics.png (background reliance), \
 $OUT/attribution_gallery.png (attributions), $OUT/mask_gallery.png (masks)."
 echo "Demo finished in $((SECONDS - DEMO_START)) s."

@@ -112,3 +112,8 @@ def test_each_probe_head_gets_the_diagnostics_of_its_single_head_run(tiny_cub_ro
     assert entries["late"].diagnostics == probes["probes"]["late:pool"]["diagnostics"]
     assert not (tmp_path / "probes" / "best.pt").exists()  # one best epoch cannot be every head's
     assert set(probes["best"]["probes"]) == {"pool", "late:pool"}
+    # --eval_only scores the final weights of every head (no best.pt), with the same metrics as at the end of training.
+    assert late_main(flags("probes", "--mask_source", "gt", "--probe_heads", "pool,late:pool", "--eval_only")) == 0
+    scored = json.loads((tmp_path / "probes" / "results.json").read_text())
+    assert scored["checkpoint"].endswith("last.pt")
+    assert all(scored["probes"][h]["cub_test"] == probes["probes"][h]["cub_test"] for h in ("pool", "late:pool"))
