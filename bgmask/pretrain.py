@@ -41,12 +41,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bgmask.data.synthetic import HABITAT_NAMES, SyntheticConfig, disjoint_species, generate
+from bgmask.data.transforms import AUGMENTATIONS
 from bgmask.errors import BgmaskError
 from bgmask.io import atomic_write_text
 
 LIBRARY = Path(__file__).resolve().parent
 SCRIPT = LIBRARY.parent / "scripts" / "pretrain_synthetic.py"  # absent in an installed copy of the library
-AUGMENTATIONS = ("cub_original", "timm")
 
 
 class PretrainError(BgmaskError, RuntimeError):

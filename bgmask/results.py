@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import math
 import os
@@ -67,7 +66,7 @@ class RunResult:
     def column(self) -> str:
         """The table column: the strategy, or ``strategy:variant`` for late masking after the second-last stage or
         block (another method than after the last, so another column)."""
-        return self.masking if self.variant in ("last", "-", None) else f"{self.masking}:{self.variant}"
+        return self.masking if self.variant in ("last", None) else f"{self.masking}:{self.variant}"
 
     @property
     def ood_gap(self) -> float | None:
@@ -124,16 +123,17 @@ def load_runs(run_dir: str | os.PathLike) -> list[RunResult]:
         base = head.removeprefix("late:")
         masking = "late" if late else ("early" if results["masking"] == "early" else "none")
         label = PROBE_HEAD_LABELS.get(base, base) if arch_layout(results["model_arch"]) == "tokens" else "-"
-        entry = _entry(metrics, common, label, masking, results.get("mask_source", "-") if late else "-",
-                       metrics.get("diagnostics", results.get("diagnostics") if k == 0 else None))
-        entries.append(dataclasses.replace(entry, has_gallery=k == 0))
+        entries.append(_entry(metrics, common, label, masking, results.get("mask_source", "-") if late else "-",
+                              metrics.get("diagnostics", results.get("diagnostics") if k == 0 else None),
+                              has_gallery=k == 0))
     return entries
 
 
 def _entry(metrics: dict, common: dict, head: str, masking: str, mask_source: str, diagnostics,
-           variant: str = "last") -> RunResult:
+           variant: str = "last", has_gallery: bool = True) -> RunResult:
     wb = metrics.get("waterbirds") or {}
     return RunResult(**common, head=head, masking=masking, mask_source=mask_source, variant=variant,
+                     has_gallery=has_gallery,
                      cub_top1=metrics["cub_test"]["top1"], cub_images=metrics["cub_test"]["num_images"],
                      wb_top1=wb.get("top1"), wb_images=wb.get("num_images", 0), wb_worst_group=wb.get("worst_group"),
                      cub_correct=metrics["cub_test"].get("correct"), wb_correct=wb.get("correct"),
