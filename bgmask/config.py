@@ -16,7 +16,7 @@ from bgmask.backbones import arch_layout
 from bgmask.data.cub import GT_MASK_SUB_PATH, WATERBIRDS_SUB_PATH
 from bgmask.data.transforms import AUGMENTATIONS, INTERPOLATIONS
 from bgmask.errors import ConfigError
-from bgmask.models import WEIGHT_DECAY_RULES, ModelSpec
+from bgmask.models import HEAD_INITS, HEAD_NORM_RULES, WEIGHT_DECAY_RULES, ModelSpec
 
 OPTIMIZERS = ("adamw", "adam", "sgd")  # timm's 'sgd' is SGD with Nesterov momentum, as upstream's
 SCHEDULERS = ("cosine", "cosine_with_warmup", "steplr", "linearlr", "cosine_warmup_restart")
@@ -57,6 +57,14 @@ class ModelConfig:
     class_token_only: bool = option(False, "ViT head on the CLS token only")
     patch_tokens_only: bool = option(False, "ViT head on the mean of the patch tokens only (GAP)")
     drop_path: float = option(0.0)
+    head_norm: str = option("head", "CNNs whose timm head holds a norm before the classifier (ConvNeXt): 'head' "
+                                    "trains that norm with the new linear layer, at the scratch lr and with a frozen "
+                                    "backbone too (upstream); 'backbone' counts it as frozen/pretrained backbone",
+                            HEAD_NORM_RULES)
+    head_init: str = option("upstream", "new linear head: 'upstream' = kaiming_normal_(fan_out) weights and zero bias "
+                                        "for CNNs, nn.Linear's default for ViTs (as the official trainers); 'timm' = "
+                                        "trunc_normal_(std 0.02), zero bias; 'torch' = nn.Linear's default",
+                            HEAD_INITS)
     probe_heads: str | None = option(None, "with --freeze_backbone: train these heads together on one backbone "
                                            "forward per batch, a comma list of cls, mean, cls_mean (ViT) or pool "
                                            "(CNN), and late:HEAD for each but cls (masked after the last "
@@ -70,7 +78,8 @@ class ModelConfig:
     def spec(self, num_classes: int, image_size: int) -> ModelSpec:
         return ModelSpec(arch=self.model_arch, num_classes=num_classes, image_size=image_size,
                          pretrained=self.start_weights == "DEFAULT", pretrained_path=self.pretrained_path,
-                         drop_path=self.drop_path, vit_head=self.vit_head, freeze_backbone=self.freeze_backbone)
+                         drop_path=self.drop_path, vit_head=self.vit_head, freeze_backbone=self.freeze_backbone,
+                         head_norm=self.head_norm, head_init=self.head_init)
 
 
 @dataclass

@@ -2,7 +2,9 @@
 
 Every classifier is split the same way so masking strategies can hook in between the parts:
 ``features(x)`` (spatial feature map ``B,C,H,W`` or token sequence ``B,N,D``) → ``pool(features)`` (``B,F``) →
-``head`` (a freshly initialised linear layer, the only part trained from scratch).
+``head`` (a freshly initialised linear layer). As upstream, the classifier head of a CNN family is all of timm's
+``head`` module: ConvNeXt's holds the final LayerNorm before the classifier, and it trains with the new linear layer
+(in probes too, at the scratch learning rate), unless ``head_norm="backbone"``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from bgmask.errors import BgmaskError
 from bgmask.masking import mask_to_feature_grid
 
 VIT_HEADS = ("cls_mean", "cls", "mean")
+HEAD_NORM_RULES = ("head", "backbone")
+HEAD_INITS = ("upstream", "timm", "torch")
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,8 @@ class ModelSpec:
     drop_path: float = 0.0
     vit_head: str = "cls_mean"  # cls_mean | cls | mean
     freeze_backbone: bool = False
+    head_norm: str = "head"  # head | backbone: where the norm inside timm's CNN head module belongs
+    head_init: str = "upstream"  # upstream | timm | torch: how the new linear layer starts
 
 
 class Classifier(nn.Module):
@@ -45,13 +51,23 @@ class Classifier(nn.Module):
             ``mean`` (GAP-pooled patch tokens). Ignored for CNNs (timm's own pooling + norm).
         freeze_backbone: train the head only; the backbone also stays in eval mode (frozen norm statistics, no
             dropout/drop-path), as in a linear probe.
+        head_norm: ``head`` (upstream): the parameters inside the CNN backbone's timm ``head`` module (ConvNeXt's
+            final LayerNorm; the classifier layer itself is gone with ``num_classes=0``) belong to the head: they
+            train with a frozen backbone and at the scratch learning rate. ``backbone``: they belong to the backbone.
+            ViTs' DINOv2 heads hold no parameters before the classifier, so this changes nothing for them.
+        head_init: how the new linear layer starts, see :func:`init_head`.
+        pool_module: CNNs: pool through this copy of timm's head module instead of the backbone's own (a probe
+            head's view of a shared backbone, :meth:`bgmask.probes.ProbeHeads.single_head_model`).
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int, vit_head: str = "cls_mean",
-                 freeze_backbone: bool = False):
+                 freeze_backbone: bool = False, head_norm: str = "head", head_init: str = "upstream",
+                 pool_module: nn.Module | None = None):
         super().__init__()
         if vit_head not in VIT_HEADS:
             raise ValueError(f"vit_head must be one of {VIT_HEADS}, got {vit_head!r}")
+        if head_norm not in HEAD_NORM_RULES:
+            raise ValueError(f"head_norm must be one of {HEAD_NORM_RULES}, got {head_norm!r}")
         self.backbone = backbone
         self.adapter = adapter_for(backbone)
         self.vit_head = vit_head if self.is_vit else None
@@ -60,11 +76,16 @@ class Classifier(nn.Module):
             width *= 2
         # The RNG state the head's init starts from: probe heads (bgmask.probes) draw theirs from it too.
         self.head_rng_state = torch.get_rng_state()
-        self.head = nn.Linear(width, num_classes)
+        self.head_init = head_init
+        self.head = new_head(width, num_classes, head_init, self.is_vit)
         self.freeze_backbone = freeze_backbone
         if freeze_backbone:
             for p in self.backbone.parameters():
                 p.requires_grad_(False)
+        self.head_norm = head_norm
+        for p in self.head_norm_parameters():
+            p.requires_grad_(True)
+        self.pool_module = pool_module
 
     @property
     def is_vit(self) -> bool:
@@ -74,9 +95,21 @@ class Classifier(nn.Module):
     def num_prefix_tokens(self) -> int:
         return self.adapter.num_prefix_tokens if self.is_vit else 0
 
+    def head_norm_module(self) -> nn.Module | None:
+        """The CNN backbone's timm ``head`` module when it holds parameters (ConvNeXt: its final LayerNorm), else
+        None. It pools the feature map for the linear head (``forward_head(pre_logits=True)``)."""
+        module = None if self.is_vit else getattr(self.backbone, "head", None)
+        return module if isinstance(module, nn.Module) and any(True for _ in module.parameters()) else None
+
+    def head_norm_parameters(self) -> list[nn.Parameter]:
+        """What ``head_norm="head"`` adds to the head (upstream's ``head.*`` rule); empty otherwise."""
+        module = self.head_norm_module() if self.head_norm == "head" else None
+        return list(module.parameters()) if module is not None else []
+
     def new_parameters(self) -> list[nn.Parameter]:
-        """Parameters trained from scratch (they get ``--scratch_lr_factor``): the head."""
-        return list(self.head.parameters())
+        """Parameters in the head's group (they get ``--scratch_lr_factor``): the linear head and, with
+        ``head_norm="head"``, the norm inside timm's CNN head module, as upstream's ``head.*`` rule."""
+        return list(self.head.parameters()) + self.head_norm_parameters()
 
     @property
     def head_input_width(self) -> int:
@@ -86,6 +119,8 @@ class Classifier(nn.Module):
         super().train(mode)
         if self.freeze_backbone:
             self.backbone.eval()
+            if self.head_norm_parameters():  # trained with the head
+                self.head_norm_module().train(mode)
         return self
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -95,11 +130,38 @@ class Classifier(nn.Module):
     def pool(self, feats: torch.Tensor) -> torch.Tensor:
         """Features → head input."""
         if not self.is_vit:
+            if self.pool_module is not None:
+                return self.pool_module(feats, pre_logits=True)
             return self.backbone.forward_head(feats, pre_logits=True)
         return vit_pool(feats, self.vit_head, self.num_prefix_tokens)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.pool(self.features(x)))
+
+
+def new_head(width: int, num_classes: int, init: str = "upstream", is_vit: bool = False) -> nn.Linear:
+    """The new linear head, initialised by ``init`` (see :func:`init_head`)."""
+    head = nn.Linear(width, num_classes)
+    init_head(head, init, is_vit)
+    return head
+
+
+def init_head(head: nn.Linear, init: str, is_vit: bool) -> None:
+    """Initialise a new linear head.
+
+    ``upstream``: what the official trainers do: CNN heads get ``kaiming_normal_(mode="fan_out",
+    nonlinearity="relu")`` weights (std sqrt(2 / num_classes)) and zero bias; its ViT trainers keep ``nn.Linear``'s
+    default. ``timm``: truncated normal weights (std 0.02) and zero bias, as timm initialises the classifier of a new
+    ConvNeXt or ViT. ``torch``: ``nn.Linear``'s default (Kaiming-uniform weights, uniform bias), untouched.
+    """
+    if init not in HEAD_INITS:
+        raise ValueError(f"head_init must be one of {HEAD_INITS}, got {init!r}")
+    if init == "upstream" and not is_vit:
+        nn.init.kaiming_normal_(head.weight, mode="fan_out", nonlinearity="relu")
+        nn.init.zeros_(head.bias)
+    elif init == "timm":
+        nn.init.trunc_normal_(head.weight, std=0.02)
+        nn.init.zeros_(head.bias)
 
 
 def vit_pool(feats: torch.Tensor, head: str, num_prefix_tokens: int) -> torch.Tensor:
@@ -270,7 +332,7 @@ def describe_state_dict(state: dict) -> str:
 
 def create_classifier(spec: ModelSpec) -> Classifier:
     return Classifier(create_backbone(spec), spec.num_classes, vit_head=spec.vit_head,
-                      freeze_backbone=spec.freeze_backbone)
+                      freeze_backbone=spec.freeze_backbone, head_norm=spec.head_norm, head_init=spec.head_init)
 
 
 WEIGHT_DECAY_RULES = ("all", "timm")

@@ -133,14 +133,16 @@ class Recipe:
     def trainer_args(self, data: Path, run_dir: Path) -> list[str]:
         """The ``python -m bgmask --masking none`` flags of this recipe: AdamW, a linear warm-up then a cosine
         schedule stepped every update, weight decay off for norms, biases and position embeddings (timm's rule),
-        label smoothing 0.1 (the trainer's default), evaluation once at the end, no OOD set and no diagnostics."""
+        label smoothing 0.1 (the trainer's default), evaluation once at the end, no OOD set and no diagnostics.
+        The classifier head, discarded after pretraining, starts from ``nn.Linear``'s default (``--head_init
+        torch``): upstream's head initialisation is a fine-tuning detail, not part of this recipe."""
         warmup = self.warmup_epochs if self.epochs > 1 else 0
         schedule = (["--scheduler_type", "cosine_with_warmup", "--scheduler_warmup_epochs", str(warmup)] if warmup
                     else ["--scheduler_type", "cosine"])
         return ["--data_path", str(data), "--snapshot_dir", str(run_dir), "--model_arch", self.arch,
                 "--image_size", str(self.image_size), "--batch_size", str(self.batch_size), "--num_workers", "0",
                 "--epochs", str(self.epochs), "--lr", str(self.lr), "--weight_decay", str(self.weight_decay),
-                "--weight_decay_rule", "timm", *schedule, "--sched_on_updates",
+                "--weight_decay_rule", "timm", "--head_init", "torch", *schedule, "--sched_on_updates",
                 "--augmentations_to_use", self.augmentations, "--aa", self.aa, "--reprob", str(self.reprob),
                 "--eval_every", str(self.epochs), "--skip_ood_eval",
                 "--diagnostics", "none", "--seed", str(self.seed)]

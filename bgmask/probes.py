@@ -5,7 +5,9 @@ features: only the pooling differs (and, for late masking, the background positi
 them as separate runs repeats the backbone forward once per head; here each batch runs the backbone once and every
 head gets its own loss. As in DINOv2's linear evaluation, the heads never interact:
 
-* each head is initialised exactly as the head of a single-head run with the same seed would be;
+* each head is initialised exactly as the head of a single-head run with the same seed would be; a CNN whose timm
+  head module holds a norm that trains with the head (ConvNeXt, ``--head_norm head``) gives every head its own copy
+  of that module, starting from the backbone's weights;
 * the loss that is back-propagated is the *sum* of the heads' losses, so each head's gradient is its own loss's
   gradient; the optimiser (AdamW, SGD...) keeps per-parameter state, so every head's updates are those of its own run;
 * data order, augmentation and mixup draws are the run's, shared by all heads.
@@ -26,10 +28,12 @@ So a head's metrics equal those of a separate run with the same seed (tested). H
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
-from bgmask.models import Classifier, foreground_mean, vit_pool
+from bgmask.models import Classifier, foreground_mean, new_head, vit_pool
 
 LATE = "late:"
 CNN_HEADS = ("pool",)
@@ -87,18 +91,27 @@ class ProbeHeads(nn.Module):
         for head in self.probe_names:
             torch.set_rng_state(classifier.head_rng_state)  # the init a single-head run would draw
             base = head.removeprefix(LATE)
-            modules[_key(head)] = nn.Linear(width * (2 if base == "cls_mean" else 1), num_classes)
+            modules[_key(head)] = new_head(width * (2 if base == "cls_mean" else 1), num_classes,
+                                           classifier.head_init, classifier.is_vit)
             after_first = after_first if after_first is not None else torch.get_rng_state()
         torch.set_rng_state(after_first if after_first is not None else rng)  # as after the first head's init
         self.probes = nn.ModuleDict(modules)
         classifier.head = nn.Identity()  # unused: the probes are the heads
+        # A head norm that trains with the head (ConvNeXt's): one copy per probe, the backbone's own stays frozen.
+        trained_norm = classifier.head_norm_parameters()
+        self.pools = nn.ModuleDict({_key(h): copy.deepcopy(classifier.head_norm_module())
+                                    for h in self.probe_names}) if trained_norm else None
+        for p in trained_norm:
+            p.requires_grad_(False)
 
     def new_parameters(self) -> list[nn.Parameter]:
-        return list(self.probes.parameters())
+        return list(self.probes.parameters()) + (list(self.pools.parameters()) if self.pools is not None else [])
 
     def train(self, mode: bool = True):
         super().train(mode)
         self.classifier.train(mode)  # keeps the frozen backbone in eval mode
+        if self.pools is not None:
+            self.pools.train(mode)
         return self
 
     def forward(self, images: torch.Tensor, masks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -120,7 +133,9 @@ class ProbeHeads(nn.Module):
 
         base = head.removeprefix(LATE)
         vit_head = ("mean" if base == "masked_mean" else base) if self.classifier.is_vit else "cls_mean"
-        clf = Classifier(self.classifier.backbone, 1, vit_head=vit_head, freeze_backbone=True)
+        pool_module = self.pools[_key(head)] if self.pools is not None else None
+        clf = Classifier(self.classifier.backbone, 1, vit_head=vit_head, freeze_backbone=True, head_norm="backbone",
+                         pool_module=pool_module)
         clf.head = self.probes[_key(head)]
         if not head.startswith(LATE):
             return clf
@@ -130,6 +145,8 @@ class ProbeHeads(nn.Module):
         """The head input: the features of ``head``'s kind, pooled as that head's single-head run pools them."""
         clf, base = self.classifier, head.removeprefix(LATE)
         if not clf.is_vit:
+            if self.pools is not None:
+                return self.pools[_key(head)](feats, pre_logits=True)
             return clf.backbone.forward_head(feats, pre_logits=True)
         if base == "masked_mean":
             return foreground_mean(feats, masks, clf.num_prefix_tokens, clf.adapter.grid_size)

@@ -311,8 +311,10 @@ def train(session: Session, data: DataBundle, model: RunModel, ckpt: CheckpointM
     sampler = ResumableDistributedSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True,
                                           seed=cfg.run.seed, drop_last=False)
     mixup = build_mixup(cfg.aug, cfg.optim.smoothing, data.num_classes)
-    loader = DataLoader(train_set, sampler=sampler, drop_last=mixup is not None
-                        and len(data.train) // info.world_size >= cfg.data.batch_size, **session.loader_kwargs)
+    # Upstream drops each process's last incomplete batch (every epoch's updates have the full batch size, and
+    # mixup needs even batches); kept only where a process would otherwise get no batch at all.
+    loader = DataLoader(train_set, sampler=sampler, drop_last=sampler.num_samples >= cfg.data.batch_size,
+                        **session.loader_kwargs)
     criterion = build_criterion(cfg.optim.smoothing, mixup is not None)
     updates_per_epoch = min(len(loader), cfg.run.max_train_batches or len(loader))
     scheduler = build_scheduler(optimizer, cfg.optim, updates_per_epoch)
@@ -420,7 +422,8 @@ class EpochLoop:
     def end_epoch(self, stats: dict, progress: Progress) -> dict | None:
         """Schedule step, evaluation when due, log record and checkpoint; the metrics when evaluated."""
         cfg, info, done = self.session.cfg, self.session.info, progress.epoch
-        record = {"epoch": done, "train_loss": stats["loss"], "train_images_per_s": stats["images_per_s"],
+        record = {"epoch": done, "train_loss": stats["loss"], "train_steps": stats["steps"],
+                  "train_images": stats["images"], "train_images_per_s": stats["images_per_s"],
                   "lr": self.optimizer.param_groups[0]["lr"], "time": time.time()}
         self.scheduler.step(done)
         metrics, is_best = None, False

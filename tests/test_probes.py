@@ -63,6 +63,11 @@ def test_each_probe_head_equals_its_single_head_run(tiny_cub_root, tmp_path, arc
         prefix = "classifier.head" if kind == "late" else "head"
         torch.testing.assert_close(head_weight(probe_dir, f"probes.{head.replace(':', '__')}"),
                                    head_weight(run, prefix), rtol=1e-5, atol=1e-6)
+        if arch.startswith("convnext"):  # each probe trains its own copy of the head's LayerNorm, as its single run
+            norm = prefix.removesuffix("head") + "backbone.head.norm"
+            torch.testing.assert_close(head_weight(probe_dir, f"pools.{head.replace(':', '__')}.norm"),
+                                       head_weight(run, norm), rtol=1e-5, atol=1e-6)
+            assert not torch.equal(head_weight(run, norm), torch.ones_like(head_weight(run, norm)))
 
 
 def test_probe_heads_are_refused_where_they_cannot_be_honoured(tiny_cub_root, tmp_path, capsys):
