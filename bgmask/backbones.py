@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import timm
 import torch
+from timm.models import checkpoint_seq
 from torch import nn
 
 from bgmask.errors import BgmaskError
@@ -151,6 +152,8 @@ class TokenAdapter(BackboneAdapter):
         x = backbone._pos_embed(x)
         x = backbone.patch_drop(x)
         x = backbone.norm_pre(x)
+        if getattr(backbone, "grad_checkpointing", False) and torch.is_grad_enabled():
+            return checkpoint_seq(backbone.blocks[:-1], x)  # as timm's forward_features does
         for block in backbone.blocks[:-1]:
             x = block(x)
         return x

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from bgmask.errors import BgmaskError
 from bgmask.io import atomic_write
@@ -39,9 +40,13 @@ class CheckpointError(BgmaskError, RuntimeError):
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Load a checkpoint written by this project (trusted: it holds optimizer and RNG state, not only tensors)."""
+    """Load a checkpoint written by this project (trusted: it holds optimizer and RNG state, not only tensors).
+
+    The file is memory-mapped: processes of one node loading it share the page cache instead of each reading
+    a private copy, and tensors are only paged in when copied into the model.
+    """
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
+        return torch.load(path, map_location=map_location, weights_only=False, mmap=True)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} does not exist") from None
     except Exception as e:  # truncated or foreign file
@@ -50,6 +55,35 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
 
 
 RESUME_ONLY_KEYS = ("optimizer", "scaler", "rng", "step")
+
+
+def trained_state_keys(model: nn.Module) -> set[str]:
+    """The state-dict keys training can change: parameters that require grad, and the buffers of modules that run
+    in training mode (a module kept in eval mode, like a frozen backbone, never updates its running statistics).
+
+    With a frozen backbone this is the head (and what trains with it); everything else is rebuilt from the weights
+    the run starts from, so checkpoints need not hold it.
+    """
+    was_training = model.training
+    model.train()  # the modes the modules have during training (a frozen backbone stays in eval mode)
+    keys = set()
+    for prefix, module in model.named_modules():
+        dot = f"{prefix}." if prefix else ""
+        keys |= {dot + n for n, p in module.named_parameters(recurse=False) if p.requires_grad}
+        if module.training:
+            keys |= {dot + n for n, _ in module.named_buffers(recurse=False)}
+    model.train(was_training)
+    return keys
+
+
+def model_state(model: nn.Module, frozen_backbone: bool) -> dict:
+    """What a checkpoint holds of the model: everything, or with a frozen backbone only :func:`trained_state_keys`
+    (a frozen ViT-L probe saves megabytes instead of gigabytes each epoch)."""
+    state = model.state_dict()
+    if not frozen_backbone:
+        return state
+    keep = trained_state_keys(model)
+    return {k: v for k, v in state.items() if k in keep}
 
 
 def weights_only(state: dict) -> dict:

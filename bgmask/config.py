@@ -110,8 +110,11 @@ class OptimConfig:
     sched_on_updates: bool = option(False, "step the learning-rate schedule after every optimizer update instead of "
                                            "once per epoch (upstream)")
     grad_norm_clip: float = option(0.0, "0 disables clipping")
-    use_amp: bool = option(False, "mixed precision on CUDA (fp16 + GradScaler, or bf16 with --amp_dtype bfloat16)")
+    use_amp: bool = option(False, "mixed precision on CUDA: autocast in --amp_dtype (float16 with timm's loss scaler, "
+                                  "as upstream, or bfloat16 without one). CPU runs stay fp32 unless --amp_on_cpu")
     amp_dtype: str = option("float16", choices=("float16", "bfloat16"))
+    amp_on_cpu: bool = option(False, "apply --use_amp on CPU too (bfloat16 autocast only)")
+    tf32: bool = option(False, "CUDA: TF32 for the fp32 matmuls and convolutions left outside autocast")
     smoothing: float = option(0.1, "label smoothing")
 
 
@@ -167,6 +170,11 @@ class RunConfig:
     log_interval: int = option(10, "accepted for upstream compatibility; metrics are logged once per epoch "
                                    "(log.jsonl, wandb)")
     max_train_batches: int = option(0, "cap batches per epoch (smoke tests; 0: all)")
+    grad_checkpointing: bool = option(False, "recompute the backbone's activations in the backward pass (timm's "
+                                             "set_grad_checkpointing): less memory, ~30% more compute")
+    channels_last: bool = option(False, "CNNs: channels-last memory format for the model's weights (activations "
+                                        "follow from the first convolution; faster on GPUs with tensor cores)")
+    compile: bool = option(False, "torch.compile the model's forward")
     wandb: bool = option(False, "log to Weights & Biases (offline when no credentials are configured)")
     wandb_project: str = option("bgmask")
     wandb_entity: str | None = option(None)
@@ -178,6 +186,7 @@ GROUPS = (DataConfig, ModelConfig, OptimConfig, AugConfig, DiagnosticsConfig, Ru
 
 # Settings that change how a run is executed or logged, not what it computes.
 RUN_ONLY_SETTINGS = frozenset({"config", "snapshot_dir", "num_workers", "device", "resume_training", "eval_only",
+                               "grad_checkpointing", "channels_last", "compile",
                                "checkpoint", "save_every_n_epochs", "log_interval", "wandb", "wandb_project",
                                "wandb_entity", "job_type", "group", "diagnostics", "diagnostics_mask_sub_path"})
 
@@ -227,7 +236,7 @@ class TrainConfig:
     def check(self, cuda_available: bool) -> None:
         """Reject contradictory settings and bad paths before anything is built.
 
-        Contradictions we refuse: two ViT heads at once; a ViT head flag on a CNN; AMP without CUDA; drop-path on a
+        Contradictions we refuse: two ViT heads at once; a ViT head flag on a CNN; fp16 autocast on CPU; drop-path on a
         frozen backbone (it would silently do nothing); a warm-up as long as training; min_lr above lr;
         ``--eval_mode val`` without a validation part. Mixup with a frozen backbone is allowed (a valid regulariser).
         """
@@ -241,8 +250,10 @@ class TrainConfig:
         elif os.path.exists(run.snapshot_dir) and not os.path.isdir(run.snapshot_dir):
             errors.append(f"--snapshot_dir {run.snapshot_dir} exists and is a file, not a folder; choose another "
                           f"path.")
-        if self.optim.use_amp and (run.device == "cpu" or not cuda_available):
-            errors.append("--use_amp needs a CUDA device (fp16/bf16 autocast); drop the flag to train in fp32 on CPU.")
+        if self.optim.use_amp and self.optim.amp_on_cpu and self.optim.amp_dtype == "float16" and (
+                run.device == "cpu" or not cuda_available):
+            errors.append("--amp_on_cpu takes --amp_dtype bfloat16: float16 autocast on CPU needs a loss scaler and "
+                          "is slower than fp32.")
         if self.data.batch_size >= 1 and self.aug.turn_on_mixup_or_cutmix and self.data.batch_size % 2:
             errors.append(f"--batch_size must be even with mixup/cutmix, got {self.data.batch_size}.")
         if not 0 <= self.aug.mixup_prob <= 1 or not 0 <= self.aug.mixup_switch_prob <= 1:

@@ -9,6 +9,7 @@ the image's own background; ``mixed_same`` / ``mixed_rand`` the bird, composited
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
@@ -149,30 +150,64 @@ class DiagnosticViews(Dataset):
 
 # ------------------------------------------------------------------------------------------- attribution
 def attribution_maps(model, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor, strategy: str,
-                     layout: str) -> torch.Tensor:
-    """Non-negative attribution of the true class per input pixel, ``B,H,W``.
+                     layout: str, autocast=contextlib.nullcontext) -> torch.Tensor:
+    """Non-negative attribution of the true class per input pixel, ``B,H,W`` (fp32).
 
     CNNs (NCHW/NHWC): Grad-CAM on the feature map the head pools (after masking, for late masking), upsampled
     bilinearly. ViTs: |gradient x input| summed over colour channels (token maps mix CLS and patches, so the input
     is where ViT attributions are comparable across heads).
+
+    Only the gradient the map needs is computed (``torch.autograd.grad`` with respect to the input or the feature
+    map, with the parameters not requiring grad): no parameter gradients are allocated or left behind. ``autocast``
+    is the run's mixed-precision context.
     """
-    model.zero_grad(set_to_none=True)
-    if layout == "tokens":
-        x = images.clone().requires_grad_(True)
-        logits = model(*_model_inputs(x, masks, strategy))
-        logits.gather(1, labels[:, None]).sum().backward()
-        return (x.grad * x).sum(1).abs().detach()
-    clf = getattr(model, "classifier", model)
-    with torch.no_grad():
-        feats = model.masked_features(images, masks) if strategy == "late" else clf.features(images)
-    feats.requires_grad_(True)  # Grad-CAM needs d(logit)/d(features) only: no backward through the backbone
-    pooled = model._pool(feats, masks) if strategy == "late" else clf.pool(feats)
-    clf.head(pooled).gather(1, labels[:, None]).sum().backward()
-    acts, grads = feats.detach(), feats.grad
+    with no_parameter_grads(model):
+        if layout == "tokens":
+            x = images.clone().requires_grad_(True)
+            with autocast():
+                logits = model(*_model_inputs(x, masks, strategy))
+            (grad,) = torch.autograd.grad(logits.gather(1, labels[:, None]).float().sum(), x)
+            return (grad * x.detach()).sum(1).abs()
+        clf = getattr(model, "classifier", model)
+        with torch.no_grad(), autocast():
+            feats = model.masked_features(images, masks) if strategy == "late" else clf.features(images)
+        feats = feats.float().requires_grad_(True)  # Grad-CAM: d(logit)/d(features), no backward through the backbone
+        pooled = model._pool(feats, masks) if strategy == "late" else clf.pool(feats)
+        (grads,) = torch.autograd.grad(clf.head(pooled).gather(1, labels[:, None]).sum(), feats)
+    acts = feats.detach()
     if layout == "NHWC":
         acts, grads = acts.permute(0, 3, 1, 2), grads.permute(0, 3, 1, 2)
     cam = F.relu((grads.mean(dim=(2, 3), keepdim=True) * acts).sum(1, keepdim=True))
     return F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+
+
+@contextlib.contextmanager
+def no_parameter_grads(model: torch.nn.Module):
+    """Parameters stop requiring grad for the duration (autograd then saves nothing for their gradients)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def attribution_in_chunks(model, images, masks, labels, strategy: str, layout: str, autocast) -> torch.Tensor:
+    """:func:`attribution_maps`, halving the batch on CUDA out-of-memory until one image at a time.
+
+    A frozen backbone never held activations for a backward during training; its diagnostics must still finish.
+    """
+    try:
+        return attribution_maps(model, images, masks, labels, strategy, layout, autocast)
+    except torch.OutOfMemoryError:
+        if len(images) == 1:
+            raise
+        torch.cuda.empty_cache()
+        half = len(images) // 2
+        return torch.cat([attribution_in_chunks(model, images[sl], masks[sl], labels[sl], strategy, layout, autocast)
+                          for sl in (slice(0, half), slice(half, None))])
 
 
 def _model_inputs(images, masks, strategy: str) -> list[torch.Tensor]:
@@ -188,7 +223,8 @@ def fg_share(maps: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, tor
     return torch.where(valid, inside / total.clamp_min(1e-12), torch.zeros_like(total)), valid
 
 
-def fg_attribution(model, loader, device, strategy: str, layout: str, gallery: int = 0, progress: bool = False):
+def fg_attribution(model, loader, device, strategy: str, layout: str, gallery: int = 0, progress: bool = False,
+                   autocast=contextlib.nullcontext):
     """Mean share of the attribution inside the bird over a loader of ``(image, mask, label, index)`` batches,
     exact across processes. Returns ``(mean share, images counted, gallery)`` with ``gallery`` the first
     ``gallery`` maps this process saw (``{"index": [...], "maps": B,H,W float16}``)."""
@@ -200,7 +236,7 @@ def fg_attribution(model, loader, device, strategy: str, layout: str, gallery: i
     kept_index, kept_maps = [], []
     for images, masks, labels, index in tqdm(loader, desc="attribution", leave=False, disable=not progress):
         images, masks, labels = images.to(device), masks.to(device), labels.to(device)
-        maps = attribution_maps(model, images, masks, labels, strategy, layout)
+        maps = attribution_in_chunks(model, images, masks, labels, strategy, layout, autocast)
         shares, valid = fg_share(maps, masks)
         sums += torch.stack([shares[valid].sum(), valid.sum()]).double().cpu()
         if len(kept_index) < gallery:

@@ -35,6 +35,11 @@ class AmpSettings:
     device_type: str = "cpu"
     dtype: torch.dtype | None = None
 
+    @property
+    def name(self) -> str:
+        """What results.json records: ``fp32``, ``bfloat16`` or ``float16`` (autocast dtype)."""
+        return "fp32" if self.dtype is None else str(self.dtype).removeprefix("torch.")
+
     def autocast(self):
         if self.dtype is None:
             return contextlib.nullcontext()

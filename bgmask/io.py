@@ -42,3 +42,14 @@ def listing(items: Sequence, total: int | None = None) -> str:
     total = len(items) if total is None else total
     shown = ", ".join(str(x) for x in items[:MAX_LISTED])
     return f"{shown}{', ...' if total > MAX_LISTED else ''} ({total} in total)"
+
+
+def file_digest(path: str | os.PathLike, chunk: int = 1 << 24) -> str:
+    """sha256 of a file's bytes."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -18,6 +18,7 @@ from torch import nn
 
 from bgmask.backbones import adapter_for, takes_img_size
 from bgmask.errors import BgmaskError
+from bgmask.io import file_digest
 from bgmask.masking import mask_to_feature_grid
 
 VIT_HEADS = ("cls_mean", "cls", "mean")
@@ -244,6 +245,19 @@ def weights_source(spec: ModelSpec) -> dict:
     cached = _cached_hub_file(cfg)
     return {"source": "cache" if cached else "hub",
             "location": cached or (cfg.hf_hub_id or cfg.url if cfg is not None else None), "resampled": resampled}
+
+
+def weights_identity(spec: ModelSpec, weights: dict, seed: int) -> dict:
+    """What identifies the weights a backbone was built from, after building it: the file's sha256 for local or
+    hub-cached weights, the seed for a random initialisation (models are built after seeding). A checkpoint
+    without its frozen backbone records it; resuming from it checks it."""
+    identity = {"arch": spec.arch, "image_size": spec.image_size, "resampled": weights.get("resampled")}
+    if spec.pretrained_path:
+        return {**identity, "sha256": file_digest(spec.pretrained_path)}
+    if not spec.pretrained:
+        return {**identity, "random_init_seed": seed}
+    cached = _cached_hub_file(_pretrained_cfg(spec.arch))
+    return {**identity, "sha256": file_digest(cached)} if cached else {**identity, "hub": weights.get("location")}
 
 
 def _file_input_size(path: str) -> int | None:

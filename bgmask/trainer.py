@@ -21,7 +21,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from bgmask import distributed
-from bgmask.checkpoint import CheckpointManager, atomic_torch_save, load_checkpoint, rng_state, set_rng_state
+from bgmask.checkpoint import (
+    CheckpointManager,
+    atomic_torch_save,
+    load_checkpoint,
+    model_state,
+    rng_state,
+    set_rng_state,
+    trained_state_keys,
+)
 from bgmask.config import RUN_ONLY_SETTINGS, AugConfig, ModelConfig, TrainConfig
 from bgmask.data.cub import WATERBIRDS_SUB_PATH, CUBDataset, DatasetError, missing_folder_hint
 from bgmask.data.sampling import ResumableDistributedSampler, SeededAugmentation
@@ -31,7 +39,7 @@ from bgmask.engine import AmpSettings, IndexedDataset, NonFiniteLossError, Shard
 from bgmask.errors import ConfigError
 from bgmask.logging import RunLogger, save_args, write_json_atomic
 from bgmask.mixup import MaskMixup
-from bgmask.models import create_classifier
+from bgmask.models import create_classifier, weights_identity
 from bgmask.optim import build_optimizer, build_scheduler, set_schedule_position
 from bgmask.preemption import REQUEUE_EXIT_CODE, PreemptionFlag
 from bgmask.probes import LATE, ProbeHeads, needs_masks, parse_heads
@@ -58,18 +66,41 @@ def run(cfg: TrainConfig, strategy: Strategy) -> dict | None:
         outcome = train(session, data, model, ckpt, strategy)
     results = {**outcome, "model_arch": cfg.model.model_arch, "masking": strategy.name, "image_size": image_size,
                "num_classes": data.num_classes, "world_size": session.info.world_size, "weights": weights,
+               "precision": session.amp.name,
                **({} if data.waterbirds is not None else {"waterbirds": {"skipped": "--skip_ood_eval"}}),
-               **strategy.results_info(cfg)}
-    diagnostics = run_diagnostics(session, *diagnostics_target(model.module, strategy, cfg), data)
-    if "probes" in results:  # every head's own diagnostics; the top level holds the first head's, as its metrics
-        for head, head_diagnostics in diagnostics.items():
-            results["probes"][head]["diagnostics"] = head_diagnostics
-        diagnostics = diagnostics[next(iter(diagnostics))]
-    results["diagnostics"] = diagnostics
-    if session.info.is_main:
-        write_json_atomic(results, session.snapshot_dir / "results.json")
+               **strategy.results_info(cfg), "diagnostics": {"pending": "computed after the metrics are written"}}
+    # The metrics are on disk before anything optional runs: a failure in the diagnostics never loses them.
+    write_results(session, results)
+    add_diagnostics(results, safe_diagnostics(session, model, strategy, data))
+    write_results(session, results)
     distributed.cleanup()
     return results if session.info.is_main else None
+
+
+def write_results(session: Session, results: dict) -> None:
+    if session.info.is_main:
+        write_json_atomic(results, session.snapshot_dir / "results.json")
+
+
+def add_diagnostics(results: dict, diagnostics: dict) -> None:
+    """Every probe head's own diagnostics; the top level holds the first head's, as its metrics."""
+    if "probes" in results:
+        per_head = {head: diagnostics for head in results["probes"]} if "failed" in diagnostics else diagnostics
+        for head, head_diagnostics in per_head.items():
+            results["probes"][head]["diagnostics"] = head_diagnostics
+        diagnostics = per_head[next(iter(per_head))]
+    results["diagnostics"] = diagnostics
+
+
+def safe_diagnostics(session: Session, model: RunModel, strategy: Strategy, data: DataBundle) -> dict:
+    """The diagnostics, or ``{"failed": reason}`` when they raise (reported, never fatal to the run)."""
+    try:
+        return run_diagnostics(session, *diagnostics_target(model.module, strategy, session.cfg), data)
+    except Exception as e:  # noqa: BLE001 - optional step: any failure is recorded, the metrics stay
+        reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:500]
+        warnings.warn(f"background diagnostics failed ({reason}); results.json keeps the metrics and records the "
+                      f"failure. Rerun with --eval_only to compute them again.", stacklevel=2)
+        return {"failed": reason}
 
 
 # ----------------------------------------------------------------------------------------------- session, model
@@ -98,12 +129,25 @@ def start_session(cfg: TrainConfig) -> Session:
     distributed.barrier()
     set_cpu_threads(info, cfg.data.num_workers)
     seed_everything(cfg.run.seed + info.rank)
-    amp = AmpSettings(info.device.type, AMP_DTYPES[cfg.optim.amp_dtype] if cfg.optim.use_amp else None)
+    amp = amp_settings(cfg, info)
+    if info.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.optim.tf32
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest convolution algorithms once
     # A private generator: creating a loader iterator must not consume the global RNG (exact resume).
     loader_kwargs = {"batch_size": cfg.data.batch_size, "num_workers": cfg.data.num_workers,
                      "pin_memory": info.device.type == "cuda", "persistent_workers": False,
                      "generator": torch.Generator().manual_seed(cfg.run.seed)}
     return Session(cfg, info, snapshot_dir, amp, loader_kwargs)
+
+
+def amp_settings(cfg: TrainConfig, info: DistInfo) -> AmpSettings:
+    """Autocast in ``--amp_dtype`` with ``--use_amp`` on CUDA, and on CPU only with ``--amp_on_cpu``: a config
+    written for GPU nodes (the regime files turn AMP on) runs in fp32 on a CPU, and says so."""
+    active = cfg.optim.use_amp and (info.device.type == "cuda" or cfg.optim.amp_on_cpu)
+    if cfg.optim.use_amp and not active and info.is_main:
+        print(f"--use_amp applies on CUDA; this run is on {info.device.type} and trains in fp32 (--amp_on_cpu "
+              f"--amp_dtype bfloat16 autocasts on CPU).", flush=True)
+    return AmpSettings(info.device.type, AMP_DTYPES[cfg.optim.amp_dtype] if active else None)
 
 
 @dataclass
@@ -113,12 +157,30 @@ class RunModel:
 
     module: nn.Module
     ddp: nn.Module
+    frozen_backbone: bool = False
+    weights_identity: dict | None = None  # with a frozen backbone: what checkpoints (which omit it) build on
+
+    def state(self) -> dict:
+        """The model part of a checkpoint (without the frozen backbone, when there is one)."""
+        return model_state(self.module, self.frozen_backbone)
+
+    def load(self, state: dict, path, identity: dict | None) -> None:
+        """Load a checkpoint's model part; one without the frozen backbone only onto the weights it was trained
+        from."""
+        if identity is not None and identity != self.weights_identity:
+            raise ConfigError(f"checkpoint {path} holds the trained part of a model whose frozen backbone came from "
+                              f"other weights ({identity} vs this run's {self.weights_identity}); start it from the "
+                              f"same --pretrained_path / --start_weights (or seed for a random init), or use a new "
+                              f"--snapshot_dir.")
+        load_model_state(self.module, state, path, partial=identity is not None)
 
 
 def build_model(session: Session, strategy: Strategy, num_classes: int, image_size: int) -> tuple[RunModel, dict]:
     """The classifier, wrapped by the strategy, on the device; and where its weights came from."""
-    info = session.info
+    info, run_cfg = session.info, session.cfg.run
     classifier = create_classifier(session.cfg.model.spec(num_classes, image_size))
+    if run_cfg.grad_checkpointing:
+        classifier.backbone.set_grad_checkpointing(True)
     weights = classifier.backbone.weights_source
     if info.is_main:
         print(f"weights: {weights['source']}" + (f" ({weights['location']})" if weights["location"] else "")
@@ -129,11 +191,18 @@ def build_model(session: Session, strategy: Strategy, num_classes: int, image_si
         model = strategy.wrap_model(session.cfg, classifier).to(info.device)
     if info.distributed and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if run_cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     ddp = model
     if info.distributed and any(p.requires_grad for p in model.parameters()):
         ddp = nn.parallel.DistributedDataParallel(
             model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
-    return RunModel(model, ddp), weights
+    if run_cfg.compile:
+        ddp = torch.compile(ddp)
+    frozen = session.cfg.model.freeze_backbone
+    identity = weights_identity(session.cfg.model.spec(num_classes, image_size), weights, session.cfg.run.seed) \
+        if frozen else None
+    return RunModel(model, ddp, frozen, identity), weights
 
 
 def check_probe_masks(cfg: TrainConfig, view: DataView) -> None:
@@ -278,7 +347,7 @@ def evaluate_checkpoint(session: Session, data: DataBundle, model: RunModel, ckp
         raise ConfigError(f"--eval_only found no checkpoint: neither {ckpt.best_path} nor {ckpt.last_path} exists; "
                           f"pass --checkpoint FILE.")
     state = load_checkpoint(path)
-    load_model_state(model.module, state["model"], path)
+    model.load(state["model"], path, state.get("weights_identity"))
     return {**evaluate_sets(session, model, data.eval_sets()), "epoch": state["epoch"], "checkpoint": str(path)}
 
 
@@ -298,11 +367,11 @@ class Progress:
 def train(session: Session, data: DataBundle, model: RunModel, ckpt: CheckpointManager, strategy: Strategy) -> dict:
     """Train from scratch or from ``last.pt``; the final metrics, the epoch count and the best epoch."""
     cfg, info = session.cfg, session.info
-    scaler = NativeScaler(info.device.type) if cfg.optim.use_amp and cfg.optim.amp_dtype == "float16" else None
+    scaler = NativeScaler(info.device.type) if session.amp.dtype == torch.float16 else None
     optimizer = build_optimizer(model.module, cfg.optim)
     if info.is_main:
         check_same_run(cfg.flat(), session.snapshot_dir)
-    progress = resume(session, model.module, optimizer, scaler, ckpt)
+    progress = resume(session, model, optimizer, scaler, ckpt)
     if info.is_main:
         save_args(cfg.flat(), session.snapshot_dir / "args.yaml")
     # Data order comes from the sampler (seed, epoch) and augmentation from (seed, epoch, image): both are
@@ -334,13 +403,13 @@ def train(session: Session, data: DataBundle, model: RunModel, ckpt: CheckpointM
     return loop.run(progress)
 
 
-def resume(session: Session, model: nn.Module, optimizer, scaler, ckpt: CheckpointManager) -> Progress:
+def resume(session: Session, model: RunModel, optimizer, scaler, ckpt: CheckpointManager) -> Progress:
     """Restore model, optimizer, scaler, position and RNG from ``last.pt`` when there is one."""
     info = session.info
     state = ckpt.resume_state()
     if state is None:
         return Progress()
-    load_model_state(model, state["model"], ckpt.last_path)
+    model.load(state["model"], ckpt.last_path, state.get("weights_identity"))
     optimizer.load_state_dict(state["optimizer"])
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
@@ -452,8 +521,8 @@ class EpochLoop:
                 summary = ", ".join(f"{n} {m['top1']:.2f}%" for n, m in metrics.items() if n != "probes")
                 print(f"epoch {done}/{cfg.optim.epochs}: loss {stats['loss']:.4f}, {summary}", flush=True)
         self.logger.log(record, step=done)
+        # Only rank 0 writes; the others go on (the next epoch's first gradient all-reduce waits for it).
         self.ckpt.save(self.training_state(progress), done, is_best)
-        distributed.barrier()
         return metrics
 
     def stop_preempted(self, epoch: int, steps: int, progress: Progress, preemption: PreemptionFlag) -> None:
@@ -471,7 +540,8 @@ class EpochLoop:
 
     def training_state(self, progress: Progress) -> dict:
         cfg = self.session.cfg
-        return {"model": self.model.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+        return {"model": self.model.state(), "weights_identity": self.model.weights_identity,
+                "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler else None,
                 "epoch": progress.epoch, "step": progress.step, "best_top1": progress.best_top1,
                 "best_epoch": progress.best_epoch, "best_metrics": progress.best_metrics,
@@ -576,7 +646,8 @@ def run_diagnostics(session: Session, model: nn.Module, kind: str | None, name: 
             else "none"
         keep = GALLERY_IMAGES if info.is_main and k == 0 else 0
         share, counted, gallery = diagnostics.fg_attribution(head_model, session.eval_loader(ds), info.device,
-                                                             head_kind, layout, gallery=keep, progress=info.is_main)
+                                                             head_kind, layout, gallery=keep, progress=info.is_main,
+                                                             autocast=session.amp.autocast)
         result = out[head]
         result["bg_gap"] = result["mixed_same"]["top1"] - result["mixed_rand"]["top1"]
         result.update(fg_attribution=share, fg_attribution_images=counted,
@@ -630,9 +701,12 @@ def gather_rng_states(info: DistInfo) -> list | dict:
     return states
 
 
-def load_model_state(model: nn.Module, state: dict, path) -> None:
-    """Load weights, with an error that says which checkpoint does not fit and why."""
+def load_model_state(model: nn.Module, state: dict, path, partial: bool = False) -> None:
+    """Load weights, with an error that says which checkpoint does not fit and why. A ``partial`` state holds
+    exactly what training changes (:func:`~bgmask.checkpoint.trained_state_keys`); the rest stays as built."""
     target = model.state_dict()
+    if partial:
+        target = {k: v for k, v in target.items() if k in trained_state_keys(model)}
     mismatched = [k for k, v in state.items() if k in target and target[k].shape != v.shape]
     missing, unexpected = sorted(set(target) - set(state)), sorted(set(state) - set(target))
     if mismatched or missing or unexpected:
@@ -648,4 +722,4 @@ def load_model_state(model: nn.Module, state: dict, path) -> None:
         raise ConfigError(f"checkpoint {path} does not match this model: {'; '.join(details)}. It was saved for "
                           f"another --model_arch, head or class count; use a matching checkpoint or a new "
                           f"--snapshot_dir.")
-    model.load_state_dict(state)
+    model.load_state_dict(state, strict=not partial)

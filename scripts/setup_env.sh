@@ -21,7 +21,7 @@ TORCHVISION_VERSION=0.29.1
 MMCV_VERSION=2.1.0
 # Everything except torch and mmcv, pinned where the OpenMMLab stack is sensitive.
 PY_REQUIREMENTS=(
-  "timm>=1.0,<2"
+  "timm>=1.0.12,<2"
   "mmengine==0.10.7"
   "mmsegmentation==1.2.2"
   "mmdet==3.3.0"

@@ -146,7 +146,7 @@ def test_contradictory_flags_fail_before_training(tiny_cub_root, tmp_path):
     check(parse(base))
     cases = {
         "mutually exclusive": ["--class_token_only", "--patch_tokens_only", "--model_arch", VIT],
-        "needs a CUDA device": ["--use_amp"],
+        "takes --amp_dtype bfloat16": ["--use_amp", "--amp_on_cpu", "--device", "cpu"],
         "no effect with --freeze_backbone": ["--freeze_backbone", "--drop_path", "0.1"],
         "select a ViT head": ["--model_arch", "convnext_atto", "--class_token_only"],
         "needs a validation part": ["--eval_mode", "val"],
