@@ -167,8 +167,8 @@ class RunConfig:
     checkpoint: str | None = option(None, "checkpoint for --eval_only")
     seed: int = option(42)
     device: str = option("auto", choices=("auto", "cuda", "cpu"))
-    log_interval: int = option(10, "accepted for upstream compatibility; metrics are logged once per epoch "
-                                   "(log.jsonl, wandb)")
+    log_interval: int = option(10, "training steps between host synchronisations: loss check, progress line and "
+                                   "preemption poll (metrics are logged once per epoch: log.jsonl, wandb)")
     max_train_batches: int = option(0, "cap batches per epoch (smoke tests; 0: all)")
     grad_checkpointing: bool = option(False, "recompute the backbone's activations in the backward pass (timm's "
                                              "set_grad_checkpointing): less memory, ~30% more compute")

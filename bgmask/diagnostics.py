@@ -228,13 +228,13 @@ def fg_attribution(model, loader, device, strategy: str, layout: str, gallery: i
     """Mean share of the attribution inside the bird over a loader of ``(image, mask, label, index)`` batches,
     exact across processes. Returns ``(mean share, images counted, gallery)`` with ``gallery`` the first
     ``gallery`` maps this process saw (``{"index": [...], "maps": B,H,W float16}``)."""
-    from tqdm import tqdm
+    from bgmask.progress import progress_bar
 
     was_training = model.training
     model.eval()
     sums = torch.zeros(2, dtype=torch.float64)
     kept_index, kept_maps = [], []
-    for images, masks, labels, index in tqdm(loader, desc="attribution", leave=False, disable=not progress):
+    for images, masks, labels, index in progress_bar(loader, desc="attribution", disable=not progress):
         images, masks, labels = images.to(device), masks.to(device), labels.to(device)
         maps = attribution_in_chunks(model, images, masks, labels, strategy, layout, autocast)
         shares, valid = fg_share(maps, masks)

@@ -19,9 +19,9 @@ import torch
 from timm.utils import NativeScaler, dispatch_clip_grad
 from torch import nn
 from torch.utils.data import Dataset, Sampler
-from tqdm import tqdm
 
 from bgmask.distributed import all_reduce_sum
+from bgmask.progress import progress_bar
 
 
 class NonFiniteLossError(RuntimeError):
@@ -80,25 +80,32 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
                     device: torch.device, amp: AmpSettings, scaler: NativeScaler | None = None,
                     batch_transform: Callable | None = None, grad_norm_clip: float = 0.0, max_batches: int = 0,
                     progress: bool = True, desc: str = "train", should_stop: Callable[[], bool] | None = None,
-                    on_update: Callable[[], None] | None = None) -> dict:
+                    on_update: Callable[[], None] | None = None, sync_every: int = 10) -> dict:
     """One pass over ``loader``.
+
+    The host waits for the device only every ``sync_every`` steps and at the end (as timm and DINOv2 do at their
+    logging interval): that is when the loss is checked for NaN/inf, the progress line updated and ``should_stop``
+    polled. Every process polls at the same steps, so a collective inside ``should_stop`` stays matched.
 
     Args:
         scaler: timm's ``NativeScaler`` for fp16 AMP (scaled backward, unscale before clipping, step, update).
         batch_transform: ``(inputs, labels) -> (inputs, targets)`` applied on device (mixup/cutmix).
         grad_norm_clip: clip the global gradient norm to this value (0: off).
         max_batches: stop after this many batches (0: the whole loader).
-        should_stop: polled after every step; when it returns True the epoch ends early (preemption).
+        should_stop: polled every ``sync_every`` steps; when it returns True the epoch ends there (preemption).
         on_update: called after every optimizer step (per-iteration learning-rate schedules).
+        sync_every: steps between host synchronisations.
 
     Returns:
         ``{"loss": mean loss over seen samples, "images": count, "steps": optimizer steps, "seconds": time,
         "images_per_s": throughput, "completed": False when stopped early}``.
     """
     model.train()
-    total_loss, seen, start = 0.0, 0, time.perf_counter()
+    sync_every = max(1, sync_every)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # stays on the device between syncs
+    checked_loss, checked_steps, seen, start = 0.0, 0, 0, time.perf_counter()
     num_batches = len(loader) if not max_batches else min(max_batches, len(loader))
-    bar = tqdm(total=num_batches, desc=desc, leave=False, disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=num_batches, desc=desc, disable=not progress)
     completed, steps = True, 0
     for step, batch in enumerate(loader):
         if step >= num_batches:
@@ -113,10 +120,6 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
             outs = out.values() if isinstance(out, dict) else [out]
             losses = [criterion(o, targets) for o in outs]
             loss = losses[0] if len(losses) == 1 else torch.stack(losses).sum()
-        loss_value = loss.item() / len(losses)
-        if not math.isfinite(loss_value):
-            raise NonFiniteLossError(f"training loss is {loss_value} at step {step}; lower --lr, enable "
-                                     f"--grad_norm_clip, or check the inputs. The last good checkpoint is kept.")
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler(loss, optimizer, clip_grad=grad_norm_clip or None, parameters=model.parameters())
@@ -129,16 +132,23 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
             on_update()
         n = labels.shape[0]
         steps += 1
-        total_loss += loss_value * n
         seen += n
+        loss_sum += loss.detach().double() * (n / len(losses))
         bar.update()
-        bar.set_postfix(loss=f"{loss_value:.3f}")
-        if should_stop is not None and should_stop():
-            completed = False
-            break
+        if steps % sync_every == 0 or step + 1 == num_batches:
+            total = loss_sum.item()  # the one host sync of the interval
+            if not math.isfinite(total):
+                raise NonFiniteLossError(f"training loss is {total} within steps {checked_steps + 1}-{steps} of the "
+                                         f"epoch; lower --lr, enable --grad_norm_clip, or check the inputs. The "
+                                         f"last good checkpoint is kept.")
+            checked_loss, checked_steps = total, steps
+            bar.set_postfix(loss=f"{total / max(seen, 1):.3f}")
+            if should_stop is not None and should_stop():
+                completed = False
+                break
     bar.close()
     seconds = time.perf_counter() - start
-    return {"loss": total_loss / max(seen, 1), "images": seen, "steps": steps, "seconds": seconds,
+    return {"loss": checked_loss / max(seen, 1), "images": seen, "steps": steps, "seconds": seconds,
             "images_per_s": seen / max(seconds, 1e-9), "completed": completed}
 
 
@@ -158,24 +168,24 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: AmpSettings, p
     num_places = int(places.max()) + 1 if places is not None else 0
     num_groups = 2 * num_places
     # per head: [correct, total, group correct..., group n...]
-    counts = torch.zeros(len(heads or [None]), 2 + 2 * num_groups, dtype=torch.float64)
-    place_t = torch.as_tensor(places) if places is not None else None
-    y_t = torch.as_tensor(waterbird_y) if waterbird_y is not None else None
-    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
-        *inputs, labels, index = batch
-        inputs = _to_device(inputs, device)
+    # Counts stay on the device until the end: no host sync per batch.
+    counts = torch.zeros(len(heads or [None]), 2 + 2 * num_groups, dtype=torch.float64, device=device)
+    place_t = torch.as_tensor(places).to(device) if places is not None else None
+    y_t = torch.as_tensor(waterbird_y).to(device) if waterbird_y is not None else None
+    for batch in progress_bar(loader, desc=desc, disable=not progress):
+        *inputs, labels, index = _to_device(batch, device)
         with amp.autocast():
             out = model(*inputs)
         logits = [out[h] for h in heads] if heads else [out]
         group = y_t[index] * num_places + place_t[index] if place_t is not None else None
         for row, head_logits in zip(counts, logits):
-            hits = (head_logits.argmax(dim=1).cpu() == labels).to(torch.float64)
+            hits = (head_logits.argmax(dim=1) == labels).to(torch.float64)
             row[0] += hits.sum()
             row[1] += hits.numel()
             if group is not None:
                 row[2:2 + num_groups] += torch.bincount(group, weights=hits, minlength=num_groups)
                 row[2 + num_groups:] += torch.bincount(group, minlength=num_groups).to(torch.float64)
-    counts = all_reduce_sum(counts.to(device)).cpu()
+    counts = all_reduce_sum(counts).cpu()
     metrics = [_metrics(row, num_places, with_groups=place_t is not None) for row in counts]
     return dict(zip(heads, metrics)) if heads else metrics[0]
 

@@ -70,9 +70,8 @@ def write_gt_masked_folders(cub_root: str | os.PathLike, progress: bool = True, 
     Writes the folders of :data:`MASK_FOLDERS` (skipping pairs already written unless ``overwrite``). Waterbirds
     keeps every bird at its CUB position, so the same mask is valid for both. Returns ``{folder: written count}``.
     """
-    from tqdm import tqdm
-
     from bgmask.data.cub import CUBDataset, load_mask, load_rgb, mask_path_for
+    from bgmask.progress import progress_bar
 
     root = Path(cub_root)
     written = {}
@@ -82,7 +81,7 @@ def write_gt_masked_folders(cub_root: str | os.PathLike, progress: bool = True, 
         ds = CUBDataset(root, "all", image_sub_path=image_sub_path, mask_sub_path=GT_MASK_SUB_PATH,
                         with_metadata=False)
         count = 0
-        for i in tqdm(range(len(ds)), desc=f"GT masks -> {masked_dir}", disable=not progress):
+        for i in progress_bar(range(len(ds)), desc=f"GT masks -> {masked_dir}", disable=not progress):
             rel = ds.paths[i]
             mask_path, masked_path = root / mask_dir / mask_path_for(rel), root / masked_dir / rel
             if mask_path.is_file() and masked_path.is_file() and not overwrite:

@@ -479,7 +479,8 @@ class EpochLoop:
             return train_one_epoch(self.model.ddp, self.loader, self.optimizer, self.criterion, info.device,
                                    self.session.amp, self.scaler, self.mixup, cfg.optim.grad_norm_clip, max_batches,
                                    progress=info.is_main, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
-                                   should_stop=preemption.requested, on_update=self.on_update)
+                                   should_stop=preemption.requested, on_update=self.on_update,
+                                   sync_every=cfg.run.log_interval)
         except NonFiniteLossError as e:
             self.logger.close()
             raise SystemExit(f"error: {e} ({self.ckpt.last_path} holds the last completed epoch)") from None

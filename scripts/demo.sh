@@ -40,7 +40,8 @@ DEMO_START=$SECONDS
 # stage NAME DONE_MARKER COMMAND...: skip when DONE_MARKER exists (unless --force); log to $OUT/logs/NAME.log.
 stage() {
   local name="$1" marker="$2"; shift 2
-  if [[ -e "$marker" && "$FORCE" == 0 ]]; then
+  # A results.json whose diagnostics are still "pending" is a run interrupted after its metrics: not done.
+  if [[ -e "$marker" && "$FORCE" == 0 ]] && ! grep -qs '"pending"' "$marker"; then
     echo "==> [$name] done before ($marker); skipping (--force redoes it)"
     return 0
   fi

@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 def train_cmd(root, run_dir, epochs=3, workers=0):
     return [sys.executable, str(REPO / "early_masking_and_baseline/train.py"), "--data_path", str(root),
             "--snapshot_dir", str(run_dir), "--model_arch", "convnext_atto", "--image_size", "32", "--batch_size",
-            "2", "--num_workers", str(workers), "--epochs", str(epochs), "--seed", "0", "--device", "cpu"]
+            "2", "--num_workers", str(workers), "--epochs", str(epochs), "--seed", "0", "--device", "cpu",
+            "--log_interval", "2"]  # the preemption flag is polled every 2 of the 6 steps of an epoch
 
 
 def final_weights(run_dir):

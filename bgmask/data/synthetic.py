@@ -412,7 +412,7 @@ def generate(out_dir: str | os.PathLike, config: SyntheticConfig = SyntheticConf
     Args:
         out_dir: parent folder; ``CUB_200_2011/`` is created inside it.
         config: generator settings.
-        progress: show a tqdm progress bar.
+        progress: show progress (a bar on a terminal, periodic lines in a log).
         overwrite: replace an existing ``CUB_200_2011/`` instead of refusing.
         species: the species table (default: :func:`make_species` of ``config``); one per class.
     """
@@ -445,7 +445,7 @@ def generate(out_dir: str | os.PathLike, config: SyntheticConfig = SyntheticConf
 
 def _write_tree(root: Path, config: SyntheticConfig, species: list[Species], progress: bool,
                 habitat_counts: np.ndarray) -> tuple[int, int, int]:
-    from tqdm import tqdm
+    from bgmask.progress import progress_bar
 
     wb_root = root / WATERBIRDS_SUB_PATH
     (root / "parts").mkdir(parents=True)
@@ -453,7 +453,7 @@ def _write_tree(root: Path, config: SyntheticConfig, species: list[Species], pro
     size = config.image_size
     images_lines, label_lines, split_lines, bbox_lines, part_lines, wb_rows = [], [], [], [], [], []
     n_total = config.num_classes * config.images_per_class
-    bar = tqdm(total=n_total, desc="synthetic CUB", unit="img", disable=not progress)
+    bar = progress_bar(total=n_total, desc="synthetic CUB", unit="img", disable=not progress)
     image_id, num_train, on_home = 0, 0, 0
     for c, sp in enumerate(species):
         class_dir = f"{c + 1:03d}.{sp.name}"

@@ -173,14 +173,14 @@ def generate_predicted_masks(segmenter: Segmenter, cub_root: str | os.PathLike, 
     Returns:
         ``{image_dir: {'written': n, 'skipped': n}}`` for this process's share.
     """
-    from tqdm import tqdm
+    from bgmask.progress import progress_bar
 
     cub_root = Path(cub_root)
     plans = plan_folders(cub_root, rank, world_size, overwrite)
     check_provenance(cub_root, plans, source, overwrite, write=rank == 0)
     stats = {}
     for plan in plans:
-        bar = tqdm(total=len(plan.todo), desc=f"masks -> {plan.masked_dir}", unit="img",
+        bar = progress_bar(total=len(plan.todo), desc=f"masks -> {plan.masked_dir}", unit="img",
                    disable=not progress or rank != 0)
         pending: deque[Future] = deque()
         with ThreadPoolExecutor(max_workers=num_writers) as writers:

@@ -100,7 +100,7 @@ def prepare_cub_binary_seg(cub_root: str | os.PathLike, out: str | os.PathLike, 
     Returns:
         The manifest: counts per split, bird pixel fraction, sources and options.
     """
-    from tqdm import tqdm
+    from bgmask.progress import progress_bar
 
     if link not in LINK_MODES:
         raise ValueError(f"link must be one of {LINK_MODES}, got {link!r}")
@@ -151,7 +151,7 @@ def prepare_cub_binary_seg(cub_root: str | os.PathLike, out: str | os.PathLike, 
         if wb_root is not None:
             for rel in test_rels:
                 _place(wb_root / rel, tmp / "images" / "waterbird_test" / rel, link)
-        bar = tqdm(total=len(tasks), desc="binary maps", unit="map", disable=not progress)
+        bar = progress_bar(total=len(tasks), desc="binary maps", unit="map", disable=not progress)
         if num_workers > 0:
             with Pool(num_workers) as pool:
                 for bird, total in pool.imap_unordered(_write_map, tasks, chunksize=32):

@@ -37,7 +37,8 @@ run() {
   local snapshot=""
   local prev=""
   for a in "$@"; do [[ "$prev" == "--snapshot_dir" ]] && snapshot="$a"; prev="$a"; done
-  if [[ -n "$snapshot" && -f "$snapshot/results.json" ]]; then
+  # results.json with "pending" diagnostics: the metrics are written, the run was stopped before its diagnostics.
+  if [[ -n "$snapshot" && -f "$snapshot/results.json" ]] && ! grep -qs '"pending"' "$snapshot/results.json"; then
     echo "skip (finished): $snapshot"
     return 0
   fi
