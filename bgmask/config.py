@@ -160,7 +160,9 @@ class RunConfig:
     section: ClassVar[str] = "run"
     snapshot_dir: str | None = option(None, "run folder: checkpoints, logs, results.json")
     save_every_n_epochs: int = option(0, "also keep epoch_N.pt every N epochs (0: off)")
-    eval_every: int = option(1, "evaluate every N epochs (and always at the end)")
+    eval_every: int = option(1, "score the model-selection set (CUB test, or val with --eval_mode val) every N "
+                                "epochs; every evaluation set, at the end")
+    eval_ood_each_time: bool = option(False, "score Waterbirds at every evaluation, not only at the end")
     resume_training: bool = option(False, "resume from <snapshot_dir>/last.pt (always done when it exists)")
     eval_only: bool = option(False, "evaluate <snapshot_dir>/best.pt (or --checkpoint; a --probe_heads run: "
                                     "last.pt) and write results.json")

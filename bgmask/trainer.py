@@ -498,9 +498,14 @@ class EpochLoop:
         self.scheduler.step(done)
         metrics, is_best = None, False
         if done % cfg.run.eval_every == 0 or done == cfg.optim.epochs:
+            # Before the end only the selection set is scored (the paper's runs would otherwise spend most of their
+            # compute on evaluation); every set at the end.
+            final = done == cfg.optim.epochs
             sets = self.data.eval_sets()
             if cfg.data.eval_mode == "val":
-                sets = {"val": self.data.val, **({} if done < cfg.optim.epochs else sets)}
+                sets = {"val": self.data.val, **(sets if final else {})}
+            elif not (final or cfg.run.eval_ood_each_time):
+                sets = {"cub_test": sets["cub_test"]}
             metrics = evaluate_sets(self.session, self.model, sets)
             selected_on = "val" if cfg.data.eval_mode == "val" else "cub_test"
             top1 = metrics[selected_on]["top1"]

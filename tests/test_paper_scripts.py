@@ -98,14 +98,26 @@ def single_runs(entry: str, settings: dict) -> list[tuple[str, dict]]:
     return runs
 
 
+# Settings the regime and model files changed for GPU nodes (docs/scale.md): mixed precision, TF32, evaluation
+# cadence, channels-last ConvNeXts. They change how fast a run goes and which epochs are scored, not what it trains.
+PAPER_SCALE = ("use_amp", "amp_dtype", "tf32", "eval_every", "channels_last")
+
+
+def paper_scale_settings(settings: dict) -> dict:
+    return {"use_amp": True, "amp_dtype": "bfloat16", "tf32": True, "eval_every": 15 if settings["freeze_backbone"]
+            else 5, "channels_last": settings["model_arch"].startswith("convnext")}
+
+
 def test_paper_runs_resolve_to_the_golden_settings():
     """Every classifier run of the paper scripts resolves to the settings recorded in tests/golden/ (written from
     the one-YAML-per-run configs before they were replaced by regime + model files). A --probe_heads run counts as
-    the single-head runs it stands for. Allowed differences: args.yaml records ``masking`` for late masking too, and
-    settings added since hold their defaults."""
+    the single-head runs it stands for. Allowed differences: args.yaml records ``masking`` for late masking too,
+    settings added since hold their defaults, and the ``PAPER_SCALE`` settings hold the values of the GPU-node
+    regime (checked here, then left out of the comparison)."""
     golden = json.loads(GOLDEN.read_text())
     defaults = TrainConfig().flat()
-    expected = sorted(canonical(g.pop("entry_point"), g) for g in golden.values())
+    expected = sorted(canonical(g.pop("entry_point"), {k: v for k, v in g.items() if k not in PAPER_SCALE})
+                      for g in golden.values())
     found = []
     for script in PAPER_SCRIPTS:
         for cmd in dry_run(script):
@@ -114,8 +126,9 @@ def test_paper_runs_resolve_to_the_golden_settings():
                 continue
             runs = single_runs(f"{entry.parent.name}/{entry.name}", resolved_settings(entry, argv))
             for single_entry, settings in runs:
-                known = set(next(g for g in golden.values() if canonical_entry(g) == single_entry))
-                for key in set(settings) - known:
+                assert {k: settings[k] for k in PAPER_SCALE} == paper_scale_settings(settings), cmd
+                known = set(next(g for g in golden.values() if canonical_entry(g) == single_entry)) - set(PAPER_SCALE)
+                for key in set(settings) - known - set(PAPER_SCALE):
                     assert key == "masking" and settings[key] == "late" or settings[key] == defaults[key], key
                 found.append(canonical(single_entry, {k: v for k, v in settings.items() if k in known}))
     assert sorted(found) == expected
@@ -160,3 +173,22 @@ def test_slurm_wrapper_forwards_the_signal_and_requeues(tmp_path):
     assert proc.returncode == 0, out
     assert "saved" in out and "not reached" not in out
     assert log.read_text().split() == ["requeue", "4242"]
+
+
+def test_torchrun_waits_for_the_save_as_long_as_the_signal_lead_allows():
+    """torchrun kills its workers 30 s after SIGTERM by default; every launcher gives them the SLURM signal's lead
+    (the templates' `#SBATCH --signal=B:USR1@N`) minus 20 s to finish the step and write last.pt."""
+    import re
+
+    shell = REPO / "scripts/slurm/_preemptible.sh"
+    lead = int(subprocess.run(["bash", "-c", f"source {shell}; echo $BGMASK_SIGNAL_LEAD_S"], capture_output=True,
+                              text=True, check=True).stdout)
+    for template in sorted((REPO / "scripts/slurm").glob("train_classifier*.sbatch")) + [
+            REPO / "scripts/slurm/grid_array.sbatch"]:
+        text = template.read_text()
+        assert re.search(r"#SBATCH --signal=B:USR1@(\d+)", text).group(1) == str(lead), template.name
+        for launch in re.findall(r"bin/torchrun(?:[^\n]*\\\n)*[^\n]*", text):
+            assert '--shutdown_timeout "$BGMASK_SHUTDOWN_TIMEOUT_S"' in launch, template.name
+    for nnodes in ("1", "2"):
+        cmd = dry_run(REPO / "scripts/paper/frozen_grid.sh", NNODES=nnodes, MASTER_ADDR="node001")[0]
+        assert cmd[cmd.index("--shutdown_timeout") + 1] == str(lead - 20)

@@ -105,3 +105,41 @@ def test_killed_writer_leaves_no_partial_checkpoint(tmp_path):
     proc.kill()
     proc.wait()
     assert load_checkpoint(path)["epoch"] == 1
+
+
+def torchrun_cmd(root, run_dir, **kwargs):
+    """The same run on 2 gloo processes (torchrun forwards SIGTERM to its workers, then waits for them)."""
+    python, *script_and_args = train_cmd(root, run_dir, **kwargs)
+    return [python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--shutdown_timeout",
+            "120", *script_and_args]
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_torchrun_worker_signalled_mid_epoch_saves_and_resumes_to_the_uninterrupted_weights(tiny_cub_root, tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    reference = tmp_path / "reference"
+    done = subprocess.run(torchrun_cmd(tiny_cub_root, reference), capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    run = tmp_path / "preempted"
+    proc = subprocess.Popen(torchrun_cmd(tiny_cub_root, run), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env)
+    deadline = time.time() + 240
+    while not (run / "log.jsonl").is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)  # epoch 1 is complete: the signal lands in epoch 2 (or 3)
+    proc.send_signal(signal.SIGTERM)  # what scancel / the sbatch trap sends to torchrun
+    out, _ = proc.communicate(timeout=180)
+    assert "Preempted" in out, out[-3000:]
+    state = load_checkpoint(run / "last.pt")
+    assert state["step"] > 0 and state["epoch"] < 3 and len(state["rng"]) == 2  # a mid-epoch position, both ranks
+    assert not (run / "results.json").exists()
+
+    resumed = subprocess.run(torchrun_cmd(tiny_cub_root, run), capture_output=True, text=True, timeout=300, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resumed from" in resumed.stdout
+    a, b = final_weights(reference), final_weights(run)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ra = json.loads((reference / "results.json").read_text())
+    rb = json.loads((run / "results.json").read_text())
+    assert ra["world_size"] == rb["world_size"] == 2 and ra["cub_test"] == rb["cub_test"]

@@ -21,11 +21,14 @@ for arg in "$@"; do
   esac
 done
 
+# The grace period torchrun gives its workers after SIGTERM (preemption): derived from the SLURM signal lead.
+source "$REPO_ROOT/scripts/slurm/_preemptible.sh"
 if [[ "$NNODES" -gt 1 ]]; then
   LAUNCH=(torchrun --nnodes "$NNODES" --nproc_per_node "$NPROC" --rdzv_backend c10d
-          --rdzv_endpoint "${MASTER_ADDR:?set MASTER_ADDR for multi-node runs}:${MASTER_PORT:-29500}")
+          --rdzv_endpoint "${MASTER_ADDR:?set MASTER_ADDR for multi-node runs}:${MASTER_PORT:-29500}"
+          --shutdown_timeout "$BGMASK_SHUTDOWN_TIMEOUT_S")
 else
-  LAUNCH=(torchrun --standalone --nnodes 1 --nproc_per_node "$NPROC")
+  LAUNCH=(torchrun --standalone --nnodes 1 --nproc_per_node "$NPROC" --shutdown_timeout "$BGMASK_SHUTDOWN_TIMEOUT_S")
 fi
 
 # run CMD...: print it (dry run) or execute it; a finished run (results.json present) is skipped.

@@ -6,6 +6,11 @@
 # last.pt after the current step (bgmask.preemption) and exit with code 75. The job is then requeued
 # (`#SBATCH --requeue` must be set) and the next allocation resumes from last.pt automatically.
 REQUEUE_EXIT_CODE=75
+# Seconds between SLURM's warning signal and the kill: the templates' `#SBATCH --signal=B:USR1@180` (keep equal).
+BGMASK_SIGNAL_LEAD_S="${BGMASK_SIGNAL_LEAD_S:-180}"
+# torchrun SIGKILLs its workers 30 s after forwarding SIGTERM unless told otherwise; the step in flight and the write
+# of last.pt must fit in that grace period, so give them the signal's lead minus 20 s for the launcher and requeue.
+BGMASK_SHUTDOWN_TIMEOUT_S=$(( BGMASK_SIGNAL_LEAD_S - 20 ))
 _bgmask_child=""
 _bgmask_signalled=0
 
