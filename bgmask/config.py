@@ -151,6 +151,8 @@ class DiagnosticsConfig:
                                       "views of the CUB test set, BG-Gap and the attribution share inside the bird, "
                                       "when bird masks exist (see docs/diagnostics.md); none: skip them",
                               ("auto", "none"))
+    diagnostics_batch_size: int = option(0, "images per attribution pass (0: the training batch, an eighth of it "
+                                            "with a frozen backbone; see docs/scale.md)")
     diagnostics_mask_sub_path: str = option(GT_MASK_SUB_PATH, "bird masks for the diagnostics: CUB's segmentations/ "
                                                              "(> 0 is bird) or a mask folder")
 
@@ -190,7 +192,8 @@ GROUPS = (DataConfig, ModelConfig, OptimConfig, AugConfig, DiagnosticsConfig, Ru
 RUN_ONLY_SETTINGS = frozenset({"config", "snapshot_dir", "num_workers", "device", "resume_training", "eval_only",
                                "grad_checkpointing", "channels_last", "compile",
                                "checkpoint", "save_every_n_epochs", "log_interval", "wandb", "wandb_project",
-                               "wandb_entity", "job_type", "group", "diagnostics", "diagnostics_mask_sub_path"})
+                               "wandb_entity", "job_type", "group", "diagnostics", "diagnostics_mask_sub_path",
+                               "diagnostics_batch_size"})
 
 
 def field_names(cls) -> list[str]:
@@ -260,6 +263,9 @@ class TrainConfig:
             errors.append(f"--batch_size must be even with mixup/cutmix, got {self.data.batch_size}.")
         if not 0 <= self.aug.mixup_prob <= 1 or not 0 <= self.aug.mixup_switch_prob <= 1:
             errors.append("--mixup_prob and --mixup_switch_prob are probabilities in [0, 1].")
+        if self.diagnostics.diagnostics_batch_size < 0:
+            errors.append(f"--diagnostics_batch_size must be >= 0 (0: automatic), got "
+                          f"{self.diagnostics.diagnostics_batch_size}.")
         if run.eval_only and run.checkpoint and not os.path.isfile(run.checkpoint):
             errors.append(f"--checkpoint {run.checkpoint} does not exist.")
         if errors:

@@ -157,23 +157,24 @@ def attribution_maps(model, images: torch.Tensor, masks: torch.Tensor, labels: t
     bilinearly. ViTs: |gradient x input| summed over colour channels (token maps mix CLS and patches, so the input
     is where ViT attributions are comparable across heads).
 
-    Only the gradient the map needs is computed (``torch.autograd.grad`` with respect to the input or the feature
-    map, with the parameters not requiring grad): no parameter gradients are allocated or left behind. ``autocast``
-    is the run's mixed-precision context.
+    Only the gradient the map needs is computed (``backward(inputs=[...])`` to the input or the feature map, with
+    the parameters not requiring grad): no parameter gradients are allocated or left behind. ``autocast`` is the
+    run's mixed-precision context.
     """
     with no_parameter_grads(model):
         if layout == "tokens":
             x = images.clone().requires_grad_(True)
             with autocast():
                 logits = model(*_model_inputs(x, masks, strategy))
-            (grad,) = torch.autograd.grad(logits.gather(1, labels[:, None]).float().sum(), x)
-            return (grad * x.detach()).sum(1).abs()
+            logits.gather(1, labels[:, None]).float().sum().backward(inputs=[x])
+            return (x.grad * x.detach()).sum(1).abs()
         clf = getattr(model, "classifier", model)
         with torch.no_grad(), autocast():
             feats = model.masked_features(images, masks) if strategy == "late" else clf.features(images)
         feats = feats.float().requires_grad_(True)  # Grad-CAM: d(logit)/d(features), no backward through the backbone
         pooled = model._pool(feats, masks) if strategy == "late" else clf.pool(feats)
-        (grads,) = torch.autograd.grad(clf.head(pooled).gather(1, labels[:, None]).sum(), feats)
+        clf.head(pooled).gather(1, labels[:, None]).sum().backward(inputs=[feats])
+        grads = feats.grad
     acts = feats.detach()
     if layout == "NHWC":
         acts, grads = acts.permute(0, 3, 1, 2), grads.permute(0, 3, 1, 2)

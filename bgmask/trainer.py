@@ -114,9 +114,10 @@ class Session:
     amp: AmpSettings
     loader_kwargs: dict
 
-    def eval_loader(self, dataset) -> DataLoader:
+    def eval_loader(self, dataset, batch_size: int | None = None) -> DataLoader:
         """Every image exactly once across processes, in dataset order, with its index (for group metrics)."""
-        return DataLoader(IndexedDataset(dataset), shuffle=False, drop_last=False, **self.loader_kwargs,
+        kwargs = {**self.loader_kwargs, **({"batch_size": batch_size} if batch_size else {})}
+        return DataLoader(IndexedDataset(dataset), shuffle=False, drop_last=False, **kwargs,
                           sampler=ShardSampler(len(dataset), self.info.rank, self.info.world_size))
 
 
@@ -651,7 +652,8 @@ def run_diagnostics(session: Session, model: nn.Module, kind: str | None, name: 
         head_kind = kind if head is None else "late" if head.startswith(LATE) else "early" if kind == "early" \
             else "none"
         keep = GALLERY_IMAGES if info.is_main and k == 0 else 0
-        share, counted, gallery = diagnostics.fg_attribution(head_model, session.eval_loader(ds), info.device,
+        batch = attribution_batch_size(session.cfg)
+        share, counted, gallery = diagnostics.fg_attribution(head_model, session.eval_loader(ds, batch), info.device,
                                                              head_kind, layout, gallery=keep, progress=info.is_main,
                                                              autocast=session.amp.autocast)
         result = out[head]
@@ -666,6 +668,18 @@ def run_diagnostics(session: Session, model: nn.Module, kind: str | None, name: 
 
 
 # ------------------------------------------------------------------------------------------ resume and checks
+def attribution_batch_size(cfg: TrainConfig) -> int:
+    """Images per attribution pass (a forward that keeps its activations for a backward to the input).
+
+    A fine-tuning step held the same activations at the training batch, plus gradients and optimiser state; a
+    frozen backbone held none, so its attribution runs at an eighth of the batch (docs/scale.md measures both
+    against the training step at the paper's sizes). An out-of-memory batch is halved anyway
+    (:func:`bgmask.diagnostics.attribution_in_chunks`)."""
+    if cfg.diagnostics.diagnostics_batch_size:
+        return cfg.diagnostics.diagnostics_batch_size
+    return max(1, cfg.data.batch_size // 8) if cfg.model.freeze_backbone else cfg.data.batch_size
+
+
 def check_same_run(settings: dict, snapshot_dir: Path) -> None:
     """Refuse to continue a run in ``snapshot_dir`` that was started with other settings (it would silently resume
     or overwrite it). Only settings that change the result count; one unknown to the older run is not compared."""

@@ -212,3 +212,14 @@ def test_progress_in_a_log_file_is_whole_lines():
     assert "\r" not in text and text.count("\n") == 4
     assert text.splitlines()[-1].startswith("epoch 1/3: 3/100 it") and text.endswith("loss=1.234\n")
     assert list(progress_bar(range(4), desc="eval", file=io.StringIO())) == [0, 1, 2, 3]
+
+
+def test_gpu_check_says_so_and_passes_without_cuda():
+    import subprocess
+    from pathlib import Path
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: scripts/gpu_check.sh runs its checks (minutes), not this test")
+    script = Path(__file__).resolve().parents[1] / "scripts/gpu_check.sh"
+    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "no CUDA device" in proc.stdout
