@@ -107,15 +107,17 @@ class CheckpointManager:
     def best_path(self) -> Path:
         return self.dir / "best.pt"
 
-    def save(self, state: dict, epoch: int, is_best: bool) -> None:
+    def save(self, state: dict, epoch: int, is_best: bool, write_last: bool = True) -> None:
         """Save the end-of-``epoch`` state (epochs are 1-based: ``epoch`` epochs are complete).
 
-        ``last.pt`` (and ``epoch_N.pt``) hold the full resume state; ``best.pt`` holds the weights and metadata
-        only (no optimiser state, which doubles a fine-tuned ViT-L checkpoint): it is for evaluation, never resumed.
+        ``last.pt`` (and ``epoch_N.pt``) hold the full resume state, ``last.pt`` only when ``write_last``;
+        ``best.pt`` holds the weights and metadata only (no optimiser state, which doubles a fine-tuned ViT-L
+        checkpoint): it is for evaluation, never resumed.
         """
         if not self.enabled:
             return
-        atomic_torch_save(state, self.last_path)
+        if write_last:
+            atomic_torch_save(state, self.last_path)
         if is_best:
             atomic_torch_save(weights_only(state), self.best_path)
         if self.save_every_n_epochs and epoch % self.save_every_n_epochs == 0:

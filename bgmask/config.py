@@ -162,6 +162,8 @@ class RunConfig:
     section: ClassVar[str] = "run"
     snapshot_dir: str | None = option(None, "run folder: checkpoints, logs, results.json")
     save_every_n_epochs: int = option(0, "also keep epoch_N.pt every N epochs (0: off)")
+    checkpoint_every: int = option(1, "write last.pt every N epochs and at the end (a preemption signal writes it at "
+                                      "once; a crash loses up to N epochs)")
     eval_every: int = option(1, "score the model-selection set (CUB test, or val with --eval_mode val) every N "
                                 "epochs; every evaluation set, at the end")
     eval_ood_each_time: bool = option(False, "score Waterbirds at every evaluation, not only at the end")
@@ -190,7 +192,7 @@ GROUPS = (DataConfig, ModelConfig, OptimConfig, AugConfig, DiagnosticsConfig, Ru
 
 # Settings that change how a run is executed or logged, not what it computes.
 RUN_ONLY_SETTINGS = frozenset({"config", "snapshot_dir", "num_workers", "device", "resume_training", "eval_only",
-                               "grad_checkpointing", "channels_last", "compile",
+                               "grad_checkpointing", "channels_last", "compile", "checkpoint_every",
                                "checkpoint", "save_every_n_epochs", "log_interval", "wandb", "wandb_project",
                                "wandb_entity", "job_type", "group", "diagnostics", "diagnostics_mask_sub_path",
                                "diagnostics_batch_size"})
@@ -263,6 +265,8 @@ class TrainConfig:
             errors.append(f"--batch_size must be even with mixup/cutmix, got {self.data.batch_size}.")
         if not 0 <= self.aug.mixup_prob <= 1 or not 0 <= self.aug.mixup_switch_prob <= 1:
             errors.append("--mixup_prob and --mixup_switch_prob are probabilities in [0, 1].")
+        if run.checkpoint_every < 1:
+            errors.append(f"--checkpoint_every must be >= 1, got {run.checkpoint_every}.")
         if self.diagnostics.diagnostics_batch_size < 0:
             errors.append(f"--diagnostics_batch_size must be >= 0 (0: automatic), got "
                           f"{self.diagnostics.diagnostics_batch_size}.")

@@ -528,8 +528,10 @@ class EpochLoop:
                 summary = ", ".join(f"{n} {m['top1']:.2f}%" for n, m in metrics.items() if n != "probes")
                 print(f"epoch {done}/{cfg.optim.epochs}: loss {stats['loss']:.4f}, {summary}", flush=True)
         self.logger.log(record, step=done)
-        # Only rank 0 writes; the others go on (the next epoch's first gradient all-reduce waits for it).
-        self.ckpt.save(self.training_state(progress), done, is_best)
+        # Only rank 0 writes; the others go on (the next epoch's first gradient all-reduce waits for it). A
+        # preemption signal saves last.pt at once whatever --checkpoint_every says.
+        write_last = done % cfg.run.checkpoint_every == 0 or done == cfg.optim.epochs
+        self.ckpt.save(self.training_state(progress), done, is_best, write_last)
         return metrics
 
     def stop_preempted(self, epoch: int, steps: int, progress: Progress, preemption: PreemptionFlag) -> None:

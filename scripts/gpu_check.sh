@@ -94,7 +94,8 @@ check channels_last_compile_convnext "${EARLY[@]}" "${COMMON[@]}" "${CONVNEXT[@]
 RESUME=("${EARLY[@]}" "${COMMON[@]}" "${CONVNEXT[@]}" "${BF16[@]}" --freeze_backbone --epochs 2
         --save_every_n_epochs 1 --snapshot_dir "$WORK/runs/resume")
 check resume_frozen_bfloat16 bash -c "$(printf '%q ' "${RESUME[@]}") && cp $WORK/runs/resume/epoch_1.pt \
-$WORK/runs/resume/last.pt && rm $WORK/runs/resume/results.json && $(printf '%q ' "${RESUME[@]}") | grep -q 'Resumed from'"
+$WORK/runs/resume/last.pt && rm $WORK/runs/resume/results.json && $(printf '%q ' "${RESUME[@]}") \
+> $WORK/logs/resumed.log 2>&1 && grep -q 'Resumed from' $WORK/logs/resumed.log"
 check eval_only "${RESUME[@]}" --eval_only
 if [[ "$GPUS" -ge 2 ]]; then
   check nccl_two_ranks "$PY" -m torch.distributed.run --standalone --nproc_per_node 2 \

@@ -223,3 +223,19 @@ def test_gpu_check_says_so_and_passes_without_cuda():
     script = Path(__file__).resolve().parents[1] / "scripts/gpu_check.sh"
     proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "no CUDA device" in proc.stdout
+
+
+def test_checkpoint_every_writes_last_pt_every_n_epochs_and_at_the_end(tiny_cub_root, tmp_path, monkeypatch):
+    import bgmask.checkpoint as checkpoint
+
+    written = []
+    real_save = checkpoint.atomic_torch_save
+
+    def recording_save(obj, path):
+        written.append((path.name, obj.get("epoch")))
+        real_save(obj, path)
+
+    monkeypatch.setattr(checkpoint, "atomic_torch_save", recording_save)
+    run = tmp_path / "run"
+    assert early_main(argv(tiny_cub_root, run, "--epochs", "3", "--checkpoint_every", "2", "--eval_every", "3")) == 0
+    assert [epoch for name, epoch in written if name == "last.pt"] == [2, 3]

@@ -100,12 +100,13 @@ def single_runs(entry: str, settings: dict) -> list[tuple[str, dict]]:
 
 # Settings the regime and model files changed for GPU nodes (docs/scale.md): mixed precision, TF32, evaluation
 # cadence, channels-last ConvNeXts. They change how fast a run goes and which epochs are scored, not what it trains.
-PAPER_SCALE = ("use_amp", "amp_dtype", "tf32", "eval_every", "channels_last")
+PAPER_SCALE = ("use_amp", "amp_dtype", "tf32", "eval_every", "channels_last", "checkpoint_every")
 
 
 def paper_scale_settings(settings: dict) -> dict:
-    return {"use_amp": True, "amp_dtype": "bfloat16", "tf32": True, "eval_every": 15 if settings["freeze_backbone"]
-            else 5, "channels_last": settings["model_arch"].startswith("convnext")}
+    frozen = settings["freeze_backbone"]
+    return {"use_amp": True, "amp_dtype": "bfloat16", "tf32": True, "eval_every": 15 if frozen else 5,
+            "channels_last": settings["model_arch"].startswith("convnext"), "checkpoint_every": 1 if frozen else 5}
 
 
 def test_paper_runs_resolve_to_the_golden_settings():
