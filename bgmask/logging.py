@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import warnings
 from pathlib import Path
 
 import yaml
 
 from bgmask.io import atomic_write_text
+
+WANDB_ID_FILE = "wandb_id.txt"
 
 
 def save_args(settings: dict, path: str | os.PathLike) -> None:
@@ -32,7 +35,11 @@ def wandb_mode() -> str:
 
 
 class RunLogger:
-    """Appends epoch records to ``log.jsonl`` and mirrors them to wandb when enabled. Only rank 0 writes."""
+    """Appends epoch records to ``log.jsonl`` and mirrors them to wandb when enabled. Only rank 0 writes.
+
+    The W&B run id is kept in the run folder (``wandb_id.txt``), so a requeued or resumed run continues its W&B run
+    as it continues ``log.jsonl``.
+    """
 
     def __init__(self, run_dir: str | os.PathLike, enabled: bool = True, use_wandb: bool = False,
                  wandb_kwargs: dict | None = None):
@@ -46,7 +53,12 @@ class RunLogger:
                 warnings.warn("--wandb given but wandb is not installed; logging to log.jsonl only.", stacklevel=2)
             else:
                 kwargs = dict(wandb_kwargs or {})
-                self.wandb_run = wandb.init(mode=wandb_mode(), dir=str(run_dir), resume="allow", **kwargs)
+                id_path = Path(run_dir) / WANDB_ID_FILE
+                run_id = id_path.read_text().strip() if id_path.is_file() else ""
+                if not run_id:
+                    run_id = secrets.token_hex(6)  # W&B ids: lower-case letters and digits, unique per project
+                    atomic_write_text(id_path, run_id + "\n")
+                self.wandb_run = wandb.init(mode=wandb_mode(), dir=str(run_dir), id=run_id, resume="allow", **kwargs)
 
     def log(self, record: dict, step: int | None = None) -> None:
         if not self.enabled:

@@ -16,9 +16,10 @@ with ``--pretrained_path .../model.safetensors``, the path users take with downl
 
 Everything is cached per machine under ``$BGMASK_CACHE`` (default ``~/.cache/bgmask``), outside the clone, keyed by
 what determines the result: the corpus settings and species table, the training recipe and seed, the torch,
-torchvision, timm, numpy and Pillow versions, and the code of the library and of the pretraining script
-(comments and docstrings aside). Folders are built under a temporary name and renamed when complete, under a lock,
-so an interrupted build leaves nothing that looks finished and concurrent builds of one entry do the work once.
+torchvision, timm, numpy and Pillow versions, the device and, on CPU, the intra-op thread count, and the code of the
+library and of the pretraining script (comments and docstrings aside). Folders are built under a temporary name and
+renamed when complete, under a lock, so an interrupted build leaves nothing that looks finished and concurrent builds
+of one entry do the work once.
 """
 
 from __future__ import annotations
@@ -243,9 +244,18 @@ def corpus_dir(corpus: Corpus) -> Path:
     return cache_root() / "pretraining_corpus" / name
 
 
+def training_threads() -> int | None:
+    """The intra-op thread count the pretraining trains with on CPU (``None`` on a GPU): CPU kernels split their
+    reductions by thread, so one and two threads give different weights (measured: 12.2 % and 11.8 % corpus top-1
+    for the demo ViT)."""
+    from bgmask.trainer import cpu_threads
+
+    return cpu_threads(num_workers=0) if versions()["device"] == "cpu" else None  # the recipe's --num_workers 0
+
+
 def weights_key(recipe: Recipe, corpus: Corpus) -> str:
     return _key({"recipe": _plain(recipe), "corpus": corpus_key(corpus), "versions": versions(),
-                 "source": source_digest()})
+                 "cpu_threads": training_threads(), "source": source_digest()})
 
 
 def weights_dir(recipe: Recipe, corpus: Corpus) -> Path:
@@ -332,7 +342,7 @@ def pretrained_weights(recipe: Recipe, corpus: Corpus = Corpus(), progress: bool
                 "corpus_test_top1": results["cub_test"]["top1"],
                 "corpus_test_images": results["cub_test"]["num_images"],
                 "seconds": {"corpus": round(corpus_seconds, 1), "training": round(train_seconds, 1)},
-                "versions": versions(), "key": weights_key(recipe, corpus)})
+                "versions": versions(), "cpu_threads": training_threads(), "key": weights_key(recipe, corpus)})
             provenance = work / "export" / "pretraining"
             provenance.mkdir()
             for name in ("args.yaml", "results.json", "log.jsonl"):

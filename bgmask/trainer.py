@@ -134,9 +134,10 @@ def start_session(cfg: TrainConfig) -> Session:
     if info.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.optim.tf32
         torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest convolution algorithms once
-    # A private generator: creating a loader iterator must not consume the global RNG (exact resume).
+    # A private generator: creating a loader iterator must not consume the global RNG (exact resume). Evaluation
+    # loaders are built per evaluation and do not keep their workers; the training loader does (see train()).
     loader_kwargs = {"batch_size": cfg.data.batch_size, "num_workers": cfg.data.num_workers,
-                     "pin_memory": info.device.type == "cuda", "persistent_workers": False,
+                     "pin_memory": info.device.type == "cuda",
                      "generator": torch.Generator().manual_seed(cfg.run.seed)}
     return Session(cfg, info, snapshot_dir, amp, loader_kwargs)
 
@@ -191,7 +192,11 @@ def build_model(session: Session, strategy: Strategy, num_classes: int, image_si
     else:
         model = strategy.wrap_model(session.cfg, classifier).to(info.device)
     if info.distributed and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if info.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif info.is_main:  # torch's SyncBatchNorm takes GPU tensors only
+            print(f"BatchNorm statistics stay per process on {info.device.type} (SyncBatchNorm needs CUDA).",
+                  flush=True)
     if run_cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     ddp = model
@@ -376,15 +381,16 @@ def train(session: Session, data: DataBundle, model: RunModel, ckpt: CheckpointM
     if info.is_main:
         save_args(cfg.flat(), session.snapshot_dir / "args.yaml")
     # Data order comes from the sampler (seed, epoch) and augmentation from (seed, epoch, image): both are
-    # independent of the worker count, and a run stopped mid-epoch resumes at the exact batch.
+    # independent of the worker count, and a run stopped mid-epoch resumes at the exact batch. The sampler passes
+    # the epoch with each index, so the workers can persist across epochs.
     train_set = SeededAugmentation(data.train, cfg.run.seed)
     sampler = ResumableDistributedSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True,
-                                          seed=cfg.run.seed, drop_last=False)
+                                          seed=cfg.run.seed, drop_last=False, with_epoch=True)
     mixup = build_mixup(cfg.aug, cfg.optim.smoothing, data.num_classes)
     # Upstream drops each process's last incomplete batch (every epoch's updates have the full batch size, and
     # mixup needs even batches); kept only where a process would otherwise get no batch at all.
     loader = DataLoader(train_set, sampler=sampler, drop_last=sampler.num_samples >= cfg.data.batch_size,
-                        **session.loader_kwargs)
+                        persistent_workers=cfg.data.num_workers > 0, **session.loader_kwargs)
     criterion = build_criterion(cfg.optim.smoothing, mixup is not None)
     updates_per_epoch = min(len(loader), cfg.run.max_train_batches or len(loader))
     scheduler = build_scheduler(optimizer, cfg.optim, updates_per_epoch)
@@ -472,19 +478,24 @@ class EpochLoop:
 
     def train_epoch(self, epoch: int, skip: int, preemption: PreemptionFlag) -> dict:
         cfg, info = self.session.cfg, self.session.info
-        self.loader.dataset.set_epoch(epoch)
-        self.loader.sampler.set_epoch(epoch)
+        self.loader.sampler.set_epoch(epoch)  # the epoch travels with each index to the (persistent) workers
         self.loader.sampler.set_start(skip * cfg.data.batch_size)
         max_batches = max(0, cfg.run.max_train_batches - skip) if cfg.run.max_train_batches else 0
         try:
-            return train_one_epoch(self.model.ddp, self.loader, self.optimizer, self.criterion, info.device,
-                                   self.session.amp, self.scaler, self.mixup, cfg.optim.grad_norm_clip, max_batches,
-                                   progress=info.is_main, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
-                                   should_stop=preemption.requested, on_update=self.on_update,
-                                   sync_every=cfg.run.log_interval)
+            stats = train_one_epoch(self.model.ddp, self.loader, self.optimizer, self.criterion, info.device,
+                                    self.session.amp, self.scaler, self.mixup, cfg.optim.grad_norm_clip, max_batches,
+                                    progress=info.is_main, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
+                                    should_stop=preemption.requested, on_update=self.on_update,
+                                    sync_every=cfg.run.log_interval)
         except NonFiniteLossError as e:
             self.logger.close()
             raise SystemExit(f"error: {e} ({self.ckpt.last_path} holds the last completed epoch)") from None
+        if info.distributed:  # the log reports the run, not rank 0's share: one all-reduce per epoch
+            totals = distributed.all_reduce_sum(torch.tensor([stats["loss"] * stats["images"], stats["images"]],
+                                                             dtype=torch.float64, device=info.device)).tolist()
+            stats.update(loss=totals[0] / max(totals[1], 1), images=int(totals[1]),
+                         images_per_s=totals[1] / max(stats["seconds"], 1e-9))
+        return stats
 
     def on_update(self) -> None:
         self.num_updates += 1
@@ -582,13 +593,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def set_cpu_threads(info: DistInfo, num_workers: int) -> None:
-    """On CPU, leave one core per data-loader worker: OpenMP threads spinning against busy workers slow training
-    down by an order of magnitude. An explicit OMP_NUM_THREADS always wins."""
-    if info.device.type != "cpu" or "OMP_NUM_THREADS" in os.environ:
-        return
+def cpu_threads(num_workers: int) -> int:
+    """The intra-op threads a CPU process trains with: its share of the cores less one per data-loader worker
+    (OpenMP threads spinning against busy workers slow training down by an order of magnitude); an explicit
+    OMP_NUM_THREADS always wins."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return torch.get_num_threads()
     cores_per_process = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
-    torch.set_num_threads(max(1, cores_per_process - num_workers))
+    return max(1, cores_per_process - num_workers)
+
+
+def set_cpu_threads(info: DistInfo, num_workers: int) -> None:
+    """On CPU, train with :func:`cpu_threads` intra-op threads."""
+    if info.device.type == "cpu":
+        torch.set_num_threads(cpu_threads(num_workers))
 
 
 def check_writable_dir(path: Path) -> None:
@@ -645,7 +663,7 @@ def run_diagnostics(session: Session, model: nn.Module, kind: str | None, name: 
         metrics = evaluate(model, session.eval_loader(ds), info.device, session.amp, progress=info.is_main,
                            desc=f"diagnostics {view}")
         for head, m in (metrics.items() if heads else [(None, metrics)]):
-            out[head][view] = {"top1": m["top1"], "num_images": m["num_images"]}
+            out[head][view] = {"top1": m["top1"], "correct": m["correct"], "num_images": m["num_images"]}
     ds = diagnostics.DiagnosticViews(root, cfg.diagnostics_mask_sub_path, "original", kind, eval_tf, seed,
                                      with_mask=True)
     for k, head in enumerate(heads or [None]):

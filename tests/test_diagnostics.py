@@ -122,7 +122,8 @@ def test_results_json_has_the_diagnostics_and_none_turns_them_off(tiny_cub_copy,
     assert early_main(train_argv(tiny_cub_copy, run, "--epochs", "1")) == 0
     diag = json.loads((run / "results.json").read_text())["diagnostics"]
     for view in ("only_fg", "only_bg_b", "only_bg_t", "mixed_same", "mixed_rand"):
-        assert diag[view]["num_images"] == 12 and 0 <= diag[view]["top1"] <= 100
+        assert diag[view]["num_images"] == 12
+        assert diag[view]["top1"] == pytest.approx(100 * diag[view]["correct"] / 12, abs=1e-12)
     assert diag["bg_gap"] == pytest.approx(diag["mixed_same"]["top1"] - diag["mixed_rand"]["top1"])
     assert 0 <= diag["fg_attribution"] <= 1 and (run / "attribution_gallery.pt").is_file()
     gallery = torch.load(run / "attribution_gallery.pt", weights_only=False)

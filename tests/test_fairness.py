@@ -41,12 +41,27 @@ TIMM_KW = {"aa": "rand-m9-mstd0.5-inc1", "color_jitter": 0.4, "reprob": 0.25, "r
 
 @pytest.mark.parametrize("kw", [TIMM_KW, {**TIMM_KW, "interpolation": "random", "recount": 2, "reprob": 1.0},
                                 {**TIMM_KW, "aa": "", "remode": "const"}])
-def test_baseline_transform_is_timm_create_transform(kw):
+def test_baseline_transform_is_timms_training_pipeline(kw):
+    """Against the pipeline written out op by op (what DeiT's and upstream's ``create_transform(is_training=True)``
+    builds): random-resized crop, flip, RandAugment (or colour jitter), to tensor, normalise, random erasing."""
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    from timm.data.random_erasing import RandomErasing
+    from timm.data.transforms import MaybeToTensor, str_to_pil_interp
+
     image, _ = bird_image()
     ours = build_train_transform(40, "timm", **kw)
-    theirs = create_transform(40, is_training=True, auto_augment=kw["aa"] or None, color_jitter=kw["color_jitter"],
-                              re_prob=kw["reprob"], re_mode=kw["remode"], re_count=kw["recount"],
-                              interpolation=kw["interpolation"])
+    if kw["aa"]:
+        hparams = {"translate_const": int(40 * 0.45), "img_mean": tuple(round(255 * x) for x in IMAGENET_DEFAULT_MEAN)}
+        if kw["interpolation"] != "random":
+            hparams["interpolation"] = str_to_pil_interp(kw["interpolation"])
+        colour = rand_augment_transform(kw["aa"], hparams)
+    else:
+        colour = T.ColorJitter(kw["color_jitter"], kw["color_jitter"], kw["color_jitter"])
+    theirs = T.Compose([RandomResizedCropAndInterpolation(40, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                                                          interpolation=kw["interpolation"]),
+                        T.RandomHorizontalFlip(0.5), colour, MaybeToTensor(),
+                        T.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
+                        RandomErasing(kw["reprob"], mode=kw["remode"], max_count=kw["recount"], device="cpu")])
     for seed in range(12):
         seed_all(seed)
         a = ours(image)
@@ -298,3 +313,55 @@ def test_per_update_stepping_changes_the_lr_inside_an_epoch():
     assert len(set(per_epoch[:4])) == 1 and len(set(per_update[:4])) == 4
     np.testing.assert_allclose(per_update[::4], per_epoch[::4], rtol=1e-9)  # same at epoch boundaries
     assert np.all(np.diff(per_update) < 0)
+
+
+# ------------------------------------------------------------------------------ schedules through the trainer
+class _Stopped(Exception):
+    pass
+
+
+def closed_form_lr(name: str, epoch: int, epochs: int = 6, lr: float = 1e-2, min_lr: float = 1e-4) -> float:
+    """Upstream's schedules written out (its torch schedulers stepped once per epoch)."""
+    cosine = lambda t, total: min_lr + 0.5 * (lr - min_lr) * (1 + np.cos(np.pi * t / total))  # noqa: E731
+    if name == "cosine":
+        return cosine(epoch, epochs)
+    if name == "cosine_with_warmup":  # 2 warm-up epochs from 0
+        return lr * epoch / 2 if epoch < 2 else cosine(epoch - 2, epochs - 2)
+    if name == "cosine_warmup_restart":  # cycles of 2, then 4 epochs
+        return cosine(epoch, 2) if epoch < 2 else cosine(epoch - 2, 4)
+    if name == "steplr":  # x 0.5 every 2 epochs
+        return lr * 0.5 ** (epoch // 2)
+    if name == "linearlr":  # factor 1/3 -> 1 over the epochs
+        return lr * (1 / 3 + (1 - 1 / 3) * epoch / epochs)
+    raise ValueError(name)
+
+
+@pytest.mark.parametrize("name", ["cosine", "cosine_with_warmup", "cosine_warmup_restart", "steplr", "linearlr"])
+def test_the_trainers_lr_per_epoch_is_the_closed_form_across_a_resume(tiny_cub_root, tmp_path, monkeypatch, name):
+    """The lr each epoch trained with, as log.jsonl records it, for a run stopped after epoch 3 and resumed."""
+    from bgmask import cli
+    from bgmask.trainer import EpochLoop
+
+    argv = ["--data_path", str(tiny_cub_root), "--snapshot_dir", str(tmp_path / "r"), "--model_arch", "convnext_atto",
+            "--image_size", "32", "--batch_size", "4", "--num_workers", "0", "--epochs", "6", "--seed", "0",
+            "--lr", "1e-2", "--min_lr", "1e-4", "--scheduler_type", name, "--scheduler_warmup_epochs", "2",
+            "--scheduler_restart_factor", "2", "--scheduler_step_size", "2", "--scheduler_gamma", "0.5",
+            "--scheduler_start_factor", str(1 / 3), "--scheduler_end_factor", "1", "--max_train_batches", "1",
+            "--eval_every", "6", "--skip_ood_eval", "--diagnostics", "none", "--aa", "", "--reprob", "0"]
+    end_epoch = EpochLoop.end_epoch
+
+    def stop_after_epoch_3(self, stats, progress):
+        out = end_epoch(self, stats, progress)
+        if progress.epoch == 3:
+            raise _Stopped  # after last.pt of epoch 3 is written, as a crash or a time limit would
+        return out
+
+    monkeypatch.setattr(EpochLoop, "end_epoch", stop_after_epoch_3)
+    with pytest.raises(_Stopped):
+        cli.main(["none"], argv)
+    monkeypatch.setattr(EpochLoop, "end_epoch", end_epoch)
+    assert cli.main(["none"], [*argv, "--resume_training"]) == 0
+    records = [json.loads(line) for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4, 5, 6]
+    expected = [closed_form_lr(name, e) for e in range(6)]
+    np.testing.assert_allclose([r["lr"] for r in records], expected, rtol=1e-9, atol=1e-15)

@@ -172,3 +172,17 @@ def test_a_reused_snapshot_dir_with_other_settings_is_refused(tiny_cub_root, tmp
 def test_upstream_short_dinov2_name_is_refused_with_the_full_name(tiny_cub_root, tmp_path, capsys):
     assert early_main(train_argv(tiny_cub_root, tmp_path / "r", "--model_arch", "vit_small")) == 2
     assert "vit_small_patch14_dinov2.lvd142m" in capsys.readouterr().err
+
+
+def test_wandb_run_id_is_kept_in_the_run_folder(tiny_cub_root, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")  # an optional extra; the setup installs it
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = tmp_path / "r"
+    argv = train_argv(tiny_cub_root, run, "--epochs", "1", "--wandb", "--diagnostics", "none")
+    assert early_main(argv) == 0
+    run_id = (run / "wandb_id.txt").read_text().strip()
+    assert run_id
+    assert early_main([*argv, "--resume_training"]) == 0  # a requeued job starts again in the same folder
+    offline_runs = sorted(p.name for p in (run / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 2 and all(name.endswith(f"-{run_id}") for name in offline_runs), offline_runs

@@ -237,3 +237,72 @@ def test_is_a_vit_is_answered_by_the_layout():
     assert arch_layout("vit_small_patch14_dinov2.lvd142m") == "tokens"
     assert arch_layout("swin_tiny_patch4_window7_224") == "NHWC"
     assert arch_layout("convnext_atto") == "NCHW" and arch_layout("no_such_model") is None
+
+
+# ------------------------------------------------------------------------------------------- grid orientation
+# An L-shaped bird (the left column and the bottom row of the feature grid) on a non-square image: a transposed,
+# flipped or mis-reshaped grid masks other positions, which a centred mask on a square grid cannot show.
+ORIENTATION_CASES = [  # arch, timm kwargs, image (H, W), second_last
+    ("convnext_atto", {}, (96, 160), False),  # last stage: 3 x 5
+    ("convnext_atto", {}, (96, 160), True),  # third stage: 6 x 10
+    (VIT, {"img_size": (42, 70)}, (42, 70), False),  # 3 x 5 tokens
+    (VIT, {"img_size": (42, 70)}, (42, 70), True),
+    ("swin_tiny_patch4_window7_224", {"img_size": (64, 96), "window_size": 2}, (64, 96), False),  # 2 x 3
+    ("swin_tiny_patch4_window7_224", {"img_size": (64, 96), "window_size": 2}, (64, 96), True),  # 4 x 6
+]
+
+
+def l_shaped_mask(grid: tuple[int, int], image: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-cell reference (``gh, gw`` bool) and the pixel mask (``1, H, W``) whose cells it fills exactly."""
+    (gh, gw), (h, w) = grid, image
+    cells = torch.zeros(gh, gw, dtype=torch.bool)
+    cells[:, 0] = True
+    cells[-1, :] = True
+    pixels = cells.repeat_interleave(h // gh, 0).repeat_interleave(w // gw, 1)
+    assert pixels.shape == (h, w)
+    return cells, pixels[None].to(torch.uint8)
+
+
+@pytest.mark.parametrize("arch,kwargs,image,second_last", ORIENTATION_CASES)
+def test_masks_land_on_the_right_feature_cells_of_a_non_square_grid(arch, kwargs, image, second_last):
+    import timm
+
+    from bgmask.backbones import adapter_for
+
+    torch.manual_seed(0)
+    adapter = adapter_for(timm.create_model(arch, num_classes=0, **kwargs).eval())
+    x = torch.randn(1, 3, *image)
+    with torch.no_grad():
+        feats = adapter.before_last(x) if second_last else adapter.features(x)
+    if adapter.layout == "tokens":
+        grid = adapter.grid_size
+        cells_of = lambda f: f[0, adapter.num_prefix_tokens:].reshape(*grid, -1)  # noqa: E731 (timm: row-major)
+    elif adapter.layout == "NHWC":
+        grid = tuple(feats.shape[1:3])
+        cells_of = lambda f: f[0]  # noqa: E731
+    else:
+        grid = tuple(feats.shape[2:])
+        cells_of = lambda f: f[0].permute(1, 2, 0)  # noqa: E731
+    assert grid[0] != grid[1]
+    reference, mask = l_shaped_mask(grid, image)
+    masked = cells_of(adapter.mask(feats, mask))
+    kept = masked.abs().amax(-1) > 0
+    assert torch.equal(kept, reference), f"kept cells\n{kept.int()}\nexpected\n{reference.int()}"
+    assert torch.equal(masked[reference], cells_of(feats)[reference])
+    if adapter.layout == "tokens":  # prefix tokens untouched
+        assert torch.equal(adapter.mask(feats, mask)[:, :adapter.num_prefix_tokens],
+                           feats[:, :adapter.num_prefix_tokens])
+
+
+def test_the_token_grid_is_timms_patch_order():
+    """The per-token reference above is row-major: check it against the patch embedding itself (a patch of zeros
+    embeds to the convolution's bias alone)."""
+    import timm
+
+    vit = timm.create_model(VIT, num_classes=0, img_size=(42, 70))
+    reference, mask = l_shaped_mask(tuple(vit.patch_embed.grid_size), (42, 70))
+    image = torch.rand(1, 3, 42, 70) * mask + 0.1 * mask
+    with torch.no_grad():
+        tokens = vit.patch_embed(image)[0]  # N, D
+    not_bias = (tokens - vit.patch_embed.proj.bias).abs().amax(-1) > 1e-6
+    assert torch.equal(not_bias.reshape(reference.shape), reference)

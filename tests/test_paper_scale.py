@@ -214,6 +214,7 @@ def test_progress_in_a_log_file_is_whole_lines():
     assert list(progress_bar(range(4), desc="eval", file=io.StringIO())) == [0, 1, 2, 3]
 
 
+@pytest.mark.no_gpu
 def test_gpu_check_says_so_and_passes_without_cuda():
     import subprocess
     from pathlib import Path

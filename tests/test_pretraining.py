@@ -83,7 +83,9 @@ def test_weights_load_through_pretrained_path_deterministic_and_cached(cache, ti
     assert config["num_features"] == 320 and config["pretrained_cfg"]["input_size"] == [3, 32, 32]
     assert {"mean", "std", "interpolation", "crop_pct"} <= set(config["pretrained_cfg"])
     note = config["bgmask"]
-    assert note["recipe"]["epochs"] == 1 and 0 <= note["corpus_test_top1"] <= 100 and note["seconds"]["training"] > 0
+    assert note["recipe"]["epochs"] == 1 and note["seconds"]["training"] > 0
+    trainer_results = json.loads((path.parent / "pretraining" / "results.json").read_text())["cub_test"]
+    assert note["corpus_test_top1"] == trainer_results["top1"] and note["corpus_test_images"] == 16
     # Exactly timm's backbone keys (no head, no prefix); the classifier loads them unchanged.
     saved = load_file(path)
     assert set(saved) == set(timm.create_model("convnext_atto", num_classes=0).state_dict())
@@ -143,6 +145,33 @@ def test_the_cache_key_follows_code_not_comments(tmp_path):
     base = code('"""Doc."""\n\ndef f(x):\n    """Doc."""\n    return x + 1  # comment\n')
     assert code('"""Other doc."""\n\n\ndef f(x):\n    # new comment\n    return x + 1\n') == base
     assert code('"""Doc."""\n\ndef f(x):\n    return x + 2\n') != base
+
+
+def test_the_cache_key_holds_the_thread_count_the_weights_are_trained_with(cache, monkeypatch):
+    import bgmask.trainer as trainer
+
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    keys = {}
+    for cores in (1, 2):
+        monkeypatch.setattr(trainer.os, "cpu_count", lambda cores=cores: cores)
+        keys[cores] = pretrain.weights_key(RECIPE, TINY_CORPUS)
+    assert keys[1] != keys[2]  # CPU kernels split reductions by thread: different weights, different entries
+
+    seen = []
+
+    def recording(info, num_workers):
+        set_cpu_threads(info, num_workers)
+        seen.append(torch.get_num_threads())
+
+    set_cpu_threads = trainer.set_cpu_threads
+    monkeypatch.setattr(trainer, "set_cpu_threads", recording)
+    monkeypatch.setattr(trainer.os, "cpu_count", lambda: 3)
+    try:
+        path = pretrain.pretrained_weights(RECIPE, TINY_CORPUS, log=lambda _: None)
+    finally:
+        torch.set_num_threads(1)
+    assert seen == [3] and pretrain.training_threads() == 3
+    assert json.loads((path.parent / "config.json").read_text())["bgmask"]["cpu_threads"] == 3
 
 
 def test_an_interrupted_build_leaves_nothing_that_looks_finished(cache, monkeypatch):

@@ -26,10 +26,11 @@ def fake_run(tmp_path, name, masking="none", seed=0, cub=(300, 400), wb=(100, 40
 def test_wilson_interval_matches_known_values():
     low, high = wilson_interval(50, 100)
     assert low == pytest.approx(40.38, abs=0.01) and high == pytest.approx(59.62, abs=0.01)
+    # the roots of (p_hat - p)^2 = z^2 p (1 - p) / n, solved as a quadratic in p
     low, high = wilson_interval(0, 400)  # never below 0, and not degenerate at the edge
-    assert low == 0.0 and 0.5 < high < 1.5
+    assert low == 0.0 and high == pytest.approx(0.951229, abs=1e-5)
     low, high = wilson_interval(300, 400)  # about +-4 points at 400 images
-    assert 70 < low < 71 and 78.5 < high < 79.5
+    assert low == pytest.approx(70.532287, abs=1e-5) and high == pytest.approx(78.992099, abs=1e-5)
 
 
 def test_one_run_gets_an_interval_and_seeds_get_mean_and_std(tmp_path):

@@ -2,6 +2,10 @@
 
 Together they make a run reproducible whatever the number of loader workers, and let a run interrupted in the
 middle of an epoch resume at the exact batch where it stopped with the exact same augmentations.
+
+The sampler hands the dataset ``(epoch, index)`` keys rather than bare indices: loader workers that persist across
+epochs (``persistent_workers=True``) hold their own copy of the dataset, which a ``set_epoch`` call in the main
+process never reaches, so the epoch has to travel with each index.
 """
 
 from __future__ import annotations
@@ -32,12 +36,16 @@ class SeededAugmentation(Dataset):
         return len(self.dataset)
 
     def __getattr__(self, name):  # expose the wrapped dataset's attributes (labels, num_classes, ...)
-        if name == "dataset":
+        # ...but not its protocol methods: a Subset's ``__getitems__`` (which the DataLoader prefers) would fetch
+        # around the seeding.
+        if name == "dataset" or name.startswith("__"):
             raise AttributeError(name)
         return getattr(self.dataset, name)
 
-    def __getitem__(self, i: int):
-        item_seed = int(np.random.SeedSequence([self.seed, self.epoch, int(i)]).generate_state(1)[0])
+    def __getitem__(self, key: int | tuple[int, int]):
+        """``dataset[i]`` in the epoch of the last ``set_epoch``, or ``dataset[(epoch, i)]`` in that epoch."""
+        epoch, i = key if isinstance(key, tuple) else (self.epoch, key)
+        item_seed = int(np.random.SeedSequence([self.seed, int(epoch), int(i)]).generate_state(1)[0])
         py_state, np_state = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(item_seed)
@@ -51,17 +59,22 @@ class SeededAugmentation(Dataset):
 
 
 class ResumableDistributedSampler(DistributedSampler):
-    """A DistributedSampler that can skip the first ``start`` samples of this rank's share of the current epoch."""
+    """A DistributedSampler that can skip the first ``start`` samples of this rank's share of the current epoch.
 
-    def __init__(self, *args, **kwargs):
+    Yields ``(epoch, index)`` keys (for :class:`SeededAugmentation`) when built with ``with_epoch=True``.
+    """
+
+    def __init__(self, *args, with_epoch: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.start = 0
+        self.with_epoch = with_epoch
 
     def set_start(self, start: int) -> None:
         self.start = start
 
     def __iter__(self):
-        return iter(list(super().__iter__())[self.start:])
+        indices = list(super().__iter__())[self.start:]
+        return iter([(self.epoch, i) for i in indices] if self.with_epoch else indices)
 
     def __len__(self) -> int:
         return super().__len__() - self.start

@@ -70,6 +70,31 @@ def plan_folders(cub_root: Path, rank: int = 0, world_size: int = 1, overwrite: 
     return plans
 
 
+def remove_stale_temporary_files(cub_root: Path, plans: list[FolderPlan], rank: int = 0, world_size: int = 1) -> int:
+    """Delete what a killed earlier run left half-written for this process's images (``atomic_write``'s
+    ``.<name>.<random>.tmp`` files); the count removed.
+
+    Only this shard's names: another shard running now never writes them, so its files in progress stay.
+    """
+    index = CUBIndex.load(cub_root)
+    mine = index.paths[rank::world_size]
+    removed = 0
+    for plan in plans:
+        targets: dict[Path, set[str]] = {}
+        for rel in mine:
+            for path in (cub_root / plan.mask_dir / mask_path_for(rel), cub_root / plan.masked_dir / rel):
+                targets.setdefault(path.parent, set()).add(path.name)
+        for folder, names in targets.items():
+            if not folder.is_dir():
+                continue
+            for entry in os.scandir(folder):
+                if entry.name.startswith(".") and entry.name.endswith(".tmp") \
+                        and entry.name[1:].rsplit(".", 2)[0] in names:
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -178,6 +203,7 @@ def generate_predicted_masks(segmenter: Segmenter, cub_root: str | os.PathLike, 
     cub_root = Path(cub_root)
     plans = plan_folders(cub_root, rank, world_size, overwrite)
     check_provenance(cub_root, plans, source, overwrite, write=rank == 0)
+    remove_stale_temporary_files(cub_root, plans, rank, world_size)
     stats = {}
     for plan in plans:
         bar = progress_bar(total=len(plan.todo), desc=f"masks -> {plan.masked_dir}", unit="img",
@@ -210,5 +236,6 @@ def generate_gt_masks(cub_root: str | os.PathLike, overwrite: bool = False, prog
                            f"(segmentations.tgz, extracted into CUB_200_2011/).")
     plans = plan_folders(cub_root, overwrite=overwrite)
     check_provenance(cub_root, plans, {"source": "gt", "threshold": "> 0"}, overwrite, write=True)
+    remove_stale_temporary_files(cub_root, plans)
     written = write_gt_masked_folders(cub_root, progress=progress, overwrite=overwrite)
     return {plan.image_dir: dict(written=written.get(plan.masked_dir, 0), skipped=plan.done) for plan in plans}
