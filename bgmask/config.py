@@ -127,6 +127,11 @@ class AugConfig:
     reprob: float = option(0.25, "random erasing probability")
     remode: str = option("pixel")
     recount: int = option(1)
+    device_tail: str = option("auto", "where the end of the training pipeline runs (uint8 to float, normalisation, "
+                                      "random erasing): 'on' the device for whole batches, timm's GPU-loader "
+                                      "convention (workers send uint8); 'off' in the loader workers; 'auto': on with "
+                                      "CUDA. Erasing boxes are the same either way, their noise values are not",
+                              ("auto", "on", "off"))
     train_interpolation: str = option("bicubic", "timm augmentation's resize and RandAugment interpolation "
                                                  "('random': bilinear or bicubic)", INTERPOLATIONS)
     crop_pct: float = option(1.0, "eval: resize the short side to size/crop_pct, center-crop size. 1.0 (default) is "

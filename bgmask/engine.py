@@ -80,7 +80,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
                     device: torch.device, amp: AmpSettings, scaler: NativeScaler | None = None,
                     batch_transform: Callable | None = None, grad_norm_clip: float = 0.0, max_batches: int = 0,
                     progress: bool = True, desc: str = "train", should_stop: Callable[[], bool] | None = None,
-                    on_update: Callable[[], None] | None = None, sync_every: int = 10) -> dict:
+                    on_update: Callable[[], None] | None = None, sync_every: int = 10,
+                    input_tail: Callable | None = None) -> dict:
     """One pass over ``loader``.
 
     The host waits for the device only every ``sync_every`` steps and at the end (as timm and DINOv2 do at their
@@ -90,6 +91,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
     Args:
         scaler: timm's ``NativeScaler`` for fp16 AMP (scaled backward, unscale before clipping, step, update).
         batch_transform: ``(inputs, labels) -> (inputs, targets)`` applied on device (mixup/cutmix).
+        input_tail: ``(raw images, device) -> images``, the end of the image pipeline on the device (a
+            :class:`~bgmask.data.transforms.DeviceTail`), before ``batch_transform``.
         grad_norm_clip: clip the global gradient norm to this value (0: off).
         max_batches: stop after this many batches (0: the whole loader).
         should_stop: polled every ``sync_every`` steps; when it returns True the epoch ends there (preemption).
@@ -111,6 +114,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         if step >= num_batches:
             break
         *inputs, labels = _to_device(batch, device)
+        if input_tail is not None:
+            inputs[0] = input_tail(inputs[0], device)
         targets = labels
         if batch_transform is not None:
             inputs, targets = batch_transform(inputs, labels)

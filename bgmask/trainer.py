@@ -33,7 +33,7 @@ from bgmask.checkpoint import (
 from bgmask.config import RUN_ONLY_SETTINGS, AugConfig, ModelConfig, TrainConfig
 from bgmask.data.cub import WATERBIRDS_SUB_PATH, CUBDataset, DatasetError, missing_folder_hint
 from bgmask.data.sampling import ResumableDistributedSampler, SeededAugmentation
-from bgmask.data.transforms import build_eval_transform, build_train_transform
+from bgmask.data.transforms import DeviceTail, build_eval_transform, build_train_transform
 from bgmask.distributed import DistInfo
 from bgmask.engine import AmpSettings, IndexedDataset, NonFiniteLossError, ShardSampler, evaluate, train_one_epoch
 from bgmask.errors import ConfigError
@@ -57,7 +57,7 @@ def run(cfg: TrainConfig, strategy: Strategy) -> dict | None:
     check_probe_masks(cfg, view)
     session = start_session(cfg)
     image_size = resolve_image_size(cfg.model)
-    data = image_folder_data(cfg, view, image_size)
+    data = image_folder_data(cfg, view, image_size, device_tail=session.device_tail)
     model, weights = build_model(session, strategy, data.num_classes, image_size)
     ckpt = CheckpointManager(session.snapshot_dir, cfg.run.save_every_n_epochs, enabled=session.info.is_main)
     if cfg.run.eval_only:
@@ -66,7 +66,7 @@ def run(cfg: TrainConfig, strategy: Strategy) -> dict | None:
         outcome = train(session, data, model, ckpt, strategy)
     results = {**outcome, "model_arch": cfg.model.model_arch, "masking": strategy.name, "image_size": image_size,
                "num_classes": data.num_classes, "world_size": session.info.world_size, "weights": weights,
-               "precision": session.amp.name,
+               "precision": session.amp.name, "device_tail": session.device_tail,
                **({} if data.waterbirds is not None else {"waterbirds": {"skipped": "--skip_ood_eval"}}),
                **strategy.results_info(cfg), "diagnostics": {"pending": "computed after the metrics are written"}}
     # The metrics are on disk before anything optional runs: a failure in the diagnostics never loses them.
@@ -113,6 +113,7 @@ class Session:
     snapshot_dir: Path
     amp: AmpSettings
     loader_kwargs: dict
+    device_tail: bool = False  # the training images are finished on the device (see --device_tail)
 
     def eval_loader(self, dataset, batch_size: int | None = None) -> DataLoader:
         """Every image exactly once across processes, in dataset order, with its index (for group metrics)."""
@@ -139,7 +140,8 @@ def start_session(cfg: TrainConfig) -> Session:
     loader_kwargs = {"batch_size": cfg.data.batch_size, "num_workers": cfg.data.num_workers,
                      "pin_memory": info.device.type == "cuda",
                      "generator": torch.Generator().manual_seed(cfg.run.seed)}
-    return Session(cfg, info, snapshot_dir, amp, loader_kwargs)
+    device_tail = cfg.aug.device_tail == "on" or (cfg.aug.device_tail == "auto" and info.device.type == "cuda")
+    return Session(cfg, info, snapshot_dir, amp, loader_kwargs, device_tail)
 
 
 def amp_settings(cfg: TrainConfig, info: DistInfo) -> AmpSettings:
@@ -244,21 +246,24 @@ class DataBundle:
     num_classes: int
     image_size: int
     val: torch.utils.data.Dataset | None = None
+    train_tail: DeviceTail | None = None  # finishes the training images on the device (--device_tail)
 
     def eval_sets(self) -> dict:
         return {"cub_test": self.cub_test, **({"waterbirds": self.waterbirds} if self.waterbirds is not None else {})}
 
 
-def image_folder_data(cfg: TrainConfig, view: DataView, image_size: int) -> DataBundle:
+def image_folder_data(cfg: TrainConfig, view: DataView, image_size: int, device_tail: bool = False) -> DataBundle:
     """The datasets of a run: train (+ validation part), CUB test and, unless skipped, Waterbirds.
 
     With mask folders in ``view`` the items are ``(image, mask, label)``, transformed jointly: one transform for
-    every strategy, which replays the image's random draws on the mask (the image tensor is the same).
+    every strategy, which replays the image's random draws on the mask (the image tensor is the same). With
+    ``device_tail`` the training images come as uint8 :class:`~bgmask.data.transforms.RawImage` and
+    ``DataBundle.train_tail`` finishes them on the device.
     """
     data, aug = cfg.data, cfg.aug
     train_masks, test_masks, ood_masks = view.masks or (None, None, None)
     train_tf = build_train_transform(image_size, aug.augmentations_to_use, aug.aa, aug.color_jitter, aug.reprob,
-                                     aug.remode, aug.recount, aug.train_interpolation)
+                                     aug.remode, aug.recount, aug.train_interpolation, device_tail=device_tail)
     eval_tf = build_eval_transform(image_size, aug.crop_pct, aug.eval_interpolation)
     train = CUBDataset(data.data_path, "train", view.train, train_masks, transform=train_tf)
     train, val = split_train_val(train, data.train_split, cfg.run.seed)
@@ -270,7 +275,7 @@ def image_folder_data(cfg: TrainConfig, view: DataView, image_size: int) -> Data
         warnings.warn("Waterbirds (OOD) evaluation is skipped (--skip_ood_eval); results.json records it.",
                       stacklevel=2)
     return DataBundle(train=train, cub_test=cub_test, waterbirds=waterbirds, num_classes=train_num_classes(train),
-                      image_size=image_size, val=val)
+                      image_size=image_size, val=val, train_tail=train_tf.device_tail)
 
 
 def split_train_val(dataset: CUBDataset, fraction: float, seed: int):
@@ -486,7 +491,7 @@ class EpochLoop:
                                     self.session.amp, self.scaler, self.mixup, cfg.optim.grad_norm_clip, max_batches,
                                     progress=info.is_main, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
                                     should_stop=preemption.requested, on_update=self.on_update,
-                                    sync_every=cfg.run.log_interval)
+                                    sync_every=cfg.run.log_interval, input_tail=self.data.train_tail)
         except NonFiniteLossError as e:
             self.logger.close()
             raise SystemExit(f"error: {e} ({self.ckpt.last_path} holds the last completed epoch)") from None

@@ -90,6 +90,46 @@ def test_with_a_mask_the_image_tensor_is_the_baselines(augmentations, kw):
         assert random.random() == (seed_all(seed), tf(image), random.random())[2]
 
 
+@pytest.mark.parametrize("reprob,remode,recount", [(0.0, "pixel", 1), (1.0, "pixel", 3), (1.0, "rand", 2),
+                                                  (1.0, "const", 1)])
+def test_the_device_tail_finishes_the_images_as_the_workers_would(reprob, remode, recount):
+    """uint8 from the worker, then float, normalisation and erasing on the device, for a batch: the same pixels as
+    the worker pipeline, the same erased boxes (noise values aside), whatever batch an image lands in, and the
+    same mask."""
+    from bgmask.data.transforms import RawImage
+
+    image, mask = bird_image()
+    kw = {**TIMM_KW, "reprob": reprob, "remode": remode, "recount": recount}
+    workers = build_train_transform(40, "timm", **kw)
+    device = build_train_transform(40, "timm", **kw, device_tail=True)
+    unerased = build_train_transform(40, "timm", **{**kw, "reprob": 0.0})
+    raws, expected, clean = [], [], []
+    for seed in range(6):
+        seed_all(seed)
+        expected.append(workers(image))
+        seed_all(seed)
+        raw, mask_t = device(image, mask)
+        seed_all(seed)
+        _, mask_ref = workers(image, mask)
+        assert isinstance(raw, RawImage) and raw.pixels.dtype == torch.uint8 and torch.equal(mask_t, mask_ref)
+        seed_all(seed)
+        alone = device(image)  # the image path draws what the paired path draws
+        assert torch.equal(alone.pixels, raw.pixels) and torch.equal(alone.erasing, raw.erasing)
+        seed_all(seed)
+        clean.append(unerased(image))
+        raws.append(raw)
+    batch = RawImage(torch.stack([r.pixels for r in raws]), torch.stack([r.erasing for r in raws]))
+    batched = device.device_tail(batch, torch.device("cpu"))
+    for k, (got, want, plain) in enumerate(zip(batched, expected, clean)):
+        erased_want, erased_got = (want != plain).any(0), (got != plain).any(0)
+        assert torch.equal(erased_got, erased_want), k  # the same boxes
+        assert torch.equal(got[:, ~erased_want], want[:, ~erased_want]), k  # bit-identical elsewhere
+        alone = device.device_tail(RawImage(raws[k].pixels[None], raws[k].erasing[None]), torch.device("cpu"))[0]
+        assert torch.equal(alone, got), k  # an image's noise does not depend on its batch
+    erased = sum(int((want != plain).any(0).sum()) for want, plain in zip(expected, clean))
+    assert (erased > 0) == (reprob > 0)
+
+
 def test_every_geometric_op_moves_the_mask_with_the_image():
     """An image that *is* its mask (red = bird) keeps equal to the mask through every geometric op (nearest)."""
     w, h = 96, 80
@@ -213,7 +253,9 @@ def write_all_foreground_masks(cub_root) -> None:
             Image.fromarray(np.full(size[::-1], 255, np.uint8)).save(out)
 
 
-def test_late_masking_with_all_foreground_masks_trains_exactly_like_the_baseline(tiny_cub_copy, tmp_path):
+@pytest.mark.parametrize("device_tail", ["off", "on"])
+def test_late_masking_with_all_foreground_masks_trains_exactly_like_the_baseline(tiny_cub_copy, tmp_path,
+                                                                                 device_tail):
     from early_masking_and_baseline.train import main as early_main
     from late_masking.train import main as late_main
 
@@ -221,7 +263,8 @@ def test_late_masking_with_all_foreground_masks_trains_exactly_like_the_baseline
     common = ["--data_path", str(tiny_cub_copy), "--model_arch", "convnext_atto", "--image_size", "64",
               "--batch_size", "4", "--num_workers", "0", "--epochs", "2", "--seed", "3", "--lr", "1e-3",
               "--augmentations_to_use", "timm", "--turn_on_mixup_or_cutmix", "--reprob", "0.5",
-              "--scheduler_type", "cosine_with_warmup", "--scheduler_warmup_epochs", "1", "--sched_on_updates"]
+              "--scheduler_type", "cosine_with_warmup", "--scheduler_warmup_epochs", "1", "--sched_on_updates",
+              "--device_tail", device_tail]
     assert early_main([*common, "--snapshot_dir", str(tmp_path / "baseline")]) == 0
     assert late_main([*common, "--snapshot_dir", str(tmp_path / "late"), "--mask_source", "precomputed"]) == 0
     base = json.loads((tmp_path / "baseline" / "results.json").read_text())
@@ -229,6 +272,7 @@ def test_late_masking_with_all_foreground_masks_trains_exactly_like_the_baseline
     for split in ("cub_test", "waterbirds"):
         assert late[split] == base[split], split
     assert late["best"] == base["best"]
+    assert base["device_tail"] is late["device_tail"] is (device_tail == "on")
     base_head = torch.load(tmp_path / "baseline" / "last.pt", weights_only=False)["model"]
     late_head = torch.load(tmp_path / "late" / "last.pt", weights_only=False)["model"]
     for name in ("head.weight", "head.bias"):

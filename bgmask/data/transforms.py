@@ -23,6 +23,7 @@ import copy
 import math
 import random
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -50,25 +51,125 @@ class PairedTransform:
 
     Args:
         compose: the image pipeline (PIL image in, normalised tensor out). It is used unchanged for images alone.
+        device_tail: stop at the last PIL op and hand over a :class:`RawImage` (uint8 pixels and this image's
+            random-erasing boxes); ``self.device_tail`` (a :class:`DeviceTail`) then converts, normalises and
+            erases whole batches on the device, as timm's GPU loader does.
 
     With a mask (a PIL ``L`` image of {0, 1} values, the image's size), returns ``(image tensor 3,H,W, uint8 mask
     H,W)``; the image tensor equals ``compose(image)`` under the same random state.
     """
 
-    def __init__(self, compose: T.Compose):
+    def __init__(self, compose: T.Compose, device_tail: bool = False):
         self.compose = compose
+        self.device_tail = None
+        ops = list(compose.transforms)
+        if device_tail:
+            start = next((k for k, op in enumerate(ops) if isinstance(op, (T.ToTensor, MaybeToTensor))), None)
+            if start is None:
+                raise ValueError("the device tail needs a pipeline that ends in ToTensor, Normalize, RandomErasing")
+            self.device_tail = DeviceTail.from_ops(ops[start + 1:])
+            ops = ops[:start]
+        self._head = T.Compose(ops)
         self._carrier = _MaskCarrier()
-        self._ops = [_paired_op(op, self._carrier) for op in compose.transforms]
+        self._ops = [_paired_op(op, self._carrier) for op in ops]
 
     def __call__(self, image, mask=None):
         if mask is None:
-            return self.compose(image)
+            return self.compose(image) if self.device_tail is None else self._raw(self._head(image))
         for op in self._ops:
             image, mask = op(image, mask)
+        if self.device_tail is not None:
+            image = self._raw(image)
         return image, torch.from_numpy(np.asarray(mask, dtype=np.uint8).copy())
+
+    def _raw(self, image: Image.Image) -> RawImage:
+        pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
+        return RawImage(pixels, self.device_tail.draw_erasing(*pixels.shape))
 
     def __repr__(self) -> str:
         return f"PairedTransform({self.compose})"
+
+
+class RawImage(NamedTuple):
+    """A training image as a loader worker hands it over with the device tail (batched by the default collate).
+
+    Attributes:
+        pixels: uint8 ``3,H,W`` (``B,3,H,W`` batched): a quarter of the float bytes to pin and copy.
+        erasing: int64 ``max_count,5`` (``B,max_count,5``): the random-erasing boxes drawn for this image, rows of
+            ``(top, left, height, width, noise seed)``, ``-1`` rows unused.
+    """
+
+    pixels: torch.Tensor
+    erasing: torch.Tensor
+
+
+class _BoxRecorder:
+    """Stands in for the image in timm's ``RandomErasing._erase``: records the boxes it would fill."""
+
+    def __init__(self):
+        self.boxes = []
+
+    def __setitem__(self, key, value):
+        _, rows, cols = key
+        self.boxes.append((rows.start, cols.start, rows.stop - rows.start, cols.stop - cols.start))
+
+
+class DeviceTail:
+    """The end of the training pipeline on the device, for whole batches: uint8 to float, normalisation and random
+    erasing (timm's ``PrefetchLoader`` convention), with the erasing boxes drawn in the loader worker.
+
+    timm's batch erasing on the device draws from the device's random stream in batch order, so an image's boxes
+    would depend on the batch it lands in, the number of processes and where a run resumed. Here timm's own
+    ``RandomErasing`` draws each image's boxes in the worker, under that image's seed (the same draws, in the same
+    place in the image's random stream, as on the CPU path), and a noise seed per box; the device fills each box from
+    a generator seeded with it. Boxes match the CPU path exactly; the noise values differ from it (another stream).
+    """
+
+    def __init__(self, mean, std, erasing: RandomErasing | None = None):
+        self.mean, self.std, self.erasing = tuple(mean), tuple(std), erasing
+        self.max_boxes = erasing.max_count if erasing is not None else 0
+
+    @classmethod
+    def from_ops(cls, ops: list) -> DeviceTail:
+        normalize = [op for op in ops if isinstance(op, T.Normalize)]
+        erasing = [op for op in ops if isinstance(op, RandomErasing)]
+        unknown = [op for op in ops if not isinstance(op, (T.Normalize, RandomErasing))]
+        if len(normalize) != 1 or len(erasing) > 1 or unknown:
+            raise ValueError(f"the device tail takes Normalize and an optional RandomErasing after ToTensor, got {ops}")
+        return cls(normalize[0].mean, normalize[0].std, erasing[0] if erasing else None)
+
+    def draw_erasing(self, channels: int, height: int, width: int) -> torch.Tensor:
+        """This image's boxes, drawn by timm's ``RandomErasing`` (in a worker, under the image's seed)."""
+        rows = torch.full((self.max_boxes, 5), -1, dtype=torch.int64)
+        if self.erasing is None or self.erasing.probability <= 0:
+            return rows
+        recorder, device = _BoxRecorder(), self.erasing.device
+        self.erasing.device = "meta"  # its fill values are not computed here (and draw from no stream)
+        try:
+            self.erasing._erase(recorder, channels, height, width, torch.float32)
+        finally:
+            self.erasing.device = device
+        for k, box in enumerate(recorder.boxes):
+            rows[k] = torch.tensor([*box, int(torch.randint(0, 2 ** 62, ()))])
+        return rows
+
+    def __call__(self, raw: RawImage, device: torch.device) -> torch.Tensor:
+        """Normalised, erased float ``B,3,H,W`` images on ``device`` from a batched :class:`RawImage`."""
+        images = raw.pixels.to(device, non_blocking=True).float().div_(255)
+        mean = torch.tensor(self.mean, device=device).view(-1, 1, 1)
+        std = torch.tensor(self.std, device=device).view(-1, 1, 1)
+        images = images.sub_(mean).div_(std)
+        boxes = raw.erasing.tolist() if self.max_boxes else []  # a few ints per image
+        for i, rows in enumerate(boxes):
+            for top, left, h, w, seed in rows:
+                if h < 0:
+                    continue
+                generator = torch.Generator(device=device).manual_seed(seed)
+                shape = (images.shape[1], h, w) if self.erasing.per_pixel else \
+                    (images.shape[1], 1, 1) if self.erasing.rand_color else None
+                fill = torch.empty(shape, device=device).normal_(generator=generator) if shape else 0.0
+                images[i, :, top:top + h, left:left + w] = fill
+        return images
 
 
 class _MaskCarrier:
@@ -155,8 +256,9 @@ def _moving_mask_too(aug_fn: Callable, carrier: _MaskCarrier) -> Callable:
 def build_train_transform(image_size: int, augmentations: str = "timm", aa: str | None = "rand-m9-mstd0.5-inc1",
                           color_jitter: float = 0.4, reprob: float = 0.25, remode: str = "pixel", recount: int = 1,
                           interpolation: str = "bicubic", mean=IMAGENET_DEFAULT_MEAN,
-                          std=IMAGENET_DEFAULT_STD) -> PairedTransform:
-    """Training transform (PIL image, optional mask → normalised tensor, optional mask).
+                          std=IMAGENET_DEFAULT_STD, device_tail: bool = False) -> PairedTransform:
+    """Training transform (PIL image, optional mask → normalised tensor, optional mask; with ``device_tail`` a
+    :class:`RawImage` for the transform's :class:`DeviceTail` to finish on the device).
 
     Args:
         augmentations: ``timm``: exactly ``timm.data.create_transform(is_training=True, ...)``
@@ -176,7 +278,7 @@ def build_train_transform(image_size: int, augmentations: str = "timm", aa: str 
                              T.RandomCrop(image_size), T.ToTensor(), T.Normalize(mean, std)])
     else:
         raise ValueError(f"--augmentations_to_use must be one of {AUGMENTATIONS}, got {augmentations!r}")
-    return PairedTransform(compose)
+    return PairedTransform(compose, device_tail=device_tail)
 
 
 def build_eval_transform(image_size: int, crop_pct: float = 1.0, interpolation: str = "bilinear",

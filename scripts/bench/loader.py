@@ -4,7 +4,9 @@ augmenting CUB-sized JPEGs exactly as a training worker does (``CUBDataset`` + t
 the per-image seeding of ``SeededAugmentation``), baseline (image only) and with the mask late masking loads.
 
 It also times the parts of one item (decode, augmentation up to the tensor, ``ToTensor`` + normalisation + random
-erasing) so the cost of the per-image float tail is visible: timm's GPU loader moves that tail to the device.
+erasing) so the cost of the per-image float tail is visible, and measures, in the same run, the workers of
+``--device_tail on`` (timm's GPU-loader convention: they hand over uint8 pixels and the erasing boxes, and the device
+finishes whole batches).
 
 The images are synthetic (``make_synthetic_cub``) at CUB's size (~500 x 375 JPEG); only their size and format
 matter here. One process, one thread: the figure is per core.
@@ -87,18 +89,28 @@ def main(argv=None) -> int:
         root = generate(Path(tmp), SyntheticConfig(num_classes=4, images_per_class=12, image_size=375),
                         progress=False).cub_root
         transform = build_train_transform(args.image_size, args.augmentations, args.aa, reprob=args.reprob)
+        tail = build_train_transform(args.image_size, args.augmentations, args.aa, reprob=args.reprob,
+                                     device_tail=True)
         image_only = CUBDataset(root, "all", "images", None, transform=transform)
         with_mask = CUBDataset(root, "all", "images", GT_MASK_SUB_PATH, transform=transform)
+        tail_image_only = CUBDataset(root, "all", "images", None, transform=tail)
+        tail_with_mask = CUBDataset(root, "all", "images", GT_MASK_SUB_PATH, transform=tail)
         sample = load_rgb(image_only.image_path(0))
         load_mask(with_mask.mask_path(0), sample.size)  # the masks exist and load
         result = {"image_size": args.image_size, "augmentations": args.augmentations, "aa": args.aa,
                   "reprob": args.reprob, "source_image": list(sample.size),
                   "baseline_images_per_s": throughput(SeededAugmentation(image_only, 0), args.images, args.repeat),
                   "with_mask_images_per_s": throughput(SeededAugmentation(with_mask, 0), args.images, args.repeat),
+                  "device_tail_baseline_images_per_s": throughput(SeededAugmentation(tail_image_only, 0), args.images,
+                                                                  args.repeat),
+                  "device_tail_with_mask_images_per_s": throughput(SeededAugmentation(tail_with_mask, 0),
+                                                                   args.images, args.repeat),
                   "ms_per_image": parts(image_only, args.images)}
     print(f"{args.augmentations} augmentation at {args.image_size} px from {sample.size[0]}x{sample.size[1]} JPEGs, "
           f"one core: baseline {result['baseline_images_per_s']:.1f} images/s, with mask "
-          f"{result['with_mask_images_per_s']:.1f} images/s; per image (ms): "
+          f"{result['with_mask_images_per_s']:.1f} images/s; workers of --device_tail on: baseline "
+          f"{result['device_tail_baseline_images_per_s']:.1f}, with mask "
+          f"{result['device_tail_with_mask_images_per_s']:.1f} images/s; per image (ms): "
           + ", ".join(f"{k} {v:.1f}" for k, v in result["ms_per_image"].items()))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
