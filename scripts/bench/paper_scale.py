@@ -25,7 +25,7 @@ How each figure is obtained (no GPU is needed):
 Real CUB: 5,994 training and 5,794 test images (Waterbirds: the same 5,794). Usage:
 
     python scripts/bench/paper_scale.py                       # every paper run, table to stdout
-    python scripts/bench/paper_scale.py --out docs/scale_table.md --json runs/bench/paper_scale.json
+    python scripts/bench/paper_scale.py --out runs/bench/scale_table.md --json runs/bench/paper_scale.json
 """
 
 from __future__ import annotations
