@@ -9,6 +9,9 @@ Three layouts cover the timm families the project supports:
   patch tokens on ``patch_embed.grid_size``.
 
 Late masking, the heads and every "is this a ViT?" question go through :func:`adapter_for` / :func:`arch_layout`.
+The adapters are a registry: a new family is an adapter class with :func:`register` (in any module imported before
+the run), which names the timm modules its models live in and recognises a built backbone; the rest of the project
+asks it, never the family.
 """
 
 from __future__ import annotations
@@ -22,39 +25,76 @@ from bgmask.errors import BgmaskError
 from bgmask.masking import mask_features
 
 LAYOUTS = ("NCHW", "NHWC", "tokens")
-_TOKEN_MODULES = ("vision_transformer", "vision_transformer_hybrid", "deit", "eva", "beit")
-_NHWC_MODULES = ("swin_transformer", "swin_transformer_v2", "swin_transformer_v2_cr")
 
 
 class UnsupportedBackbone(BgmaskError, ValueError):
     """A backbone whose feature layout the project does not know; the message lists what is supported."""
 
 
-def arch_layout(arch: str) -> str | None:
-    """The layout of a timm model name, without building it (None for an unknown name)."""
+_ADAPTERS: list[type[BackboneAdapter]] = []
+
+
+def register(cls: type[BackboneAdapter]) -> type[BackboneAdapter]:
+    """Class decorator: make an adapter known. Adapters registered later are asked first, so a family can refine a
+    more general one (the generic NCHW adapter is asked last)."""
+    if cls in _ADAPTERS:
+        _ADAPTERS.remove(cls)
+    _ADAPTERS.insert(0, cls)
+    return cls
+
+
+def _timm_module(arch: str) -> str | None:
     try:
-        module = timm.models.model_entrypoint(arch).__module__.rsplit(".", 1)[-1]
+        return timm.models.model_entrypoint(arch).__module__.rsplit(".", 1)[-1]
     except (RuntimeError, KeyError):
         return None
-    return "tokens" if module in _TOKEN_MODULES else "NHWC" if module in _NHWC_MODULES else "NCHW"
+
+
+def arch_layout(arch: str) -> str | None:
+    """The layout of a timm model name, without building it (None for an unknown name)."""
+    module = _timm_module(arch)
+    if module is None:
+        return None
+    return next(cls.layout for cls in _ADAPTERS if cls.claims_module(module))
 
 
 def takes_img_size(arch: str) -> bool:
     """Transformers fix their position embeddings (or windows) at build time; CNNs take any input size."""
-    return arch_layout(arch) in ("tokens", "NHWC")
+    module = _timm_module(arch)
+    return module is not None and next(cls.fixed_input_size for cls in _ADAPTERS if cls.claims_module(module))
 
 
 class BackboneAdapter:
     """Feature access for one backbone in its native layout, with masking and the second-last split."""
 
     layout = "NCHW"
+    timm_modules: tuple[str, ...] = ()  # the timm modules whose models this adapter serves (empty: any)
+    fixed_input_size = False  # the model is built for one input size (``img_size``)
+    num_prefix_tokens = 0  # token layouts: CLS/register tokens before the patch tokens
+    grid_size = None  # token layouts: the patch grid
 
     def __init__(self, backbone: nn.Module):
         self.backbone = backbone
 
+    @classmethod
+    def claims_module(cls, module: str) -> bool:
+        """Whether the models of timm module ``module`` are this adapter's (by name, before building)."""
+        return not cls.timm_modules or module in cls.timm_modules
+
+    @classmethod
+    def accepts(cls, backbone: nn.Module) -> bool:
+        """Whether a built backbone has what this adapter reads."""
+        if getattr(backbone, "output_fmt", "NCHW") != "NCHW" or not hasattr(backbone, "forward_features"):
+            return False
+        return not cls.timm_modules or type(backbone).__module__.rsplit(".", 1)[-1] in cls.timm_modules
+
     @property
     def is_vit(self) -> bool:
         return self.layout == "tokens"
+
+    def pool_geometry(self) -> dict:
+        """What :func:`bgmask.heads.pool` needs to read this backbone's features (token layouts)."""
+        return {"num_prefix_tokens": self.num_prefix_tokens, "grid_size": self.grid_size}
 
     @property
     def supports_second_last(self) -> bool:
@@ -62,6 +102,11 @@ class BackboneAdapter:
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone.forward_features(x)
+
+    def head_pool(self, feats: torch.Tensor, pre_logits: bool = True) -> torch.Tensor:
+        """A feature map -> the input of the linear head (timm's ``forward_head(pre_logits=True)``: pooling and,
+        for ConvNeXt, the final norm). Token layouts pool by head name instead (:func:`bgmask.heads.pool`)."""
+        return self.backbone.forward_head(feats, pre_logits=pre_logits)
 
     def mask(self, feats: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """Zero the background positions of ``feats`` (native layout) and block their gradient."""
@@ -90,10 +135,20 @@ class BackboneAdapter:
                                       f"variant needs a staged CNN (ConvNeXt), a Swin or a ViT.")
 
 
+register(BackboneAdapter)  # the generic CNN adapter: registered first, asked last
+
+
+@register
 class NHWCAdapter(BackboneAdapter):
     """Swin-style backbones: ``B,H,W,C`` features, stages in ``.layers``, a final ``.norm``."""
 
     layout = "NHWC"
+    timm_modules = ("swin_transformer", "swin_transformer_v2", "swin_transformer_v2_cr")
+    fixed_input_size = True
+
+    @classmethod
+    def accepts(cls, backbone):
+        return getattr(backbone, "output_fmt", "NCHW") == "NHWC"
 
     @property
     def supports_second_last(self) -> bool:
@@ -116,10 +171,17 @@ class NHWCAdapter(BackboneAdapter):
         return [self.backbone.layers[-1], self.backbone.norm]
 
 
+@register
 class TokenAdapter(BackboneAdapter):
     """ViTs: ``B,N,D`` tokens, prefix (CLS/register) tokens first, patch tokens on ``patch_embed.grid_size``."""
 
     layout = "tokens"
+    timm_modules = ("vision_transformer", "vision_transformer_hybrid", "deit", "eva", "beit")
+    fixed_input_size = True
+
+    @classmethod
+    def accepts(cls, backbone):
+        return all(hasattr(backbone, a) for a in ("patch_embed", "blocks", "num_prefix_tokens"))
 
     @property
     def supports_second_last(self) -> bool:
@@ -167,15 +229,14 @@ class TokenAdapter(BackboneAdapter):
 
 def adapter_for(backbone: nn.Module) -> BackboneAdapter:
     """The adapter of a timm backbone; an architecture of unknown layout is refused with a clear message."""
-    if hasattr(backbone, "patch_embed") and hasattr(backbone, "blocks") and hasattr(backbone, "num_prefix_tokens"):
-        return TokenAdapter(backbone)
-    if getattr(backbone, "output_fmt", "NCHW") == "NHWC":
-        if not hasattr(backbone, "layers"):
-            raise UnsupportedBackbone(f"{type(backbone).__name__} returns NHWC features but has no .layers; "
-                                      f"supported: CNNs (NCHW), Swin-style NHWC models and ViTs.")
-        return NHWCAdapter(backbone)
-    if getattr(backbone, "output_fmt", "NCHW") != "NCHW" or not hasattr(backbone, "forward_features"):
-        raise UnsupportedBackbone(f"{type(backbone).__name__} has an unknown feature layout "
-                                  f"({getattr(backbone, 'output_fmt', '?')}); supported: CNNs (NCHW), Swin-style "
-                                  f"NHWC models and ViTs (tokens).")
-    return BackboneAdapter(backbone)
+    for cls in _ADAPTERS:
+        if cls.accepts(backbone):
+            adapter = cls(backbone)
+            if isinstance(adapter, NHWCAdapter) and not hasattr(backbone, "layers"):
+                raise UnsupportedBackbone(f"{type(backbone).__name__} returns NHWC features but has no .layers; "
+                                          f"supported: CNNs (NCHW), Swin-style NHWC models and ViTs.")
+            return adapter
+    raise UnsupportedBackbone(f"{type(backbone).__name__} has an unknown feature layout "
+                              f"({getattr(backbone, 'output_fmt', '?')}); supported: CNNs (NCHW), Swin-style NHWC "
+                              f"models and ViTs (tokens), and any family with a registered adapter "
+                              f"(bgmask.backbones.register).")

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import yaml
 
-from bgmask import strategies
+from bgmask import benchmarks, strategies
 from bgmask.config import GROUPS, TrainConfig
 from bgmask.errors import BgmaskError, ConfigError
+from bgmask.trainer import run
 
 BASE_KEY = "_base_"
 
@@ -140,7 +141,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, strategies.
                           f"strategy; drop them or pick that strategy with --masking.")
     values = {k: v for k, v in values.items() if k not in other_defaults}
     cfg = TrainConfig.from_flat({**values, "masking": name}, strategy.Options)
-    return strategy.resolve(cfg), strategy
+    return benchmarks.get(cfg.data.dataset)().resolve(cfg, strategy.needs(cfg)), strategy
 
 
 def parse_config(strategy_names: Sequence[str], argv=None, description: str | None = None):
@@ -150,8 +151,6 @@ def parse_config(strategy_names: Sequence[str], argv=None, description: str | No
 
 def main(strategy_names: Sequence[str], argv=None, description: str | None = None) -> int:
     """A classifier entry point: parse, check, train. Exit code 2 with a message for anything the user can fix."""
-    from bgmask.trainer import run
-
     args = parse_with_config(build_parser(strategy_names, description), argv)
     return main_guard(lambda: run(*config_from_args(args)))
 

@@ -8,14 +8,15 @@ The library takes these objects, never an ``argparse.Namespace``, and raises :cl
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from bgmask.backbones import arch_layout
+from bgmask.config_checks import config_errors
 from bgmask.data.cub import GT_MASK_SUB_PATH, WATERBIRDS_SUB_PATH
+from bgmask.data.masks import MASK_FOLDERS
 from bgmask.data.transforms import AUGMENTATIONS, INTERPOLATIONS
 from bgmask.errors import ConfigError
+from bgmask.heads import vit_head_of
 from bgmask.models import HEAD_INITS, HEAD_NORM_RULES, WEIGHT_DECAY_RULES, ModelSpec
 
 OPTIMIZERS = ("adamw", "adam", "sgd")  # timm's 'sgd' is SGD with Nesterov momentum, as upstream's
@@ -31,10 +32,16 @@ def option(default: Any, help: str = "", choices: tuple | list | None = None, me
 class DataConfig:
     section: ClassVar[str] = "data"
     data_path: str | None = option(None, "CUB_200_2011 folder (holds images.txt)")
-    dataset: str = option("cub", choices=("cub",))
+    dataset: str = option("cub", "the benchmark (bgmask/benchmarks/): cub = CUB-200-2011, tested on CUB and "
+                                 "Waterbirds")
+    # The folders of the cub benchmark, each relative to data_path (bgmask/benchmarks/cub.py resolves them).
     image_sub_path_train: str = option("images", "training image folder under data_path")
     image_sub_path_test: str = option("images", "CUB test image folder under data_path")
     ood_image_sub_path: str = option(WATERBIRDS_SUB_PATH, "Waterbirds (OOD) image folder under data_path")
+    mask_sub_path: str = option(MASK_FOLDERS["images"][0], "precomputed masks for the CUB images (same relative "
+                                                           "paths, .png), for strategies that load predicted masks")
+    ood_mask_sub_path: str = option(MASK_FOLDERS[WATERBIRDS_SUB_PATH][0], "precomputed masks for the Waterbirds "
+                                                                          "images")
     skip_ood_eval: bool = option(False, "train and test without the Waterbirds evaluation (recorded in results.json); "
                                         "without it a missing Waterbirds folder stops the run before training")
     train_split: float = option(1.0, "fraction of the CUB train split used for training; the rest is the "
@@ -73,7 +80,7 @@ class ModelConfig:
 
     @property
     def vit_head(self) -> str:
-        return "cls" if self.class_token_only else "mean" if self.patch_tokens_only else "cls_mean"
+        return vit_head_of(self.class_token_only, self.patch_tokens_only)
 
     def spec(self, num_classes: int, image_size: int) -> ModelSpec:
         return ModelSpec(arch=self.model_arch, num_classes=num_classes, image_size=image_size,
@@ -246,120 +253,7 @@ class TrainConfig:
         return dict(sorted(out.items()))
 
     def check(self, cuda_available: bool) -> None:
-        """Reject contradictory settings and bad paths before anything is built.
-
-        Contradictions we refuse: two ViT heads at once; a ViT head flag on a CNN; fp16 autocast on CPU; drop-path on a
-        frozen backbone (it would silently do nothing); a warm-up as long as training; min_lr above lr;
-        ``--eval_mode val`` without a validation part. Mixup with a frozen backbone is allowed (a valid regulariser).
-        """
-        errors = choice_errors(self.data, self.model, self.optim, self.aug, self.diagnostics, self.run,
-                               self.strategy_options)
-        errors += _data_errors(self.data) + _model_errors(self.model)
-        errors += _optim_errors(self.optim, self.model, self.run.eval_only)
-        run = self.run
-        if run.snapshot_dir is None:
-            errors.append("--snapshot_dir is required: the run folder for checkpoints, logs and results.json.")
-        elif os.path.exists(run.snapshot_dir) and not os.path.isdir(run.snapshot_dir):
-            errors.append(f"--snapshot_dir {run.snapshot_dir} exists and is a file, not a folder; choose another "
-                          f"path.")
-        if self.optim.use_amp and self.optim.amp_on_cpu and self.optim.amp_dtype == "float16" and (
-                run.device == "cpu" or not cuda_available):
-            errors.append("--amp_on_cpu takes --amp_dtype bfloat16: float16 autocast on CPU needs a loss scaler and "
-                          "is slower than fp32.")
-        if self.data.batch_size >= 1 and self.aug.turn_on_mixup_or_cutmix and self.data.batch_size % 2:
-            errors.append(f"--batch_size must be even with mixup/cutmix, got {self.data.batch_size}.")
-        if not 0 <= self.aug.mixup_prob <= 1 or not 0 <= self.aug.mixup_switch_prob <= 1:
-            errors.append("--mixup_prob and --mixup_switch_prob are probabilities in [0, 1].")
-        if run.checkpoint_every < 1:
-            errors.append(f"--checkpoint_every must be >= 1, got {run.checkpoint_every}.")
-        if self.diagnostics.diagnostics_batch_size < 0:
-            errors.append(f"--diagnostics_batch_size must be >= 0 (0: automatic), got "
-                          f"{self.diagnostics.diagnostics_batch_size}.")
-        if run.eval_only and run.checkpoint and not os.path.isfile(run.checkpoint):
-            errors.append(f"--checkpoint {run.checkpoint} does not exist.")
+        """Reject contradictory settings and bad paths before anything is built (:mod:`bgmask.config_checks`)."""
+        errors = config_errors(self, cuda_available)
         if errors:
             raise ConfigError("invalid arguments:\n  - " + "\n  - ".join(errors))
-
-
-def choice_errors(*parts) -> list[str]:
-    """Values outside a field's ``choices``: argparse checks flags, but not values from ``--config`` files, an
-    ``args.yaml`` or a config built in Python."""
-    errors = []
-    for part in parts:
-        if part is None:
-            continue
-        for f in dataclasses.fields(part):
-            choices, value = f.metadata.get("choices"), getattr(part, f.name)
-            if choices is not None and value is not None and value not in choices:
-                errors.append(f"--{f.name} must be one of {', '.join(map(str, choices))}; got {value!r}.")
-    return errors
-
-
-def _data_errors(data: DataConfig) -> list[str]:
-    errors = []
-    if data.data_path is None:
-        errors.append("--data_path is required: the CUB_200_2011 folder (holds images.txt).")
-    elif not os.path.isdir(data.data_path):
-        errors.append(f"--data_path {data.data_path} does not exist. Point it at the extracted CUB_200_2011 folder "
-                      f"(or generate the synthetic one with scripts/make_synthetic_cub.py).")
-    if not 0 < data.train_split <= 1:
-        errors.append(f"--train_split must be in (0, 1], got {data.train_split}.")
-    if data.eval_mode == "val" and data.train_split >= 1:
-        errors.append("--eval_mode val needs a validation part: set --train_split below 1 (e.g. 0.9).")
-    if data.batch_size < 1:
-        errors.append(f"--batch_size must be positive, got {data.batch_size}.")
-    return errors
-
-
-def _model_errors(model: ModelConfig) -> list[str]:
-    errors = []
-    if model.class_token_only and model.patch_tokens_only:
-        errors.append("--class_token_only and --patch_tokens_only are mutually exclusive: pick one head, or neither "
-                      "for the default concat(CLS, mean patch tokens).")
-    layout = arch_layout(model.model_arch)
-    if (model.class_token_only or model.patch_tokens_only) and layout not in (None, "tokens"):
-        errors.append(f"--class_token_only/--patch_tokens_only select a ViT head; {model.model_arch} is not a ViT "
-                      f"({layout} features).")
-    if model.freeze_backbone and model.drop_path > 0:
-        errors.append("--drop_path has no effect with --freeze_backbone (the frozen backbone runs in eval mode); "
-                      "set --drop_path 0.")
-    if model.start_weights not in (None, "", "DEFAULT", "None"):
-        errors.append(f"--start_weights accepts DEFAULT (timm pretrained weights) only, got {model.start_weights!r}; "
-                      f"use --pretrained_path FILE for local weights.")
-    if model.pretrained_path and not os.path.isfile(model.pretrained_path):
-        errors.append(f"--pretrained_path {model.pretrained_path} does not exist.")
-    if model.probe_heads is not None:
-        from bgmask.probes import head_errors, parse_heads
-
-        if not model.freeze_backbone:
-            errors.append("--probe_heads trains heads on a frozen backbone: add --freeze_backbone (fine-tuned heads "
-                          "change the backbone, so they cannot share it).")
-        if model.class_token_only or model.patch_tokens_only:
-            errors.append("--probe_heads names every head; drop --class_token_only / --patch_tokens_only (use "
-                          "cls or mean in the list).")
-        errors += head_errors(parse_heads(model.probe_heads), layout)
-    return errors
-
-
-def _optim_errors(optim: OptimConfig, model: ModelConfig, eval_only: bool = False) -> list[str]:
-    errors = []
-    if optim.epochs < 1:
-        errors.append(f"--epochs must be >= 1, got {optim.epochs}.")
-    if optim.scheduler_warmup_epochs >= optim.epochs and optim.scheduler_type == "cosine_with_warmup":
-        errors.append(f"--scheduler_warmup_epochs ({optim.scheduler_warmup_epochs}) must be below --epochs "
-                      f"({optim.epochs}).")
-    if optim.scheduler_type == "cosine_warmup_restart" and (optim.scheduler_warmup_epochs < 1
-                                                            or optim.scheduler_restart_factor < 1):
-        errors.append("cosine_warmup_restart takes its first cycle length from --scheduler_warmup_epochs (as "
-                      "upstream) and needs it >= 1, with --scheduler_restart_factor >= 1.")
-    if optim.scheduler_type == "steplr" and optim.scheduler_step_size < 1:
-        errors.append(f"--scheduler_step_size must be >= 1, got {optim.scheduler_step_size}.")
-    if optim.min_lr > optim.lr:
-        errors.append(f"--min_lr ({optim.min_lr}) is above --lr ({optim.lr}).")
-    if model.probe_heads is not None and optim.grad_norm_clip > 0:
-        errors.append("--grad_norm_clip clips the norm over all parameters, which would couple the --probe_heads; "
-                      "set it to 0 (the frozen regime does not clip).")
-    if model.probe_heads is not None and optim.use_amp and optim.amp_dtype == "float16" and not eval_only:
-        errors.append("--use_amp with float16 shares one loss scaler between the --probe_heads: an overflow in one "
-                      "head would skip every head's step; use --amp_dtype bfloat16 (no scaler) or no AMP.")
-    return errors

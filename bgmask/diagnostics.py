@@ -19,8 +19,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from bgmask.data.cub import CUBDataset, load_mask, load_rgb
+from bgmask.data.cub import load_mask, load_rgb
 from bgmask.distributed import all_reduce_sum
+from bgmask.progress import progress_bar
+from bgmask.strategies.base import ModelInput
 
 VIEWS = ("only_fg", "only_bg_b", "only_bg_t", "mixed_same", "mixed_rand")
 BIRD_VIEWS = ("only_fg", "mixed_same", "mixed_rand")  # views that still show the bird
@@ -94,24 +96,24 @@ def pair_indices(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]
 
 
 class DiagnosticViews(Dataset):
-    """One view of the CUB test set, as the strategy's model takes it.
+    """One view of the test images, as the strategy's model takes it.
 
     Args:
-        root: the CUB root; views are built from the original ``images/`` and the bird masks.
-        mask_sub_path: ``segmentations`` (CUB's soft masks, bird = > 0) or a binary mask folder.
+        base: the original test images with their bird masks (a benchmark's ``diagnostics_images``: ``labels``,
+            ``paths``, ``image_path(i)`` and ``mask_path(i)``; soft masks, bird = > 0, or binary ones).
         view: one of :data:`VIEWS`, or ``original`` (the image itself; for attribution).
-        strategy: ``none`` (the view), ``early`` (the view masked by its bird mask, as early masking feeds it) or
-            ``late`` (the view and its bird mask). The bird mask of a view without the bird is empty.
+        model_input: how the model takes an image (:class:`~bgmask.strategies.ModelInput`): the view as it is,
+            the view masked by its bird mask (as early masking feeds it), or the view and its bird mask. The bird
+            mask of a view without the bird is empty.
         transform: the run's evaluation transform (a :class:`~bgmask.data.transforms.PairedTransform`).
-        with_mask: also return the transformed bird mask (for attribution), whatever the strategy.
+        with_mask: also return the transformed bird mask (for attribution), whatever the model takes.
     """
 
-    def __init__(self, root, mask_sub_path: str, view: str, strategy: str, transform, seed: int = 0,
-                 with_mask: bool = False):
+    def __init__(self, base, view: str, model_input: ModelInput, transform, seed: int = 0, with_mask: bool = False):
         if view not in (*VIEWS, "original"):
             raise ValueError(f"unknown view {view!r}; one of {VIEWS}")
-        self.base = CUBDataset(root, "test", "images", mask_sub_path, transform=None, mask_threshold=None)
-        self.view, self.strategy, self.transform, self.with_mask = view, strategy, transform, with_mask
+        self.base = base
+        self.view, self.model_input, self.transform, self.with_mask = view, model_input, transform, with_mask
         self.labels = self.base.labels
         self.same, self.rand = pair_indices(self.labels, seed)
 
@@ -139,44 +141,48 @@ class DiagnosticViews(Dataset):
 
     def __getitem__(self, i: int):
         view, bird = self.build(i)
-        if self.strategy == "early":
+        if self.model_input is ModelInput.MASKED_IMAGE:
             view = only_fg(view, bird)
         image, mask = self.transform(Image.fromarray(view), Image.fromarray(bird))
         label = int(self.labels[i])
-        if self.with_mask or self.strategy == "late":
+        if self.with_mask or self.model_input is ModelInput.IMAGE_AND_MASK:
             return image, mask, label
         return image, label
 
 
 # ------------------------------------------------------------------------------------------- attribution
-def attribution_maps(model, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor, strategy: str,
-                     layout: str, autocast=contextlib.nullcontext) -> torch.Tensor:
+def attribution_method(model) -> str:
+    """What :func:`attribution_maps` computes for ``model``'s backbone."""
+    return "|gradient x input|" if model.layout == "tokens" else "Grad-CAM on the pooled feature map"
+
+
+def attribution_maps(model, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor, model_input: ModelInput,
+                     autocast=contextlib.nullcontext) -> torch.Tensor:
     """Non-negative attribution of the true class per input pixel, ``B,H,W`` (fp32).
 
     CNNs (NCHW/NHWC): Grad-CAM on the feature map the head pools (after masking, for late masking), upsampled
     bilinearly. ViTs: |gradient x input| summed over colour channels (token maps mix CLS and patches, so the input
-    is where ViT attributions are comparable across heads).
+    is where ViT attributions are comparable across heads). The model says its ``layout`` and, for Grad-CAM, gives
+    its ``attribution_features(images, masks)`` and ``head_from_features(features, masks)``.
 
     Only the gradient the map needs is computed (``backward(inputs=[...])`` to the input or the feature map, with
     the parameters not requiring grad): no parameter gradients are allocated or left behind. ``autocast`` is the
     run's mixed-precision context.
     """
     with no_parameter_grads(model):
-        if layout == "tokens":
+        if model.layout == "tokens":
             x = images.clone().requires_grad_(True)
             with autocast():
-                logits = model(*_model_inputs(x, masks, strategy))
+                logits = model(*_model_inputs(x, masks, model_input))
             logits.gather(1, labels[:, None]).float().sum().backward(inputs=[x])
             return (x.grad * x.detach()).sum(1).abs()
-        clf = getattr(model, "classifier", model)
         with torch.no_grad(), autocast():
-            feats = model.masked_features(images, masks) if strategy == "late" else clf.features(images)
+            feats = model.attribution_features(images, masks)
         feats = feats.float().requires_grad_(True)  # Grad-CAM: d(logit)/d(features), no backward through the backbone
-        pooled = model._pool(feats, masks) if strategy == "late" else clf.pool(feats)
-        clf.head(pooled).gather(1, labels[:, None]).sum().backward(inputs=[feats])
+        model.head_from_features(feats, masks).gather(1, labels[:, None]).sum().backward(inputs=[feats])
         grads = feats.grad
     acts = feats.detach()
-    if layout == "NHWC":
+    if model.layout == "NHWC":
         acts, grads = acts.permute(0, 3, 1, 2), grads.permute(0, 3, 1, 2)
     cam = F.relu((grads.mean(dim=(2, 3), keepdim=True) * acts).sum(1, keepdim=True))
     return F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
@@ -195,25 +201,25 @@ def no_parameter_grads(model: torch.nn.Module):
             p.requires_grad_(True)
 
 
-def attribution_in_chunks(model, images, masks, labels, strategy: str, layout: str, autocast) -> torch.Tensor:
+def attribution_in_chunks(model, images, masks, labels, model_input: ModelInput, autocast) -> torch.Tensor:
     """:func:`attribution_maps`, halving the batch on CUDA out-of-memory until one image at a time.
 
     A frozen backbone never held activations for a backward during training; its diagnostics must still finish.
     """
     try:
-        return attribution_maps(model, images, masks, labels, strategy, layout, autocast)
+        return attribution_maps(model, images, masks, labels, model_input, autocast)
     except torch.OutOfMemoryError:
         if len(images) == 1:
             raise
         torch.cuda.empty_cache()
         half = len(images) // 2
-        return torch.cat([attribution_in_chunks(model, images[sl], masks[sl], labels[sl], strategy, layout, autocast)
+        return torch.cat([attribution_in_chunks(model, images[sl], masks[sl], labels[sl], model_input, autocast)
                           for sl in (slice(0, half), slice(half, None))])
 
 
-def _model_inputs(images, masks, strategy: str) -> list[torch.Tensor]:
+def _model_inputs(images, masks, model_input: ModelInput) -> list[torch.Tensor]:
     """What the strategy's model takes (early masking's images are already masked by :class:`DiagnosticViews`)."""
-    return [images, masks] if strategy == "late" else [images]
+    return [images, masks] if model_input is ModelInput.IMAGE_AND_MASK else [images]
 
 
 def fg_share(maps: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -224,20 +230,18 @@ def fg_share(maps: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, tor
     return torch.where(valid, inside / total.clamp_min(1e-12), torch.zeros_like(total)), valid
 
 
-def fg_attribution(model, loader, device, strategy: str, layout: str, gallery: int = 0, progress: bool = False,
+def fg_attribution(model, loader, device, model_input: ModelInput, gallery: int = 0, progress: bool = False,
                    autocast=contextlib.nullcontext):
     """Mean share of the attribution inside the bird over a loader of ``(image, mask, label, index)`` batches,
     exact across processes. Returns ``(mean share, images counted, gallery)`` with ``gallery`` the first
     ``gallery`` maps this process saw (``{"index": [...], "maps": B,H,W float16}``)."""
-    from bgmask.progress import progress_bar
-
     was_training = model.training
     model.eval()
     sums = torch.zeros(2, dtype=torch.float64)
     kept_index, kept_maps = [], []
     for images, masks, labels, index in progress_bar(loader, desc="attribution", disable=not progress):
         images, masks, labels = images.to(device), masks.to(device), labels.to(device)
-        maps = attribution_in_chunks(model, images, masks, labels, strategy, layout, autocast)
+        maps = attribution_in_chunks(model, images, masks, labels, model_input, autocast)
         shares, valid = fg_share(maps, masks)
         sums += torch.stack([shares[valid].sum(), valid.sum()]).double().cpu()
         if len(kept_index) < gallery:

@@ -1,9 +1,9 @@
 """Training and evaluation loops shared by every strategy: AMP, grad clipping, exact cross-process test counts.
 
 Batches are tuples ``(*inputs, labels)``; the model is called as ``model(*inputs)``, so a strategy that needs masks
-just returns ``(image, mask, label)`` from its dataset and takes ``(image, mask)`` in its forward. A model may also
-return ``{head: logits}`` (several heads on one forward, :mod:`bgmask.probes`): training back-propagates the sum of
-the heads' losses and evaluation reports every head.
+just returns ``(image, mask, label)`` from its dataset and takes ``(image, mask)`` in its forward. Every model is
+read as ``{head: logits}`` (:func:`bgmask.heads.outputs`; several heads on one forward: :mod:`bgmask.probes`):
+training back-propagates the sum of the heads' losses and evaluation reports every head.
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from timm.utils import NativeScaler, dispatch_clip_grad
 from torch import nn
 from torch.utils.data import Dataset, Sampler
 
+from bgmask import heads
+from bgmask.data.groups import Groups, group_metrics
 from bgmask.distributed import all_reduce_sum
 from bgmask.progress import progress_bar
 
@@ -104,6 +105,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         "images_per_s": throughput, "completed": False when stopped early}``.
     """
     model.train()
+    names = heads.names_of(model)
     sync_every = max(1, sync_every)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # stays on the device between syncs
     checked_loss, checked_steps, seen, start = 0.0, 0, 0, time.perf_counter()
@@ -120,10 +122,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         if batch_transform is not None:
             inputs, targets = batch_transform(inputs, labels)
         with amp.autocast():
-            out = model(*inputs)
             # Several heads: the sum gives each head exactly its own loss's gradient; the mean is what is logged.
-            outs = out.values() if isinstance(out, dict) else [out]
-            losses = [criterion(o, targets) for o in outs]
+            losses = [criterion(o, targets) for o in heads.outputs(model(*inputs), names).values()]
             loss = losses[0] if len(losses) == 1 else torch.stack(losses).sum()
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
@@ -158,61 +158,43 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device, amp: AmpSettings, places: np.ndarray | None = None,
-             waterbird_y: np.ndarray | None = None, progress: bool = True, desc: str = "eval") -> dict:
-    """Top-1 over a loader of ``(*inputs, labels, index)`` batches, summed exactly across processes.
+def evaluate(model: nn.Module, loader, device: torch.device, amp: AmpSettings, groups: Groups | None = None,
+             progress: bool = True, desc: str = "eval") -> dict[str, dict]:
+    """Top-1 of every head over a loader of ``(*inputs, labels, index)`` batches, summed exactly across processes:
+    ``{head: metrics}`` (:func:`bgmask.heads.outputs`; one entry for a single-head model).
 
     Each process must see a disjoint shard (:class:`ShardSampler`); correct/total counts are all-reduced, so every
-    image counts once whatever the number of processes or batch size. With Waterbirds metadata (``places`` and
-    ``waterbird_y`` indexed by dataset position) it also reports per-place top-1 and top-1 per (y, place) group,
-    and the worst group. A model with several heads (``probe_names``, returning ``{head: logits}``) gives
-    ``{head: metrics}``.
+    image counts once whatever the number of processes or batch size. With ``groups`` (a group id per dataset
+    position) it also reports top-1 per group, the worst group and the group unions the benchmark names
+    (:func:`bgmask.data.groups.group_metrics`).
     """
     model.eval()
-    heads = getattr(getattr(model, "module", model), "probe_names", None)
-    num_places = int(places.max()) + 1 if places is not None else 0
-    num_groups = 2 * num_places
+    names = heads.names_of(model)
+    num_groups = len(groups.names) if groups is not None else 0
     # per head: [correct, total, group correct..., group n...]
     # Counts stay on the device until the end: no host sync per batch.
-    counts = torch.zeros(len(heads or [None]), 2 + 2 * num_groups, dtype=torch.float64, device=device)
-    place_t = torch.as_tensor(places).to(device) if places is not None else None
-    y_t = torch.as_tensor(waterbird_y).to(device) if waterbird_y is not None else None
+    counts = torch.zeros(len(names), 2 + 2 * num_groups, dtype=torch.float64, device=device)
+    group_t = torch.as_tensor(groups.ids).to(device) if groups is not None else None
     for batch in progress_bar(loader, desc=desc, disable=not progress):
         *inputs, labels, index = _to_device(batch, device)
         with amp.autocast():
-            out = model(*inputs)
-        logits = [out[h] for h in heads] if heads else [out]
-        group = y_t[index] * num_places + place_t[index] if place_t is not None else None
-        for row, head_logits in zip(counts, logits):
-            hits = (head_logits.argmax(dim=1) == labels).to(torch.float64)
+            out = heads.outputs(model(*inputs), names)
+        group = group_t[index] if group_t is not None else None
+        for row, name in zip(counts, names):
+            hits = (out[name].argmax(dim=1) == labels).to(torch.float64)
             row[0] += hits.sum()
             row[1] += hits.numel()
             if group is not None:
                 row[2:2 + num_groups] += torch.bincount(group, weights=hits, minlength=num_groups)
                 row[2 + num_groups:] += torch.bincount(group, minlength=num_groups).to(torch.float64)
     counts = all_reduce_sum(counts).cpu()
-    metrics = [_metrics(row, num_places, with_groups=place_t is not None) for row in counts]
-    return dict(zip(heads, metrics)) if heads else metrics[0]
+    return {name: _metrics(row, groups) for name, row in zip(names, counts)}
 
 
-def _metrics(counts: torch.Tensor, num_places: int, with_groups: bool) -> dict:
-    num_groups = 2 * num_places
+def _metrics(counts: torch.Tensor, groups: Groups | None) -> dict:
     total = int(counts[1])
     result = {"top1": 100.0 * float(counts[0]) / max(total, 1), "correct": int(counts[0]), "num_images": total}
-    if with_groups:
-        g_correct, g_total = counts[2:2 + num_groups], counts[2 + num_groups:]
-        groups, per_place = {}, {}
-        for y in range(2):
-            for p in range(num_places):
-                g = y * num_places + p
-                if g_total[g] > 0:
-                    groups[f"y{y}_place{p}"] = {"top1": 100.0 * float(g_correct[g] / g_total[g]),
-                                                "num_images": int(g_total[g])}
-        for p in range(num_places):
-            n = float(g_total[p] + g_total[num_places + p])
-            if n > 0:
-                per_place[str(p)] = 100.0 * float(g_correct[p] + g_correct[num_places + p]) / n
-        result["per_place"] = per_place
-        result["groups"] = groups
-        result["worst_group"] = min(v["top1"] for v in groups.values()) if groups else None
+    if groups is not None:
+        n = len(groups.names)
+        result.update(group_metrics(counts[2:2 + n].numpy(), counts[2 + n:].numpy(), groups))
     return result

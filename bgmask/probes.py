@@ -12,18 +12,8 @@ head gets its own loss. As in DINOv2's linear evaluation, the heads never intera
   gradient; the optimiser (AdamW, SGD...) keeps per-parameter state, so every head's updates are those of its own run;
 * data order, augmentation and mixup draws are the run's, shared by all heads.
 
-So a head's metrics equal those of a separate run with the same seed (tested). Head names:
-
-=====================  ===================================================================================
-``pool``               CNN: timm's pooling and pre-logits (what ``--model_arch convnext_*`` trains)
-``cls``                ViT: the CLS token (``--class_token_only``)
-``mean``               ViT: the mean of the patch tokens, GAP (``--patch_tokens_only``)
-``cls_mean``           ViT: concat(CLS, mean of the patch tokens) (the default ViT head)
-``late:<head>``        the same after the last stage/block's background features are zeroed (late masking);
-                       ``late:masked_mean`` averages foreground patch tokens only (``--masked_mean``)
-=====================  ===================================================================================
-
-``late:cls`` is refused: zeroing patch tokens after the last block never reaches the CLS token.
+So a head's metrics equal those of a separate run with the same seed (tested). Head names and their pooling are
+:mod:`bgmask.heads`; ``late:cls`` is refused: zeroing patch tokens after the last block never reaches the CLS token.
 """
 
 from __future__ import annotations
@@ -33,43 +23,9 @@ import copy
 import torch
 from torch import nn
 
-from bgmask.models import Classifier, foreground_mean, new_head, vit_pool
-
-LATE = "late:"
-CNN_HEADS = ("pool",)
-VIT_HEADS = ("cls", "mean", "cls_mean")
-LATE_ONLY_HEADS = ("masked_mean",)
-
-
-def parse_heads(spec: str) -> list[str]:
-    """``"cls, mean,late:mean"`` -> ``["cls", "mean", "late:mean"]`` (order kept, no duplicates allowed)."""
-    return [h.strip() for h in spec.split(",") if h.strip()]
-
-
-def head_errors(heads: list[str], layout: str | None) -> list[str]:
-    """What is wrong with a list of probe heads for a backbone layout (empty: nothing)."""
-    if not heads:
-        return ["--probe_heads is empty; give a comma list such as cls,mean,late:mean."]
-    errors = []
-    if len(set(heads)) != len(heads):
-        errors.append(f"--probe_heads lists a head twice: {','.join(heads)}.")
-    plain = VIT_HEADS if layout == "tokens" else CNN_HEADS
-    for head in heads:
-        base = head.removeprefix(LATE)
-        late = head.startswith(LATE)
-        if base == "cls" and late:
-            errors.append("--probe_heads late:cls cannot differ from cls: zeroing patch tokens after the last block "
-                          "never reaches the CLS token.")
-        elif base not in plain and not (late and layout == "tokens" and base in LATE_ONLY_HEADS):
-            known = [*plain, *(f"{LATE}{h}" for h in plain if h != "cls"),
-                     *((f"{LATE}{h}" for h in LATE_ONLY_HEADS) if layout == "tokens" else ())]
-            errors.append(f"--probe_heads {head} is not a head of this backbone ({layout or 'unknown'} features); "
-                          f"heads: {', '.join(known)}.")
-    return errors
-
-
-def needs_masks(heads: list[str]) -> bool:
-    return any(h.startswith(LATE) for h in heads)
+from bgmask.heads import LATE, needs_masks
+from bgmask.masked_classifier import LateMaskedClassifier
+from bgmask.models import Classifier
 
 
 class ProbeHeads(nn.Module):
@@ -84,15 +40,12 @@ class ProbeHeads(nn.Module):
         if not classifier.freeze_backbone:
             raise ValueError("probe heads need a frozen backbone (--freeze_backbone)")
         self.classifier = classifier
-        self.probe_names = list(heads)
-        width = classifier.adapter.width if classifier.is_vit else classifier.backbone.num_features
+        self.head_names = list(heads)
         rng = torch.get_rng_state()
         modules, after_first = {}, None
-        for head in self.probe_names:
+        for head in self.head_names:
             torch.set_rng_state(classifier.head_rng_state)  # the init a single-head run would draw
-            base = head.removeprefix(LATE)
-            modules[_key(head)] = new_head(width * (2 if base == "cls_mean" else 1), num_classes,
-                                           classifier.head_init, classifier.is_vit)
+            modules[_key(head)] = classifier.new_head(head, num_classes)
             after_first = after_first if after_first is not None else torch.get_rng_state()
         torch.set_rng_state(after_first if after_first is not None else rng)  # as after the first head's init
         self.probes = nn.ModuleDict(modules)
@@ -100,9 +53,13 @@ class ProbeHeads(nn.Module):
         # A head norm that trains with the head (ConvNeXt's): one copy per probe, the backbone's own stays frozen.
         trained_norm = classifier.head_norm_parameters()
         self.pools = nn.ModuleDict({_key(h): copy.deepcopy(classifier.head_norm_module())
-                                    for h in self.probe_names}) if trained_norm else None
+                                    for h in self.head_names}) if trained_norm else None
         for p in trained_norm:
             p.requires_grad_(False)
+
+    @property
+    def probe_names(self) -> list[str]:
+        return self.head_names
 
     def new_parameters(self) -> list[nn.Parameter]:
         return list(self.probes.parameters()) + (list(self.pools.parameters()) if self.pools is not None else [])
@@ -119,21 +76,19 @@ class ProbeHeads(nn.Module):
         with torch.no_grad():
             feats = clf.adapter.features(images)
             masked = None
-            if needs_masks(self.probe_names):
+            if needs_masks(self.head_names):
                 if masks is None:
                     raise ValueError("late: probe heads need masks with the images")
                 masked = clf.adapter.mask(feats, masks)
         return {head: self.probes[_key(head)](self.pool(head, masked if head.startswith(LATE) else feats, masks))
-                for head in self.probe_names}
+                for head in self.head_names}
 
     def single_head_model(self, head: str) -> nn.Module:
         """``head`` as the model of its single-head run (sharing this backbone and head): a classifier, or a late-masked
         one for ``late:`` heads. Diagnostics score it like any run's model."""
-        from bgmask.strategies.late import LateMaskedClassifier
-
         base = head.removeprefix(LATE)
-        vit_head = ("mean" if base == "masked_mean" else base) if self.classifier.is_vit else "cls_mean"
         pool_module = self.pools[_key(head)] if self.pools is not None else None
+        vit_head = "mean" if base == "masked_mean" else base if base != "pool" else "cls_mean"
         clf = Classifier(self.classifier.backbone, 1, vit_head=vit_head, freeze_backbone=True, head_norm="backbone",
                          pool_module=pool_module)
         clf.head = self.probes[_key(head)]
@@ -143,14 +98,8 @@ class ProbeHeads(nn.Module):
 
     def pool(self, head: str, feats: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
         """The head input: the features of ``head``'s kind, pooled as that head's single-head run pools them."""
-        clf, base = self.classifier, head.removeprefix(LATE)
-        if not clf.is_vit:
-            if self.pools is not None:
-                return self.pools[_key(head)](feats, pre_logits=True)
-            return clf.backbone.forward_head(feats, pre_logits=True)
-        if base == "masked_mean":
-            return foreground_mean(feats, masks, clf.num_prefix_tokens, clf.adapter.grid_size)
-        return vit_pool(feats, base, clf.num_prefix_tokens)
+        cnn_pool = self.pools[_key(head)] if self.pools is not None else None
+        return self.classifier.pool(feats, masks, kind=head.removeprefix(LATE), cnn_pool=cnn_pool)
 
 
 def _key(head: str) -> str:

@@ -9,7 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from bgmask.results import load_runs, write_outputs
+from bgmask.report import write_outputs
+from bgmask.results import load_runs
 
 
 def main(argv=None) -> int:

@@ -47,7 +47,7 @@ DATA="$WORK/data"
 "$PY" scripts/make_synthetic_cub.py --out "$DATA" --num_classes 4 --images_per_class 8 --image_size 64 \
   > "$WORK/logs/data.log" 2>&1 || { echo "FAIL  synthetic data (log: $WORK/logs/data.log)"; exit 1; }
 CUB="$DATA/CUB_200_2011"
-"$PY" -c "from bgmask.masking import write_gt_masked_folders; write_gt_masked_folders('$CUB', progress=False)" \
+"$PY" -c "from bgmask.data.masks import write_gt_masked_folders; write_gt_masked_folders('$CUB', progress=False)" \
   >> "$WORK/logs/data.log" 2>&1 || { echo "FAIL  masked folders (log: $WORK/logs/data.log)"; exit 1; }
 # An (untrained) segmenter checkpoint of the tiny config: the online late-masking path runs it on every batch.
 SEG_CONFIG=mmsegmentation/configs/segformer_mit-b0_tiny_synthetic-128x128.py

@@ -34,6 +34,7 @@ PY_REQUIREMENTS=(
   "ftfy" "regex"
   "pytest>=8" "pytest-timeout" "hypothesis>=6"
   "ruff>=0.5"
+  "import-linter>=2.1"
 )
 
 step() { printf '\n==> %s\n' "$*"; }

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from bgmask.data.cub import WATERBIRDS_SUB_PATH, CUBIndex, DatasetError, load_rgb, mask_path_for
-from bgmask.masking import MASK_FOLDERS
+from bgmask.data.masks import MASK_FOLDERS
 
 
 def main(argv=None) -> int:

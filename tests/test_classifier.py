@@ -256,7 +256,7 @@ def test_eval_only_and_checkpoint_mismatch(two_epoch_run, tiny_cub_root, tmp_pat
 
 
 def test_early_masking_reads_masked_folders(tiny_cub_copy, tmp_path):
-    from bgmask.masking import MASK_FOLDERS, write_gt_masked_folders
+    from bgmask.data.masks import MASK_FOLDERS, write_gt_masked_folders
 
     write_gt_masked_folders(tiny_cub_copy, progress=False)
     run_dir = tmp_path / "early"

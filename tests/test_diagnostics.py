@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from bgmask.data.cub import CUBDataset
 from bgmask.diagnostics import (
     DiagnosticViews,
     attribution_maps,
@@ -21,6 +22,7 @@ from bgmask.diagnostics import (
     only_fg,
     pair_indices,
 )
+from bgmask.strategies import ModelInput
 
 from .test_classifier import early_main, train_argv
 
@@ -73,9 +75,10 @@ def test_dataset_views_follow_the_strategy(tiny_cub_root):
     from bgmask.data.transforms import build_eval_transform
 
     tf = build_eval_transform(32)
-    base = DiagnosticViews(tiny_cub_root, "segmentations", "only_bg_b", "none", tf)
-    late = DiagnosticViews(tiny_cub_root, "segmentations", "only_bg_b", "late", tf)
-    early = DiagnosticViews(tiny_cub_root, "segmentations", "only_bg_t", "early", tf)
+    images = CUBDataset(tiny_cub_root, "test", "images", "segmentations", transform=None, mask_threshold=None)
+    base = DiagnosticViews(images, "only_bg_b", ModelInput.IMAGE, tf)
+    late = DiagnosticViews(images, "only_bg_b", ModelInput.IMAGE_AND_MASK, tf)
+    early = DiagnosticViews(images, "only_bg_t", ModelInput.MASKED_IMAGE, tf)
     assert len(base[0]) == 2 and len(late[0]) == 3
     assert not late[0][1].any()  # no bird in a background view: late masking gets an empty mask
     black = tf(__import__("PIL").Image.new("RGB", (64, 64)))
@@ -104,16 +107,18 @@ def test_attribution_share_is_right_on_a_model_that_looks_at_a_known_region():
     images, labels = torch.rand(2, 3, 16, 16) + 0.1, torch.tensor([0, 1])
     left, right = torch.zeros(2, 16, 16), torch.zeros(2, 16, 16)
     left[..., :8], right[..., 8:] = 1, 1
-    cam = attribution_maps(model, images, left, labels, "none", "NCHW")
+    cam = attribution_maps(model, images, left, labels, ModelInput.IMAGE)
     share, valid = fg_share(cam, left)
     assert valid.all() and torch.allclose(share, torch.ones(2), atol=0.05)  # bilinear upsampling blurs one column
     assert torch.allclose(fg_share(cam, right)[0], torch.zeros(2), atol=0.05)
 
     class LeftPixels(nn.Module):  # a 'ViT' stand-in for gradient x input
+        layout = "tokens"
+
         def forward(self, x):
             return torch.stack([x[..., :8].sum((1, 2, 3)), -x[..., :8].sum((1, 2, 3))], 1)
 
-    maps = attribution_maps(LeftPixels(), images, left, labels, "none", "tokens")
+    maps = attribution_maps(LeftPixels(), images, left, labels, ModelInput.IMAGE)
     assert torch.allclose(fg_share(maps, left)[0], torch.ones(2)) and (maps[..., 8:] == 0).all()
 
 

@@ -241,7 +241,7 @@ def test_cutmix_pastes_the_same_box_into_the_mask_and_mixup_takes_the_union():
 def write_all_foreground_masks(cub_root) -> None:
     """Masks that cover every image entirely, in the precomputed-mask folders late masking reads."""
     from bgmask.data.cub import WATERBIRDS_SUB_PATH, CUBIndex, mask_path_for
-    from bgmask.masking import MASK_FOLDERS
+    from bgmask.data.masks import MASK_FOLDERS
 
     index = CUBIndex.load(cub_root)
     for image_dir in ("images", WATERBIRDS_SUB_PATH):
@@ -384,7 +384,7 @@ def closed_form_lr(name: str, epoch: int, epochs: int = 6, lr: float = 1e-2, min
 def test_the_trainers_lr_per_epoch_is_the_closed_form_across_a_resume(tiny_cub_root, tmp_path, monkeypatch, name):
     """The lr each epoch trained with, as log.jsonl records it, for a run stopped after epoch 3 and resumed."""
     from bgmask import cli
-    from bgmask.trainer import EpochLoop
+    from bgmask.fit import EpochLoop
 
     argv = ["--data_path", str(tiny_cub_root), "--snapshot_dir", str(tmp_path / "r"), "--model_arch", "convnext_atto",
             "--image_size", "32", "--batch_size", "4", "--num_workers", "0", "--epochs", "6", "--seed", "0",

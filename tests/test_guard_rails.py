@@ -14,7 +14,7 @@ import torch
 
 from bgmask.data.check import main as check_main
 from bgmask.data.cub import WATERBIRDS_SUB_PATH
-from bgmask.masking import MASK_FOLDERS, write_gt_masked_folders
+from bgmask.data.masks import MASK_FOLDERS, write_gt_masked_folders
 from early_masking_and_baseline.train import main as early_main
 from late_masking.train import main as late_main
 

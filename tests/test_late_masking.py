@@ -99,7 +99,7 @@ def test_masked_mean_averages_foreground_tokens_only():
     fg_only = LateMaskedClassifier(clf, masked_mean=True).eval()
     with torch.no_grad():
         feats = plain.masked_features(images, masks)
-        pooled_all, pooled_fg = plain._pool(feats, masks), fg_only._pool(feats, masks)
+        pooled_all, pooled_fg = plain.pool(feats, masks), fg_only.pool(feats, masks)
     n_fg = mask_to_feature_grid(masks, clf.backbone.patch_embed.grid_size).flatten(1).sum(1, keepdim=True)
     assert torch.allclose(pooled_fg, pooled_all * feats[:, clf.num_prefix_tokens:].shape[1] / n_fg, atol=1e-5)
 
@@ -132,7 +132,7 @@ def late_main(argv):
     ("precomputed", VIT, ["--fm_second_last_block", "--turn_on_mixup_or_cutmix"]),
 ])
 def test_short_training_runs(tiny_cub_copy, tmp_path, source, arch, extra):
-    from bgmask.masking import write_gt_masked_folders
+    from bgmask.data.masks import write_gt_masked_folders
 
     if source == "precomputed":
         write_gt_masked_folders(tiny_cub_copy, progress=False)

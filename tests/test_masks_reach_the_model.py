@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from bgmask.data.cub import WATERBIRDS_SUB_PATH, CUBIndex, mask_path_for
-from bgmask.masking import MASK_FOLDERS, copy_metadata, write_gt_masked_folders, write_mask_and_masked_image
+from bgmask.data.masks import MASK_FOLDERS, copy_metadata, write_gt_masked_folders, write_mask_and_masked_image
 from bgmask.strategies.base import Strategy
 from bgmask.strategies.late import LateMasking
 

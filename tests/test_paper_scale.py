@@ -13,6 +13,7 @@ import torch
 from bgmask.checkpoint import atomic_torch_save, load_checkpoint
 from bgmask.models import ModelSpec, create_classifier
 from bgmask.progress import LineProgress, progress_bar
+from bgmask.strategies import ModelInput
 from bgmask.strategies.late import LateMaskedClassifier
 from early_masking_and_baseline.train import main as early_main
 from late_masking.train import main as late_main
@@ -40,7 +41,7 @@ def results(run_dir) -> dict:
 ])
 def test_bf16_autocast_trains_every_strategy_on_cpu(tiny_cub_copy, tmp_path, main, extra):
     if "early" in extra:
-        from bgmask.masking import write_gt_masked_folders
+        from bgmask.data.masks import write_gt_masked_folders
 
         write_gt_masked_folders(tiny_cub_copy, progress=False)
     run = tmp_path / "run"
@@ -82,7 +83,7 @@ def test_bf16_autocast_computes_in_bf16():
 
 # --------------------------------------------------------------------------------------- results, diagnostics
 def test_metrics_are_written_before_the_diagnostics_and_survive_their_failure(tiny_cub_root, tmp_path, monkeypatch):
-    import bgmask.trainer as trainer
+    import bgmask.diagnose as diagnose
 
     run = tmp_path / "run"
     seen = {}
@@ -91,7 +92,7 @@ def test_metrics_are_written_before_the_diagnostics_and_survive_their_failure(ti
         seen["on_disk"] = results(run)  # what a crash at this point would leave
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr(trainer, "run_diagnostics", failing_diagnostics)
+    monkeypatch.setattr(diagnose, "run_diagnostics", failing_diagnostics)
     with pytest.warns(UserWarning, match="diagnostics failed"):
         assert early_main(argv(tiny_cub_root, run, "--diagnostics", "auto")) == 0
     assert seen["on_disk"]["cub_test"]["num_images"] == 12 and "pending" in seen["on_disk"]["diagnostics"]
@@ -107,7 +108,8 @@ def test_attribution_leaves_no_parameter_gradients(arch, size, layout):
     torch.manual_seed(0)
     model = create_classifier(ModelSpec(arch=arch, num_classes=3, image_size=size))  # fine-tuned: all train
     images, labels = torch.randn(2, 3, size, size), torch.tensor([0, 2])
-    maps = attribution_maps(model, images, torch.ones(2, size, size), labels, "none", layout)
+    maps = attribution_maps(model, images, torch.ones(2, size, size), labels, ModelInput.IMAGE)
+    assert model.layout == layout
     assert maps.shape == (2, size, size) and maps.sum() > 0
     assert all(p.grad is None and p.requires_grad for p in model.parameters())
 
@@ -128,9 +130,9 @@ def test_attribution_halves_the_batch_on_out_of_memory(monkeypatch):
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     model = create_classifier(ModelSpec(arch=VIT, num_classes=3, image_size=28))
     images, masks, labels = torch.randn(5, 3, 28, 28), torch.ones(5, 28, 28), torch.tensor([0, 1, 2, 0, 1])
-    maps = diagnostics.attribution_in_chunks(model, images, masks, labels, "none", "tokens", contextlib.nullcontext)
+    maps = diagnostics.attribution_in_chunks(model, images, masks, labels, ModelInput.IMAGE, contextlib.nullcontext)
     assert sizes == [5, 2, 3, 1, 2] and maps.shape == (5, 28, 28)
-    torch.testing.assert_close(maps, real(model, images, masks, labels, "none", "tokens"))
+    torch.testing.assert_close(maps, real(model, images, masks, labels, ModelInput.IMAGE))
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints

@@ -15,7 +15,7 @@ import timm
 import torch
 from safetensors.torch import load_file
 
-from bgmask import cli, pretrain
+from bgmask import cli, pretrain, pretrain_cache
 from bgmask.data.synthetic import SyntheticConfig, appearance, balanced_habitats, disjoint_species, make_species
 from bgmask.models import ModelSpec, create_classifier
 
@@ -140,7 +140,7 @@ def test_the_cache_key_follows_code_not_comments(tmp_path):
     def code(text):
         path = tmp_path / "module.py"
         path.write_text(text)
-        return pretrain.code_of(path)
+        return pretrain_cache.code_of(path)
 
     base = code('"""Doc."""\n\ndef f(x):\n    """Doc."""\n    return x + 1  # comment\n')
     assert code('"""Other doc."""\n\n\ndef f(x):\n    # new comment\n    return x + 1\n') == base
@@ -148,12 +148,12 @@ def test_the_cache_key_follows_code_not_comments(tmp_path):
 
 
 def test_the_cache_key_holds_the_thread_count_the_weights_are_trained_with(cache, monkeypatch):
-    import bgmask.trainer as trainer
+    import bgmask.session as session
 
     monkeypatch.delenv("OMP_NUM_THREADS")
     keys = {}
     for cores in (1, 2):
-        monkeypatch.setattr(trainer.os, "cpu_count", lambda cores=cores: cores)
+        monkeypatch.setattr(session.os, "cpu_count", lambda cores=cores: cores)
         keys[cores] = pretrain.weights_key(RECIPE, TINY_CORPUS)
     assert keys[1] != keys[2]  # CPU kernels split reductions by thread: different weights, different entries
 
@@ -163,9 +163,9 @@ def test_the_cache_key_holds_the_thread_count_the_weights_are_trained_with(cache
         set_cpu_threads(info, num_workers)
         seen.append(torch.get_num_threads())
 
-    set_cpu_threads = trainer.set_cpu_threads
-    monkeypatch.setattr(trainer, "set_cpu_threads", recording)
-    monkeypatch.setattr(trainer.os, "cpu_count", lambda: 3)
+    set_cpu_threads = session.set_cpu_threads
+    monkeypatch.setattr(session, "set_cpu_threads", recording)
+    monkeypatch.setattr(session.os, "cpu_count", lambda: 3)
     try:
         path = pretrain.pretrained_weights(RECIPE, TINY_CORPUS, log=lambda _: None)
     finally:

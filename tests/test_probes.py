@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bgmask.checkpoint import load_checkpoint
-from bgmask.probes import head_errors, parse_heads
+from bgmask.heads import head_errors, parse_heads
 from bgmask.results import build_table, load_runs
 from early_masking_and_baseline.train import main as early_main
 from late_masking.train import main as late_main

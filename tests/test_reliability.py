@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_cub_root, tmp_path, monkeypatch):
-    import bgmask.trainer as trainer
+    import bgmask.fit as fit
 
     calls = {"n": 0}
 
@@ -35,7 +35,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_cub_root, tmp
             loss = torch.nn.functional.cross_entropy(logits, targets)
             return loss * float("nan") if calls["n"] > 3 else loss  # 12 images / batch 4 = 3 steps per epoch
 
-    monkeypatch.setattr(trainer, "build_criterion", lambda args, mixup: NaNAfterOneEpoch())
+    monkeypatch.setattr(fit, "build_criterion", lambda args, mixup: NaNAfterOneEpoch())
     run = tmp_path / "nan"
     with pytest.raises(SystemExit, match=r"training loss is nan .*last.pt holds the last completed epoch"):
         early_main(train_argv(tiny_cub_root, run, "--epochs", "3"))
@@ -79,9 +79,9 @@ def test_failing_worker_does_not_hang_the_others(tiny_cub_root, tmp_path):
     script = tmp_path / "faulty_train.py"
     script.write_text(textwrap.dedent(f"""
         import os, sys, torch
-        import bgmask.trainer as trainer
+        import bgmask.fit as fit
         sys.path.insert(0, {str(REPO)!r})
-        real = trainer.build_criterion
+        real = fit.build_criterion
         def faulty(args, mixup):
             crit, calls = real(args, mixup), [0]
             def loss(logits, targets):
@@ -90,7 +90,7 @@ def test_failing_worker_does_not_hang_the_others(tiny_cub_root, tmp_path):
                     raise RuntimeError("injected fault on rank 1")
                 return crit(logits, targets)
             return loss
-        trainer.build_criterion = faulty
+        fit.build_criterion = faulty
         import importlib.util
         spec = importlib.util.spec_from_file_location("t", {str(REPO / "early_masking_and_baseline/train.py")!r})
         module = importlib.util.module_from_spec(spec)

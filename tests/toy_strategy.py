@@ -16,8 +16,7 @@ from torch import nn
 
 from bgmask import cli
 from bgmask.config import TrainConfig, option
-from bgmask.data.cub import GT_MASK_SUB_PATH
-from bgmask.strategies import DataView, Strategy, register
+from bgmask.strategies import DataNeeds, Strategy, register
 
 
 @dataclass
@@ -48,13 +47,12 @@ class NoiseBackgroundModel(nn.Module):
 class NoiseBackground(Strategy):
     name = "noise_background"
     label = "noise background"
-    summary = "full images and CUB's masks; the model replaces the background by noise"
+    summary = "full images and their ground-truth masks; the model replaces the background by noise"
     diagnostics_input = None  # no diagnostics adapter: results.json says so
     Options = NoiseOptions
 
-    def data_view(self, cfg: TrainConfig) -> DataView:
-        view = super().data_view(cfg)
-        return DataView(view.train, view.test, view.ood, masks=(GT_MASK_SUB_PATH,) * 3)
+    def needs(self, cfg: TrainConfig) -> DataNeeds:
+        return DataNeeds(masks="ground_truth")
 
     def wrap_model(self, cfg: TrainConfig, classifier: nn.Module) -> nn.Module:
         return NoiseBackgroundModel(classifier, cfg.strategy_options.noise_std)

@@ -17,7 +17,7 @@ from bgmask.data.cub import (
     mask_path_for,
     missing_folder_hint,
 )
-from bgmask.masking import MASK_FOLDERS, PROVENANCE_FILE
+from bgmask.data.masks import MASK_FOLDERS, PROVENANCE_FILE
 
 # Optional parts of the tree and what needs them (masked folders: see mmsegmentation/tools/generate_masks.py).
 OPTIONAL_MASK_FOLDERS = {

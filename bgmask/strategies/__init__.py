@@ -8,9 +8,10 @@ package's registry is touched by the imports.
 import importlib
 import pkgutil
 
-from bgmask.strategies.base import DataView, Strategy, get, label, names, register
+from bgmask.data.needs import DataNeeds
+from bgmask.strategies.base import ModelInput, Strategy, get, label, names, register
 
 for _module in sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name != "base"):
     importlib.import_module(f"{__name__}.{_module}")
 
-__all__ = ["DataView", "Strategy", "get", "label", "names", "register"]
+__all__ = ["DataNeeds", "ModelInput", "Strategy", "get", "label", "names", "register"]

@@ -2,11 +2,13 @@
 
 A strategy is one module: a :class:`Strategy` subclass decorated with :func:`register`. It declares
 
-* its **data view** (:meth:`Strategy.data_view`): the image folders it trains and tests on, and the mask folders
-  loaded with the images, if any (images and masks then share every augmentation draw);
+* what it **needs of the data** (:meth:`Strategy.needs`, a :class:`~bgmask.data.needs.DataNeeds`): original or
+  masked images, masks loaded with the images or not (images and masks then share every augmentation draw). The
+  benchmark (:mod:`bgmask.benchmarks`) resolves that to its own folders: a strategy never names a folder;
 * its **model wrapper** (:meth:`Strategy.wrap_model`): what turns the plain classifier into the strategy's model;
 * its **name** in ``results.json`` and ``--masking``, its **label** in results tables, and its own settings
-  (``Options``: a dataclass whose fields become flags, as :mod:`bgmask.config`'s do).
+  (``Options``: a dataclass whose fields become flags, as :mod:`bgmask.config`'s do);
+* how its model takes the diagnostics' test views (``diagnostics_input``, a :class:`ModelInput`).
 
 Everything else (augmentation draws, mixup, optimiser, schedule, evaluation, diagnostics) is shared by
 :func:`bgmask.trainer.run`, which is what makes the strategies comparable.
@@ -14,31 +16,24 @@ Everything else (augmentation draws, mixup, optimiser, schedule, evaluation, dia
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import enum
 from typing import TYPE_CHECKING, ClassVar
 
 from torch import nn
 
+from bgmask.data.needs import DataNeeds
 from bgmask.errors import ConfigError
 
 if TYPE_CHECKING:
     from bgmask.config import TrainConfig
 
 
-@dataclass(frozen=True)
-class DataView:
-    """Folders under the CUB root that a strategy reads.
+class ModelInput(enum.Enum):
+    """How a strategy's model takes an image it is tested on (the diagnostics build their views from it)."""
 
-    Attributes:
-        train, test, ood: image folders for training, the CUB test set and Waterbirds (None: no Waterbirds folder).
-        masks: mask folders for (train, test, Waterbirds), loaded with the images so the items are
-            ``(image, mask, label)`` and the model is called as ``model(image, mask)``; None: images only.
-    """
-
-    train: str
-    test: str
-    ood: str | None
-    masks: tuple[str, str, str] | None = None
+    IMAGE = "image"  # the image as it is
+    MASKED_IMAGE = "masked_image"  # the image with its background removed (as early masking's folders hold it)
+    IMAGE_AND_MASK = "image_and_mask"  # the image and its bird mask: model(image, mask)
 
 
 class Strategy:
@@ -47,21 +42,16 @@ class Strategy:
     name: ClassVar[str]  # results.json "masking" and the --masking value
     label: ClassVar[str]  # results tables and figures
     summary: ClassVar[str] = ""  # one line for --help
-    # How diagnostics feed the test views to the model: "none" (the view as is), "early" (the view masked by its
-    # bird mask), "late" (view and mask; attribution on the masked features), or None (no diagnostics, recorded).
-    diagnostics_input: ClassVar[str | None] = "none"
+    # How the diagnostics feed the test views to the model; None: no diagnostics (recorded in results.json).
+    diagnostics_input: ClassVar[ModelInput | None] = ModelInput.IMAGE
     Options: ClassVar[type | None] = None  # a dataclass of strategy-specific settings (fields become flags)
-
-    def resolve(self, cfg: TrainConfig) -> TrainConfig:
-        """Fill in settings whose default depends on the strategy (e.g. early masking's image folders)."""
-        return cfg
 
     def check(self, cfg: TrainConfig) -> None:
         """Refuse settings this strategy cannot honour, before anything is built (raise ConfigError)."""
 
-    def data_view(self, cfg: TrainConfig) -> DataView:
-        data = cfg.data
-        return DataView(data.image_sub_path_train, data.image_sub_path_test, data.ood_image_sub_path)
+    def needs(self, cfg: TrainConfig) -> DataNeeds:
+        """What the strategy trains and tests on: original images, no masks."""
+        return DataNeeds()
 
     def wrap_model(self, cfg: TrainConfig, classifier: nn.Module) -> nn.Module:
         return classifier

@@ -15,14 +15,14 @@ import numpy as np
 from PIL import Image
 
 from bgmask.data.cub import CUBIndex, DatasetError, load_rgb, mask_path_for
-from bgmask.io import atomic_write_text, listing
-from bgmask.masking import (
+from bgmask.data.masks import (
     MASK_FOLDERS,
     PROVENANCE_FILE,
     copy_metadata,
     write_gt_masked_folders,
     write_mask_and_masked_image,
 )
+from bgmask.io import atomic_write_text, listing
 from cub_seg.inference import Segmenter
 
 
@@ -180,7 +180,7 @@ def generate_predicted_masks(segmenter: Segmenter, cub_root: str | os.PathLike, 
     """Predict a mask for every image of ``cub_root`` (and its Waterbirds folder) and write the mask folders.
 
     Writes ``masks/`` ({0, 255} PNG) and ``images_masked/`` (background 0), and the Waterbirds equivalents
-    (:data:`bgmask.masking.MASK_FOLDERS`) at the images' relative paths. Files are written atomically, finished
+    (:data:`bgmask.data.masks.MASK_FOLDERS`) at the images' relative paths. Files are written atomically, finished
     images are skipped, and process ``rank`` of ``world_size`` handles every ``world_size``-th image.
 
     Args:

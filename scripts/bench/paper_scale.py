@@ -52,10 +52,11 @@ sys.path.insert(0, str(REPO))
 from bgmask import cli  # noqa: E402
 from bgmask.checkpoint import trained_state_keys  # noqa: E402
 from bgmask.config import TrainConfig  # noqa: E402
+from bgmask.diagnose import attribution_batch_size, head_input  # noqa: E402
 from bgmask.diagnostics import VIEWS, attribution_maps, no_parameter_grads  # noqa: E402
+from bgmask.heads import needs_masks, parse_heads  # noqa: E402
 from bgmask.models import create_classifier  # noqa: E402
-from bgmask.probes import LATE, ProbeHeads, needs_masks, parse_heads  # noqa: E402
-from bgmask.trainer import attribution_batch_size  # noqa: E402
+from bgmask.probes import ProbeHeads  # noqa: E402
 
 CUB_TRAIN, CUB_TEST = 5994, 5794
 NUM_CLASSES = 200
@@ -106,7 +107,7 @@ def build(run: PaperRun) -> torch.nn.Module:
 
 def takes_masks(run: PaperRun, model) -> bool:
     if isinstance(model, ProbeHeads):
-        return needs_masks(model.probe_names)
+        return needs_masks(model.head_names)
     return run.cfg.masking == "late"
 
 
@@ -149,15 +150,14 @@ def attribution(run: PaperRun, model, batch: int) -> None:
     """The diagnostics' attribution pass of the run's (first) head."""
     model.eval()
     if isinstance(model, ProbeHeads):
-        head = model.probe_names[0]
-        view, kind = model.single_head_model(head), "late" if head.startswith(LATE) else "none"
+        head = model.head_names[0]
+        view, kind = model.single_head_model(head), head_input(head, run.strategy.diagnostics_input)
     else:
-        view, kind = model, "late" if run.cfg.masking == "late" else "none"
-    layout = getattr(view, "classifier", view).adapter.layout
+        view, kind = model, run.strategy.diagnostics_input
     size = run.cfg.model.image_size
     masks = torch.ones(batch, size, size)
     attribution_maps(view, torch.randn(batch, 3, size, size), masks, torch.zeros(batch, dtype=torch.long), kind,
-                     layout, autocast=lambda: autocast(run))
+                     autocast=lambda: autocast(run))
 
 
 class _NoHook:

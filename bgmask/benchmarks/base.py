@@ -1,0 +1,122 @@
+"""What a benchmark is, and the registry that names them (the same shape as :mod:`bgmask.strategies`).
+
+A benchmark is one module: a :class:`Benchmark` subclass decorated with :func:`register`. It is the one place that
+knows a dataset's files. Given what the strategy asks for (:class:`DataNeeds`: original or masked images, masks or
+not) it builds
+
+* the training split (and, with ``--train_split < 1``, a validation part of it),
+* a dict of named evaluation sets (:class:`EvalSet`), each with optional per-item groups (:class:`Groups`) from
+  which the evaluation loop computes per-group and worst-group top-1,
+
+and, optionally, the images and bird masks the background diagnostics are built from. ``--dataset NAME`` picks it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+from torch.utils.data import Dataset, Subset
+
+from bgmask.data.groups import Groups
+from bgmask.data.needs import DataNeeds
+from bgmask.errors import ConfigError
+
+if TYPE_CHECKING:
+    from bgmask.config import TrainConfig
+    from bgmask.data.transforms import DeviceTail
+
+@dataclass
+class EvalSet:
+    """A named evaluation set: its dataset, optional groups, and notes recorded with its metrics."""
+
+    dataset: Dataset
+    groups: Groups | None = None
+    notes: dict = field(default_factory=dict)
+
+
+@dataclass
+class BenchmarkData:
+    """The datasets of one run."""
+
+    train: Dataset
+    eval_sets: dict[str, EvalSet]
+    num_classes: int
+    image_size: int
+    selection: str  # the evaluation set scored every epoch and used for model selection
+    val: Dataset | None = None
+    train_tail: DeviceTail | None = None  # finishes the training images on the device (--device_tail)
+
+    def sets_to_score(self, final: bool, eval_mode: str, all_each_time: bool) -> dict[str, EvalSet]:
+        """What an evaluation scores: every set at the end; before it, the selection set only (the validation part
+        with ``--eval_mode val``) unless ``all_each_time``."""
+        sets = self.eval_sets if final or all_each_time else {self.selection: self.eval_sets[self.selection]}
+        return {"val": EvalSet(self.val), **(self.eval_sets if final else {})} if eval_mode == "val" else sets
+
+
+class Benchmark:
+    """Base class. A subclass names itself, builds its data and, optionally, its diagnostics images."""
+
+    name: ClassVar[str]  # --dataset value
+    label: ClassVar[str] = ""
+    summary: ClassVar[str] = ""  # one line for --help
+    selection: ClassVar[str]  # the evaluation set that selects the best epoch (with --eval_mode test)
+
+    def resolve(self, cfg: TrainConfig, needs: DataNeeds) -> TrainConfig:
+        """Fill in settings whose default depends on what the strategy needs (e.g. the masked image folders)."""
+        return cfg
+
+    def check(self, cfg: TrainConfig, needs: DataNeeds) -> None:
+        """Refuse what this benchmark cannot provide, before anything is built (raise ConfigError)."""
+
+    def build(self, cfg: TrainConfig, needs: DataNeeds, image_size: int, device_tail: bool = False) -> BenchmarkData:
+        raise NotImplementedError
+
+    def diagnostics_images(self, cfg: TrainConfig):
+        """The test images with bird masks the diagnostics are built from (``labels``, ``paths``, ``image_path(i)``,
+        ``mask_path(i)``), or a string saying why there are none."""
+        return f"the {self.name!r} benchmark has no bird masks for the diagnostics"
+
+    def results_info(self, cfg: TrainConfig, needs: DataNeeds) -> dict:
+        """Extra keys for results.json (e.g. which folders were read)."""
+        return {}
+
+
+def split_train_val(dataset, labels: np.ndarray, fraction: float, seed: int):
+    """Stratified split: ``fraction`` of each class for training, the rest for validation (None at 1)."""
+    if fraction >= 1:
+        return dataset, None
+    rng = np.random.default_rng(seed)
+    train_idx, val_idx = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        k = max(1, round(len(idx) * fraction))
+        train_idx += idx[:k].tolist()
+        val_idx += idx[k:].tolist()
+    return Subset(dataset, sorted(train_idx)), Subset(dataset, sorted(val_idx))
+
+
+_REGISTRY: dict[str, type[Benchmark]] = {}
+
+
+def register(cls: type[Benchmark]) -> type[Benchmark]:
+    """Class decorator: make a benchmark known by its ``name`` (``--dataset NAME``)."""
+    known = _REGISTRY.get(cls.name)
+    if known is not None and known.__qualname__ != cls.__qualname__:
+        raise ValueError(f"benchmark name {cls.name!r} is taken by {known.__module__}.{known.__qualname__}")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def get(name: str) -> type[Benchmark]:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ConfigError(f"unknown --dataset {name!r}; known: {', '.join(_REGISTRY)}. A new benchmark is a module "
+                          f"with a @register-ed Benchmark subclass, imported before the run (see "
+                          f"docs/architecture.md).") from None
+
+
+def names() -> list[str]:
+    return list(_REGISTRY)

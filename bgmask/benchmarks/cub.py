@@ -1,0 +1,155 @@
+"""CUB-200-2011 with Waterbirds: the paper's benchmark (``--dataset cub``).
+
+Training on CUB's train split (200 classes), evaluation on the CUB test split (``cub_test``, which selects the best
+epoch) and on Waterbirds (``waterbirds``: the same test birds on Places backgrounds, grouped by (waterbird y,
+place) from its ``metadata.csv``). The folders a strategy reads under the CUB root:
+
+================  =================================  ===================================================
+needs             images (train, test, Waterbirds)   masks (train, test, Waterbirds)
+================  =================================  ===================================================
+original          ``--image_sub_path_train/_test``,  -
+                  ``--ood_image_sub_path``
+masked            the masked folders written by      -
+                  ``generate_masks.py`` (explicit
+                  flags win)
+predicted masks   as original                        ``--mask_sub_path`` (CUB), ``--ood_mask_sub_path``
+ground truth      as original                        ``segmentations`` for all three (Waterbirds keeps every
+                                                     bird at its CUB position)
+================  =================================  ===================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Subset
+
+from bgmask.benchmarks.base import Benchmark, BenchmarkData, DataNeeds, EvalSet, register, split_train_val
+from bgmask.config import DataConfig, TrainConfig
+from bgmask.data.cub import GT_MASK_SUB_PATH, WATERBIRDS_SUB_PATH, CUBDataset, DatasetError, missing_folder_hint
+from bgmask.data.groups import Groups
+from bgmask.data.masks import MASK_FOLDERS
+from bgmask.data.transforms import build_eval_transform, build_train_transform
+
+IMAGE_FLAGS = ("image_sub_path_train", "image_sub_path_test", "ood_image_sub_path")
+
+
+def waterbirds_groups(y: np.ndarray, places: np.ndarray) -> Groups:
+    """Waterbirds' groups: (waterbird y, place), named ``y{y}_place{p}``, with top-1 per place (``per_place``)."""
+    num_places = int(places.max()) + 1 if len(places) else 0
+    names = tuple(f"y{wy}_place{p}" for wy in range(2) for p in range(num_places))
+    per_place = {str(p): (p, num_places + p) for p in range(num_places)}
+    return Groups(np.asarray(y) * num_places + np.asarray(places), names, {"per_place": per_place})
+
+
+@register
+class CUBWithWaterbirds(Benchmark):
+    name = "cub"
+    label = "CUB-200-2011 + Waterbirds"
+    summary = "train on CUB, test on CUB and on Waterbirds (per place and (y, place) group)"
+    selection = "cub_test"
+
+    def resolve(self, cfg: TrainConfig, needs: DataNeeds) -> TrainConfig:
+        """Masked images: image folders left at their defaults switch to the masked folders of generate_masks.py."""
+        if needs.images != "masked":
+            return cfg
+        masked = {"images": MASK_FOLDERS["images"][1], WATERBIRDS_SUB_PATH: MASK_FOLDERS[WATERBIRDS_SUB_PATH][1]}
+        defaults = DataConfig()
+        changes = {}
+        for flag in IMAGE_FLAGS:
+            value = getattr(cfg.data, flag)
+            if value == getattr(defaults, flag) and value in masked:
+                changes[flag] = masked[value]
+        return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **changes))
+
+    def folders(self, cfg: TrainConfig, needs: DataNeeds) -> tuple[tuple[str, str, str | None], tuple | None]:
+        """(train, test, Waterbirds) image folders and mask folders (None: no masks)."""
+        data = cfg.data
+        images = (data.image_sub_path_train, data.image_sub_path_test, data.ood_image_sub_path)
+        if needs.masks is None:
+            return images, None
+        if needs.masks == "ground_truth":
+            return images, (GT_MASK_SUB_PATH,) * 3
+        return images, (data.mask_sub_path, data.mask_sub_path, data.ood_mask_sub_path)
+
+    def build(self, cfg: TrainConfig, needs: DataNeeds, image_size: int, device_tail: bool = False) -> BenchmarkData:
+        """Train (+ validation part), CUB test and, unless skipped, Waterbirds.
+
+        With masks the items are ``(image, mask, label)``, transformed jointly: one transform for every strategy,
+        which replays the image's random draws on the mask (the image tensor is the same). With ``device_tail``
+        the training images come as uint8 :class:`~bgmask.data.transforms.RawImage` and
+        ``BenchmarkData.train_tail`` finishes them on the device.
+        """
+        data, aug = cfg.data, cfg.aug
+        (train_dir, test_dir, ood_dir), masks = self.folders(cfg, needs)
+        train_masks, test_masks, ood_masks = masks or (None, None, None)
+        train_tf = build_train_transform(image_size, aug.augmentations_to_use, aug.aa, aug.color_jitter, aug.reprob,
+                                         aug.remode, aug.recount, aug.train_interpolation, device_tail=device_tail)
+        eval_tf = build_eval_transform(image_size, aug.crop_pct, aug.eval_interpolation)
+        full_train = CUBDataset(data.data_path, "train", train_dir, train_masks, transform=train_tf)
+        train, val = split_train_val(full_train, full_train.labels, data.train_split, cfg.run.seed)
+        if val is not None:  # validation images use the eval transform
+            val = Subset(CUBDataset(data.data_path, "train", train_dir, train_masks, transform=eval_tf), val.indices)
+        sets = {"cub_test": self.eval_set(CUBDataset(data.data_path, "test", test_dir, test_masks,
+                                                     transform=eval_tf))}
+        if data.skip_ood_eval:
+            warnings.warn("Waterbirds (OOD) evaluation is skipped (--skip_ood_eval); results.json records it.",
+                          stacklevel=2)
+        else:
+            waterbirds = waterbirds_data(data.data_path, ood_dir, ood_masks, eval_tf)
+            if waterbirds is not None:
+                sets["waterbirds"] = self.eval_set(waterbirds, waterbirds=True)
+        return BenchmarkData(train=train, eval_sets=sets, num_classes=full_train.num_classes, image_size=image_size,
+                             selection=self.selection, val=val, train_tail=train_tf.device_tail)
+
+    @staticmethod
+    def eval_set(ds: CUBDataset, waterbirds: bool = False) -> EvalSet:
+        notes = {"skipped_missing_files": len(ds.skipped)} if ds.skipped else {}
+        if waterbirds and ds.places is None:
+            notes["group_metrics"] = f"absent: no metadata.csv in {ds.image_root} or the Waterbirds release"
+        groups = waterbirds_groups(ds.waterbird_y, ds.places) if ds.places is not None else None
+        return EvalSet(ds, groups, notes)
+
+    def diagnostics_images(self, cfg: TrainConfig):
+        root, sub = Path(cfg.data.data_path), cfg.diagnostics.diagnostics_mask_sub_path
+        if not (root / sub).is_dir():
+            warnings.warn(f"background diagnostics skipped: no bird masks in {root / sub}. "
+                          f"{missing_folder_hint(root, sub)}", stacklevel=2)
+            return f"no masks in {root / sub}"
+        return CUBDataset(root, "test", "images", sub, transform=None, mask_threshold=None)
+
+    def results_info(self, cfg: TrainConfig, needs: DataNeeds) -> dict:
+        info = {flag: getattr(cfg.data, flag) for flag in IMAGE_FLAGS} if needs.masks is None else {}
+        return {**info, **({"waterbirds": {"skipped": "--skip_ood_eval"}} if cfg.data.skip_ood_eval else {})}
+
+
+def waterbirds_data(data_path: str, ood_sub: str | None, ood_masks: str | None, eval_tf) -> CUBDataset | None:
+    """The Waterbirds (OOD) test set; None without a Waterbirds folder.
+
+    A missing folder stops the run before training, saying what supplies it. Without ``metadata.csv`` in the folder
+    (a masked copy made before Waterbirds' metadata was there), the original release's file is used; without any,
+    the run warns and results.json says that group metrics are absent.
+    """
+    if not ood_sub:
+        return None
+    root = Path(data_path)
+    ood_dir = root / ood_sub  # also right for an absolute ood_sub
+    if not ood_dir.is_dir():
+        original = root / WATERBIRDS_SUB_PATH
+        found = f" The original Waterbirds folder {original} is there, but this run evaluates on {ood_sub}/." \
+            if ood_dir != original and original.is_dir() else ""
+        raise DatasetError(f"The Waterbirds folder {ood_dir} does not exist.{found} "
+                           f"{missing_folder_hint(root, ood_sub)} Or pass --skip_ood_eval to train without the "
+                           f"Waterbirds evaluation (recorded in results.json).")
+    metadata = ood_dir / "metadata.csv"
+    if not metadata.is_file() and (root / WATERBIRDS_SUB_PATH / "metadata.csv").is_file():
+        metadata = root / WATERBIRDS_SUB_PATH / "metadata.csv"
+    if not metadata.is_file():
+        warnings.warn(f"{ood_dir / 'metadata.csv'} is missing: Waterbirds top-1 is computed, but not the per-place "
+                      f"and (y, place) group metrics. Copy metadata.csv from the {WATERBIRDS_SUB_PATH} release "
+                      f"into {ood_dir}/.", stacklevel=2)
+    return CUBDataset(root, "test", ood_sub, ood_masks, transform=eval_tf, skip_missing=True,
+                      metadata_csv=metadata if metadata.is_file() else None)

@@ -1,0 +1,112 @@
+"""The background diagnostics of a run (:mod:`bgmask.diagnostics`): which model and heads are scored, on which
+images, how each takes them; recorded in results.json, and never fatal to the run."""
+
+from __future__ import annotations
+
+import warnings
+
+from bgmask import diagnostics, heads
+from bgmask.benchmarks import Benchmark, BenchmarkData
+from bgmask.checkpoint import atomic_torch_save
+from bgmask.config import TrainConfig
+from bgmask.engine import evaluate
+from bgmask.heads import LATE
+from bgmask.run_model import RunModel
+from bgmask.session import Session
+from bgmask.strategies import ModelInput, Strategy
+
+GALLERY_IMAGES = 6  # attribution maps kept per run for collect_results' gallery
+
+
+def safe_diagnostics(session: Session, model: RunModel, strategy: Strategy, benchmark: Benchmark,
+                     data: BenchmarkData) -> dict:
+    """The diagnostics, or ``{"failed": reason}`` when they raise (reported, never fatal to the run)."""
+    try:
+        return run_diagnostics(session, model, strategy, benchmark, data)
+    except Exception as e:  # noqa: BLE001 - optional step: any failure is recorded, the metrics stay
+        reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:500]
+        warnings.warn(f"background diagnostics failed ({reason}); results.json keeps the metrics and records the "
+                      f"failure. Rerun with --eval_only to compute them again.", stacklevel=2)
+        return {"failed": reason}
+
+
+def add_diagnostics(results: dict, diagnostics: dict) -> None:
+    """Every probe head's own diagnostics; the top level holds the first head's, as its metrics."""
+    if "probes" in results:
+        per_head = {head: diagnostics for head in results["probes"]} if "failed" in diagnostics else diagnostics
+        for head, head_diagnostics in per_head.items():
+            results["probes"][head]["diagnostics"] = head_diagnostics
+        diagnostics = per_head[next(iter(per_head))]
+    results["diagnostics"] = diagnostics
+
+
+def head_input(head: str, strategy_input: ModelInput) -> ModelInput:
+    """How a probe head's single-head run takes its images: late heads with the mask, the others as the strategy's
+    images are (masked for early masking)."""
+    if head.startswith(LATE):
+        return ModelInput.IMAGE_AND_MASK
+    return ModelInput.MASKED_IMAGE if strategy_input is ModelInput.MASKED_IMAGE else ModelInput.IMAGE
+
+
+def run_diagnostics(session: Session, model: RunModel, strategy: Strategy, benchmark: Benchmark,
+                    data: BenchmarkData) -> dict:
+    """Background-reliance diagnostics of the final weights, or why they are absent.
+
+    Every test image is scored once per view on any number of processes; rank 0 keeps a few attribution maps in
+    ``attribution_gallery.pt`` for ``collect_results`` (of the first head, with probe heads). With probe heads the
+    result is ``{head: diagnostics}``: each head is scored as its single-head run's model would be.
+    """
+    cfg, info = session.cfg, session.info
+    names = heads.names_of(model.module)
+    skipped = None
+    if cfg.diagnostics.diagnostics == "none":
+        skipped = {"skipped": "--diagnostics none"}
+    elif strategy.diagnostics_input is None:
+        skipped = {"skipped": f"the {strategy.name!r} strategy declares no diagnostics input"}
+    base = benchmark.diagnostics_images(cfg) if skipped is None else None
+    if isinstance(base, str):
+        skipped = {"skipped": base}
+    if skipped is not None:
+        return {head: dict(skipped) for head in names} if model.probes else skipped
+    per_head = {head: head_input(head, strategy.diagnostics_input) for head in names} if model.probes \
+        else {names[0]: strategy.diagnostics_input}
+    # The views go through the model once for every head; masks come with them when any head takes them.
+    kinds = set(per_head.values())
+    views_input = next(k for k in (ModelInput.IMAGE_AND_MASK, ModelInput.MASKED_IMAGE, ModelInput.IMAGE)
+                       if k in kinds or k is ModelInput.IMAGE)
+    seed, eval_tf = cfg.run.seed, data.eval_sets[data.selection].dataset.transform
+    out = {head: {} for head in names}
+    for view in diagnostics.VIEWS:
+        ds = diagnostics.DiagnosticViews(base, view, views_input, eval_tf, seed)
+        metrics = evaluate(model.module, session.eval_loader(ds), info.device, session.amp, progress=info.is_main,
+                           desc=f"diagnostics {view}")
+        for head, m in metrics.items():
+            out[head][view] = {"top1": m["top1"], "correct": m["correct"], "num_images": m["num_images"]}
+    ds = diagnostics.DiagnosticViews(base, "original", views_input, eval_tf, seed, with_mask=True)
+    for k, (head, kind) in enumerate(per_head.items()):
+        head_model = model.module.single_head_model(head) if model.probes else model.module
+        keep = GALLERY_IMAGES if info.is_main and k == 0 else 0
+        share, counted, gallery = diagnostics.fg_attribution(
+            head_model, session.eval_loader(ds, attribution_batch_size(cfg)), info.device, kind, gallery=keep,
+            progress=info.is_main, autocast=session.amp.autocast)
+        result = out[head]
+        result["bg_gap"] = result["mixed_same"]["top1"] - result["mixed_rand"]["top1"]
+        result.update(fg_attribution=share, fg_attribution_images=counted,
+                      attribution=diagnostics.attribution_method(head_model),
+                      model=f"{strategy.name}, probe head {head}" if model.probes else strategy.name)
+        if keep:
+            gallery["paths"] = [ds.base.paths[i] for i in gallery["index"]]
+            atomic_torch_save(gallery, diagnostics.gallery_path(session.snapshot_dir))
+    return out if model.probes else out[names[0]]
+
+
+def attribution_batch_size(cfg: TrainConfig) -> int:
+    """Images per attribution pass (a forward that keeps its activations for a backward to the input).
+
+    A fine-tuning step held the same activations at the training batch, plus gradients and optimiser state; a
+    frozen backbone held none, so its attribution runs at an eighth of the batch (docs/scale.md measures both
+    against the training step at the paper's sizes). An out-of-memory batch is halved anyway
+    (:func:`bgmask.diagnostics.attribution_in_chunks`)."""
+    if cfg.diagnostics.diagnostics_batch_size:
+        return cfg.diagnostics.diagnostics_batch_size
+    return max(1, cfg.data.batch_size // 8) if cfg.model.freeze_backbone else cfg.data.batch_size

@@ -1,0 +1,49 @@
+"""Evaluation of a run: every named evaluation set of the benchmark, every head, with groups where the set has them;
+and ``--eval_only``'s scoring of a checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bgmask.benchmarks import BenchmarkData, EvalSet
+from bgmask.checkpoint import CheckpointManager, load_checkpoint
+from bgmask.engine import evaluate
+from bgmask.errors import ConfigError
+from bgmask.run_model import RunModel
+from bgmask.session import Session
+
+
+def evaluate_sets(session: Session, model: RunModel, sets: dict[str, EvalSet]) -> dict:
+    """Metrics per named set (per group and worst group where the set has groups). The top level holds the first
+    head's metrics; a probe-heads run adds every head's under ``probes``: ``{head: {set: metrics}}``."""
+    per_set = {}
+    for name, eval_set in sets.items():
+        per_set[name] = evaluate(model.ddp, session.eval_loader(eval_set.dataset), session.info.device, session.amp,
+                                 groups=eval_set.groups, progress=session.info.is_main, desc=f"eval {name}")
+        for metrics in per_set[name].values():
+            metrics.update(eval_set.notes)
+    heads = list(next(iter(per_set.values()))) if per_set else []
+    top = {name: result[heads[0]] for name, result in per_set.items()}
+    if not model.probes:
+        return top
+    return {**top, "probes": {head: {name: result[head] for name, result in per_set.items()} for head in heads}}
+
+
+def evaluate_checkpoint(session: Session, data: BenchmarkData, model: RunModel, ckpt: CheckpointManager) -> dict:
+    """``--eval_only``: the metrics of ``--checkpoint``, or of the run's best (else last) checkpoint; a probe run's
+    last."""
+    run = session.cfg.run
+    # A probe run has no one best epoch (each head has its own): its final weights are scored.
+    best = ckpt.best_path if ckpt.best_path.is_file() and not model.probes else None
+    path = Path(run.checkpoint) if run.checkpoint else best or ckpt.last_path
+    if not path.is_file():
+        raise ConfigError(f"--eval_only found no checkpoint: neither {ckpt.best_path} nor {ckpt.last_path} exists; "
+                          f"pass --checkpoint FILE.")
+    state = load_checkpoint(path)
+    model.load(state["model"], path, state.get("weights_identity"))
+    return {**evaluate_sets(session, model, data.eval_sets), "epoch": state["epoch"], "checkpoint": str(path)}
+
+
+def brief(metrics: dict) -> dict:
+    """What the training log keeps of a set's metrics."""
+    return {k: v for k, v in metrics.items() if k in ("top1", "num_images", "worst_group", "per_place")}

@@ -1,0 +1,296 @@
+"""Training a run: optimiser, schedule, mixup and loss from timm; epochs with evaluation when due, checkpoints, exact
+resume and a clean stop on preemption."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.utils import NativeScaler
+from torch import nn
+from torch.utils.data import DataLoader
+
+from bgmask import distributed
+from bgmask.benchmarks import BenchmarkData
+from bgmask.checkpoint import CheckpointManager, rng_state, set_rng_state
+from bgmask.config import RUN_ONLY_SETTINGS, AugConfig
+from bgmask.data.sampling import ResumableDistributedSampler, SeededAugmentation
+from bgmask.distributed import DistInfo
+from bgmask.engine import NonFiniteLossError, train_one_epoch
+from bgmask.errors import ConfigError
+from bgmask.evaluation import brief, evaluate_sets
+from bgmask.logging import RunLogger, save_args
+from bgmask.mixup import MaskMixup
+from bgmask.optim import build_optimizer, build_scheduler, set_schedule_position
+from bgmask.preemption import REQUEUE_EXIT_CODE, PreemptionFlag
+from bgmask.run_model import RunModel
+from bgmask.session import Session
+
+
+@dataclass
+class Progress:
+    """Where training stands: epochs done, optimizer steps done in the next epoch, and the best evaluation."""
+
+    epoch: int = 0
+    step: int = 0
+    best_top1: float = -1.0
+    best_epoch: int = 0
+    best_metrics: dict | None = None
+    best_probes: dict | None = None  # with probe heads: each head's best {"epoch", "top1"}
+
+
+def train(session: Session, data: BenchmarkData, model: RunModel, ckpt: CheckpointManager, strategy_name: str) -> dict:
+    """Train from scratch or from ``last.pt``; the final metrics, the epoch count and the best epoch."""
+    cfg, info = session.cfg, session.info
+    scaler = NativeScaler(info.device.type) if session.amp.dtype == torch.float16 else None
+    optimizer = build_optimizer(model.module, cfg.optim)
+    if info.is_main:
+        check_same_run(cfg.flat(), session.snapshot_dir)
+    progress = resume(session, model, optimizer, scaler, ckpt)
+    if info.is_main:
+        save_args(cfg.flat(), session.snapshot_dir / "args.yaml")
+    # Data order comes from the sampler (seed, epoch) and augmentation from (seed, epoch, image): both are
+    # independent of the worker count, and a run stopped mid-epoch resumes at the exact batch. The sampler passes
+    # the epoch with each index, so the workers can persist across epochs.
+    train_set = SeededAugmentation(data.train, cfg.run.seed)
+    sampler = ResumableDistributedSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                          seed=cfg.run.seed, drop_last=False, with_epoch=True)
+    mixup = build_mixup(cfg.aug, cfg.optim.smoothing, data.num_classes)
+    # Upstream drops each process's last incomplete batch (every epoch's updates have the full batch size, and
+    # mixup needs even batches); kept only where a process would otherwise get no batch at all.
+    loader = DataLoader(train_set, sampler=sampler, drop_last=sampler.num_samples >= cfg.data.batch_size,
+                        persistent_workers=cfg.data.num_workers > 0, **session.loader_kwargs)
+    criterion = build_criterion(cfg.optim.smoothing, mixup is not None)
+    updates_per_epoch = min(len(loader), cfg.run.max_train_batches or len(loader))
+    scheduler = build_scheduler(optimizer, cfg.optim, updates_per_epoch)
+    set_schedule_position(scheduler, progress.epoch, progress.epoch * updates_per_epoch + progress.step)
+    logger = RunLogger(session.snapshot_dir, enabled=info.is_main, use_wandb=cfg.run.wandb,
+                       wandb_kwargs={"project": cfg.run.wandb_project, "entity": cfg.run.wandb_entity,
+                                     "group": cfg.run.group, "job_type": cfg.run.job_type, "config": cfg.flat(),
+                                     "name": session.snapshot_dir.name})
+    if info.is_main:
+        n_train = sum(p.numel() for p in model.module.parameters() if p.requires_grad)
+        sets = ", ".join(f"{len(s.dataset)} {name}" for name, s in data.eval_sets.items())
+        print(f"{strategy_name} | {cfg.model.model_arch} @ {data.image_size}px | {len(data.train)} train images, "
+              f"{sets} | {n_train / 1e6:.2f}M trainable params | "
+              f"{info.world_size} process(es) on {info.device}", flush=True)
+    loop = EpochLoop(session, data, model, ckpt, optimizer, scaler, scheduler, criterion, mixup, loader, logger,
+                     updates_per_epoch)
+    return loop.run(progress)
+
+
+def resume(session: Session, model: RunModel, optimizer, scaler, ckpt: CheckpointManager) -> Progress:
+    """Restore model, optimizer, scaler, position and RNG from ``last.pt`` when there is one."""
+    info = session.info
+    state = ckpt.resume_state()
+    if state is None:
+        return Progress()
+    model.load(state["model"], ckpt.last_path, state.get("weights_identity"))
+    optimizer.load_state_dict(state["optimizer"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    progress = Progress(epoch=state["epoch"], step=state.get("step", 0), best_top1=state["best_top1"],
+                        best_epoch=state["best_epoch"], best_metrics=state.get("best_metrics"),
+                        best_probes=state.get("best_probes"))
+    rng = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
+    if len(rng) == info.world_size:
+        set_rng_state(rng[info.rank])
+    elif info.is_main:
+        warnings.warn(f"{ckpt.last_path} was written by {len(rng)} process(es), this run has {info.world_size}: "
+                      f"training continues, but not bit-identically to an uninterrupted run.", stacklevel=2)
+    if info.is_main:
+        where = f" + {progress.step} steps" if progress.step else ""
+        print(f"Resumed from {ckpt.last_path} after epoch {progress.epoch}/{session.cfg.optim.epochs}{where}",
+              flush=True)
+    return progress
+
+
+@dataclass
+class EpochLoop:
+    """The epochs of one training run: train, evaluate, checkpoint; stops cleanly when preempted."""
+
+    session: Session
+    data: BenchmarkData
+    model: RunModel
+    ckpt: CheckpointManager
+    optimizer: torch.optim.Optimizer
+    scaler: NativeScaler | None
+    scheduler: object
+    criterion: nn.Module
+    mixup: MaskMixup | None
+    loader: DataLoader
+    logger: RunLogger
+    updates_per_epoch: int
+
+    def run(self, progress: Progress) -> dict:
+        cfg = self.session.cfg
+        self.num_updates = progress.epoch * self.updates_per_epoch + progress.step
+        last_metrics = None
+        preemption = PreemptionFlag(distributed=self.session.info.distributed, device=self.session.info.device)
+        for epoch in range(progress.epoch, cfg.optim.epochs):
+            skip = progress.step if epoch == progress.epoch else 0
+            stats = self.train_epoch(epoch, skip, preemption)
+            if not stats["completed"]:
+                self.stop_preempted(epoch, skip + stats["steps"], progress, preemption)
+            progress.epoch, progress.step = epoch + 1, 0
+            metrics = self.end_epoch(stats, progress)
+            last_metrics = metrics or last_metrics
+        preemption.restore()
+        self.logger.close()
+        if last_metrics is None:  # resumed after the final epoch: evaluate the final weights again
+            last_metrics = evaluate_sets(self.session, self.model, self.data.eval_sets)
+        best = {"epoch": progress.best_epoch, "top1": progress.best_top1,
+                "selected_on": self.selected_on}
+        if progress.best_probes is not None:
+            best["probes"] = progress.best_probes
+        return {**last_metrics, "epoch": cfg.optim.epochs, "best": best}
+
+    @property
+    def selected_on(self) -> str:
+        """The evaluation set that selects the best epoch: the validation part, or the benchmark's selection set."""
+        return "val" if self.session.cfg.data.eval_mode == "val" else self.data.selection
+
+    def train_epoch(self, epoch: int, skip: int, preemption: PreemptionFlag) -> dict:
+        cfg, info = self.session.cfg, self.session.info
+        self.loader.sampler.set_epoch(epoch)  # the epoch travels with each index to the (persistent) workers
+        self.loader.sampler.set_start(skip * cfg.data.batch_size)
+        max_batches = max(0, cfg.run.max_train_batches - skip) if cfg.run.max_train_batches else 0
+        try:
+            stats = train_one_epoch(self.model.ddp, self.loader, self.optimizer, self.criterion, info.device,
+                                    self.session.amp, self.scaler, self.mixup, cfg.optim.grad_norm_clip, max_batches,
+                                    progress=info.is_main, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
+                                    should_stop=preemption.requested, on_update=self.on_update,
+                                    sync_every=cfg.run.log_interval, input_tail=self.data.train_tail)
+        except NonFiniteLossError as e:
+            self.logger.close()
+            raise SystemExit(f"error: {e} ({self.ckpt.last_path} holds the last completed epoch)") from None
+        if info.distributed:  # the log reports the run, not rank 0's share: one all-reduce per epoch
+            totals = distributed.all_reduce_sum(torch.tensor([stats["loss"] * stats["images"], stats["images"]],
+                                                             dtype=torch.float64, device=info.device)).tolist()
+            stats.update(loss=totals[0] / max(totals[1], 1), images=int(totals[1]),
+                         images_per_s=totals[1] / max(stats["seconds"], 1e-9))
+        return stats
+
+    def on_update(self) -> None:
+        self.num_updates += 1
+        self.scheduler.step_update(self.num_updates)
+
+    def end_epoch(self, stats: dict, progress: Progress) -> dict | None:
+        """Schedule step, evaluation when due, log record and checkpoint; the metrics when evaluated."""
+        cfg, info, done = self.session.cfg, self.session.info, progress.epoch
+        record = {"epoch": done, "train_loss": stats["loss"], "train_steps": stats["steps"],
+                  "train_images": stats["images"], "train_images_per_s": stats["images_per_s"],
+                  "lr": self.optimizer.param_groups[0]["lr"], "time": time.time()}
+        self.scheduler.step(done)
+        metrics, is_best = None, False
+        if done % cfg.run.eval_every == 0 or done == cfg.optim.epochs:
+            # Before the end only the selection set is scored (the paper's runs would otherwise spend most of their
+            # compute on evaluation); every set at the end.
+            sets = self.data.sets_to_score(done == cfg.optim.epochs, cfg.data.eval_mode, cfg.run.eval_ood_each_time)
+            metrics = evaluate_sets(self.session, self.model, sets)
+            selected_on = self.selected_on
+            top1 = metrics[selected_on]["top1"]
+            is_best = top1 > progress.best_top1
+            if is_best:
+                progress.best_top1, progress.best_epoch, progress.best_metrics = top1, done, metrics
+            if "probes" in metrics:
+                # Each head has its own best epoch, so no one best.pt can stand for the run: probe runs keep last.pt.
+                progress.best_probes = progress.best_probes or {}
+                for head, head_metrics in metrics["probes"].items():
+                    previous = progress.best_probes.get(head, {"top1": -1.0})
+                    if head_metrics[selected_on]["top1"] > previous["top1"]:
+                        progress.best_probes[head] = {"epoch": done, "top1": head_metrics[selected_on]["top1"]}
+                is_best = False
+            record.update({name: brief(m) for name, m in metrics.items() if name != "probes"})
+            if "probes" in metrics:
+                record["probes"] = {h: {n: brief(m) for n, m in ms.items()} for h, ms in metrics["probes"].items()}
+            if info.is_main:
+                summary = ", ".join(f"{n} {m['top1']:.2f}%" for n, m in metrics.items() if n != "probes")
+                print(f"epoch {done}/{cfg.optim.epochs}: loss {stats['loss']:.4f}, {summary}", flush=True)
+        self.logger.log(record, step=done)
+        # Only rank 0 writes; the others go on (the next epoch's first gradient all-reduce waits for it). A
+        # preemption signal saves last.pt at once whatever --checkpoint_every says.
+        write_last = done % cfg.run.checkpoint_every == 0 or done == cfg.optim.epochs
+        self.ckpt.save(self.training_state(progress), done, is_best, write_last)
+        return metrics
+
+    def stop_preempted(self, epoch: int, steps: int, progress: Progress, preemption: PreemptionFlag) -> None:
+        """Save the exact position (``steps`` optimizer steps into ``epoch``) and exit asking to be requeued."""
+        self.ckpt.save_last(self.training_state(Progress(epoch, steps, progress.best_top1, progress.best_epoch,
+                                                         progress.best_metrics, progress.best_probes)))
+        distributed.barrier()
+        if self.session.info.is_main:
+            print(f"Preempted (signal {preemption.signal_received}) in epoch {epoch + 1} after {steps} steps: saved "
+                  f"{self.ckpt.last_path}; exiting with code {REQUEUE_EXIT_CODE} so the job can be requeued.",
+                  flush=True)
+        self.logger.close()
+        distributed.cleanup()
+        raise SystemExit(REQUEUE_EXIT_CODE)
+
+    def training_state(self, progress: Progress) -> dict:
+        cfg = self.session.cfg
+        return {"model": self.model.state(), "weights_identity": self.model.weights_identity,
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler else None,
+                "epoch": progress.epoch, "step": progress.step, "best_top1": progress.best_top1,
+                "best_epoch": progress.best_epoch, "best_metrics": progress.best_metrics,
+                "best_probes": progress.best_probes,
+                "rng": gather_rng_states(self.session.info), "args": cfg.flat(),
+                "model_arch": cfg.model.model_arch, "num_classes": self.data.num_classes}
+
+
+def build_criterion(smoothing: float, mixup_active: bool) -> nn.Module:
+    if mixup_active:
+        return SoftTargetCrossEntropy()  # mixup targets already carry the label smoothing
+    if smoothing > 0:
+        return LabelSmoothingCrossEntropy(smoothing=smoothing)
+    return nn.CrossEntropyLoss()
+
+
+def build_mixup(aug: AugConfig, smoothing: float, num_classes: int) -> MaskMixup | None:
+    """timm mixup/cutmix (masks, when the batch has them, are mixed alike), or None."""
+    if not aug.turn_on_mixup_or_cutmix:
+        return None
+    return MaskMixup(mixup_alpha=aug.mixup, cutmix_alpha=aug.cutmix, cutmix_minmax=aug.cutmix_minmax,
+                     prob=aug.mixup_prob, switch_prob=aug.mixup_switch_prob, mode=aug.mixup_mode,
+                     label_smoothing=smoothing, num_classes=num_classes)
+
+
+def check_same_run(settings: dict, snapshot_dir: Path) -> None:
+    """Refuse to continue a run in ``snapshot_dir`` that was started with other settings (it would silently resume
+    or overwrite it). Only settings that change the result count; one unknown to the older run is not compared."""
+    previous_args = snapshot_dir / "args.yaml"
+    started = (snapshot_dir / "last.pt").is_file() or (snapshot_dir / "results.json").is_file()
+    if not (started and previous_args.is_file()):
+        return
+    try:
+        previous = yaml.safe_load(previous_args.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{previous_args} is unreadable ({e}); it describes the run in {snapshot_dir}. Delete the "
+                          f"folder to start over, or use another --snapshot_dir.") from None
+    keys = sorted(set(previous) & set(settings) - RUN_ONLY_SETTINGS)
+    changed = [f"--{k} {previous[k]!r} -> {settings[k]!r}" for k in keys
+               if _normalise(previous[k]) != _normalise(settings[k])]
+    if changed:
+        raise ConfigError(f"--snapshot_dir {snapshot_dir} holds a run started with other settings, which this run "
+                          f"would resume or overwrite:\n    " + "\n    ".join(changed) + "\n  Use a new "
+                          f"--snapshot_dir, or delete {snapshot_dir} to start over. (Same settings resume the run.)")
+
+
+def _normalise(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def gather_rng_states(info: DistInfo) -> list | dict:
+    """RNG states of every rank (each rank restores its own on resume)."""
+    state = rng_state()
+    if not info.distributed:
+        return state
+    states = [None] * info.world_size
+    torch.distributed.all_gather_object(states, state)
+    return states

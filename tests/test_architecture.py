@@ -1,0 +1,104 @@
+"""The shape of the library: declared import layers (import-linter), module sizes, and the three axes as
+registries, each proven by a toy written in one file that trains through the unchanged trainer."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bgmask import benchmarks, cli
+from bgmask.backbones import adapter_for, arch_layout
+from bgmask.data.masks import write_gt_masked_folders
+from bgmask.errors import ConfigError
+from bgmask.models import ModelSpec, create_classifier
+from tests.test_classifier import train_argv
+from tests.toy_backbone import GridNetAdapter
+from tests.toy_benchmark import genera
+
+REPO = Path(__file__).resolve().parents[1]
+LARGE_MODULES = {"data/synthetic.py"}  # the synthetic benchmark's generator: one long, linear recipe
+
+
+def test_the_import_layers_hold():
+    """pyproject.toml's contracts: no module imports a layer above its own, benchmarks and strategies know
+    nothing of each other or of the run's phases (which also rules out import cycles between them)."""
+    lint = Path(sys.executable).with_name("lint-imports")
+    result = subprocess.run([str(lint)], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "0 broken" in result.stdout
+
+
+def test_no_library_module_is_longer_than_350_lines():
+    lengths = {str(p.relative_to(REPO / "bgmask")): len(p.read_text().splitlines())
+               for p in (REPO / "bgmask").rglob("*.py")}
+    assert {name: n for name, n in lengths.items() if n > 350 and name not in LARGE_MODULES} == {}
+
+
+def test_every_module_of_the_package_is_a_registered_benchmark():
+    import pkgutil
+
+    modules = {m.name for m in pkgutil.iter_modules(benchmarks.__path__)} - {"base"}
+    assert {benchmarks.get(n).__module__.rsplit(".", 1)[1] for n in benchmarks.names()} >= modules
+    with pytest.raises(ConfigError, match="unknown --dataset 'nope'"):
+        benchmarks.get("nope")
+
+
+def test_a_benchmark_in_one_file_trains_and_is_scored_per_group(tiny_cub_root, tmp_path, capsys):
+    """CUB re-labelled into genera: every strategy that its data allows trains on it, and the test set is scored
+    per species (its groups) with the worst one reported."""
+    genus, genus_names, species = genera(tiny_cub_root)
+    test_labels = np.array([int(line.split()[1]) - 1 for line, split in zip(
+        (tiny_cub_root / "image_class_labels.txt").read_text().splitlines(),
+        (tiny_cub_root / "train_test_split.txt").read_text().splitlines()) if split.split()[1] == "0"])
+    for entry, flags in (("none", []), ("late", ["--mask_source", "gt"])):
+        run = tmp_path / entry
+        argv = train_argv(tiny_cub_root, run, "--dataset", "cub_genera", "--epochs", "1", "--diagnostics", "none",
+                          *flags)
+        assert cli.main(["none", "early", "late"], ["--masking", entry, *argv]) == 0
+        out = json.loads((run / "results.json").read_text())
+        assert out["dataset"] == "cub_genera" and out["num_classes"] == len(genus_names)
+        test = out["test"]
+        assert test["num_images"] == len(test_labels)
+        assert {name: g["num_images"] for name, g in test["groups"].items()} == \
+            {species[c]: int((test_labels == c).sum()) for c in np.unique(test_labels)}
+        assert test["worst_group"] == min(g["top1"] for g in test["groups"].values())
+        assert sum(g["top1"] * g["num_images"] for g in test["groups"].values()) / 100 == pytest.approx(
+            test["correct"])
+        assert "cub_test" not in out and "waterbirds" not in out
+    assert len(genus) == len(species)
+    early = ["--masking", "early", *train_argv(tiny_cub_root, tmp_path / "early", "--dataset", "cub_genera")]
+    assert cli.main(["none", "early", "late"], early) == 2
+    assert "cub_genera has original images" in capsys.readouterr().err
+
+
+def test_a_backbone_family_in_one_file_is_served_by_its_adapter():
+    clf = create_classifier(ModelSpec(arch="toy_gridnet", num_classes=3))
+    assert isinstance(clf.adapter, GridNetAdapter) and arch_layout("toy_gridnet") == "NCHW"
+    assert isinstance(adapter_for(clf.backbone), GridNetAdapter)
+    import torch
+
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(clf.pool(clf.features(x)), clf.backbone(x))  # the adapter's max pooling, not timm's
+
+
+@pytest.mark.slow
+def test_a_backbone_family_in_one_file_trains_with_every_strategy(tiny_cub_root, tmp_path):
+    root = tmp_path / "CUB_200_2011"
+    shutil.copytree(tiny_cub_root, root)
+    write_gt_masked_folders(root, progress=False)
+    for masking, flags in (("none", []), ("early", []), ("late", ["--mask_source", "gt"]),
+                           ("late", ["--mask_source", "gt", "--fm_second_last_block"])):
+        run = tmp_path / f"{masking}{len(flags)}"
+        argv = ["--masking", masking, *train_argv(root, run, "--model_arch", "toy_gridnet", "--epochs", "1"), *flags]
+        assert cli.main(["none", "early", "late"], argv) == 0
+        out = json.loads((run / "results.json").read_text())
+        assert out["model_arch"] == "toy_gridnet" and out["waterbirds"]["num_images"] > 0
+        diagnostics = out["diagnostics"]
+        assert diagnostics["attribution"] == "Grad-CAM on the pooled feature map", diagnostics
+        assert 0 <= diagnostics["fg_attribution"] <= 1 and diagnostics["fg_attribution_images"] == 12
