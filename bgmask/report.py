@@ -7,8 +7,8 @@ import json
 import os
 from pathlib import Path
 
+from bgmask.diagnostics import VIEWS, gallery_path
 from bgmask.results import (
-    DIAGNOSTIC_VIEWS,
     Accuracy,
     RunResult,
     accuracy,
@@ -74,10 +74,10 @@ def plot_diagnostics(runs: list[RunResult], path: Path) -> None:
         width = 0.8 / max(1, len(present))
         for k, s in enumerate(present):
             d = cell[s].diagnostics
-            xs = [i + (k - (len(present) - 1) / 2) * width for i in range(len(DIAGNOSTIC_VIEWS))]
-            ax.bar(xs, [d[v]["top1"] for v in DIAGNOSTIC_VIEWS], width=width, color=colors.get(s.split(":")[0]),
+            xs = [i + (k - (len(present) - 1) / 2) * width for i in range(len(VIEWS))]
+            ax.bar(xs, [d[v]["top1"] for v in VIEWS], width=width, color=colors.get(s.split(":")[0]),
                    label=f"{column_label(s)} (BG-Gap {d['bg_gap']:.0f}, FG-attr {d['fg_attribution']:.2f})")
-        ax.set_xticks(range(len(DIAGNOSTIC_VIEWS)), [v.replace("_", "-") for v in DIAGNOSTIC_VIEWS], fontsize=8)
+        ax.set_xticks(range(len(VIEWS)), [v.replace("_", "-") for v in VIEWS], fontsize=8)
         ax.set_ylim(0, 105)
         arch, head, regime = key
         ax.set_title(f"{arch}{'' if head == '-' else f' ({head})'}, {regime}", fontsize=9)
@@ -93,8 +93,6 @@ def plot_attribution_gallery(runs: list[RunResult], path: Path) -> Path | None:
     maps of its first head only."""
     import torch
     from PIL import Image
-
-    from bgmask.diagnostics import gallery_path
 
     galleries = [(r, torch.load(gallery_path(r.run_dir), weights_only=False)) for r in runs
                  if r.has_gallery and gallery_path(r.run_dir).is_file()]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from bgmask import heads, strategies
 from bgmask.backbones import arch_layout
+from bgmask.diagnostics import VIEWS
 
 BUILTIN_STRATEGIES = ("none", "early", "late")  # always columns of the table, in this order
 
@@ -234,15 +235,12 @@ def to_markdown(header: list[str], table: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-DIAGNOSTIC_VIEWS = ("only_fg", "only_bg_b", "only_bg_t", "mixed_same", "mixed_rand")
-
-
 def diagnostics_table(runs: list[RunResult]) -> tuple[list[str], list[list[str]]]:
     """One row per run: the view accuracies, BG-Gap and the attribution share inside the bird."""
-    header = ["architecture", "head", "regime", "strategy", *DIAGNOSTIC_VIEWS, "BG-Gap", "FG-attr"]
+    header = ["architecture", "head", "regime", "strategy", *VIEWS, "BG-Gap", "FG-attr"]
     table, columns = [], strategy_columns(runs)
     for r in sorted(runs, key=lambda r: (r.row_key, columns.index(r.column), r.seed or 0)):
         d = r.diagnostics
-        table.append([*r.row_key, column_label(r.column), *(_fmt(d[v]["top1"]) for v in DIAGNOSTIC_VIEWS),
+        table.append([*r.row_key, column_label(r.column), *(_fmt(d[v]["top1"]) for v in VIEWS),
                       _fmt(d["bg_gap"]), f"{d['fg_attribution']:.2f}"])
     return header, table
