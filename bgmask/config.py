@@ -46,6 +46,10 @@ class DataConfig:
                                         "without it a missing Waterbirds folder stops the run before training")
     train_split: float = option(1.0, "fraction of the CUB train split used for training; the rest is the "
                                      "validation set")
+    selection_metric: str = option("auto", "what selects the best epoch on the benchmark's selection set: auto = "
+                                           "the worst group where that set has groups (waterbirds, a CSV with a), "
+                                           "else top-1; average = top-1 over all its images",
+                                   ("auto", "worst_group", "average"))
     eval_mode: str = option("test", "'test': the per-epoch in-distribution metric is the CUB test split; 'val': the "
                                     "held-out part of the train split (needs --train_split < 1)", ("test", "val"))
     num_workers: int = option(4)

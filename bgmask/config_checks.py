@@ -68,7 +68,7 @@ def _data_errors(data: DataConfig) -> list[str]:
     errors = []
     if data.data_path is None:
         errors.append("--data_path is required: the CUB_200_2011 folder (holds images.txt).")
-    elif not os.path.isdir(data.data_path):
+    elif not os.path.exists(data.data_path):
         errors.append(f"--data_path {data.data_path} does not exist. Point it at the extracted CUB_200_2011 folder "
                       f"(or generate the synthetic one with scripts/make_synthetic_cub.py).")
     if not 0 < data.train_split <= 1:

@@ -38,7 +38,7 @@ class Progress:
 
     epoch: int = 0
     step: int = 0
-    best_top1: float = -1.0
+    best_top1: float = -1.0  # the best selection score (top-1, or the worst group with --selection_metric)
     best_epoch: int = 0
     best_metrics: dict | None = None
     best_probes: dict | None = None  # with probe heads: each head's best {"epoch", "top1"}
@@ -144,7 +144,7 @@ class EpochLoop:
         self.logger.close()
         if last_metrics is None:  # resumed after the final epoch: evaluate the final weights again
             last_metrics = evaluate_sets(self.session, self.model, self.data.eval_sets)
-        best = {"epoch": progress.best_epoch, "top1": progress.best_top1,
+        best = {"epoch": progress.best_epoch, self.data.selection_metric: progress.best_top1,
                 "selected_on": self.selected_on}
         if progress.best_probes is not None:
             best["probes"] = progress.best_probes
@@ -193,8 +193,8 @@ class EpochLoop:
             # compute on evaluation); every set at the end.
             sets = self.data.sets_to_score(done == cfg.optim.epochs, cfg.data.eval_mode, cfg.run.eval_ood_each_time)
             metrics = evaluate_sets(self.session, self.model, sets)
-            selected_on = self.selected_on
-            top1 = metrics[selected_on]["top1"]
+            selected_on, metric = self.selected_on, self.data.selection_metric
+            top1 = metrics[selected_on][metric]
             is_best = top1 > progress.best_top1
             if is_best:
                 progress.best_top1, progress.best_epoch, progress.best_metrics = top1, done, metrics
@@ -203,14 +203,16 @@ class EpochLoop:
                 progress.best_probes = progress.best_probes or {}
                 for head, head_metrics in metrics["probes"].items():
                     previous = progress.best_probes.get(head, {"top1": -1.0})
-                    if head_metrics[selected_on]["top1"] > previous["top1"]:
-                        progress.best_probes[head] = {"epoch": done, "top1": head_metrics[selected_on]["top1"]}
+                    if head_metrics[selected_on][metric] > previous["top1"]:
+                        progress.best_probes[head] = {"epoch": done, "top1": head_metrics[selected_on][metric]}
                 is_best = False
             record.update({name: brief(m) for name, m in metrics.items() if name != "probes"})
             if "probes" in metrics:
                 record["probes"] = {h: {n: brief(m) for n, m in ms.items()} for h, ms in metrics["probes"].items()}
             if info.is_main:
-                summary = ", ".join(f"{n} {m['top1']:.2f}%" for n, m in metrics.items() if n != "probes")
+                summary = ", ".join(f"{n} {m['top1']:.2f}%" + (f" (worst group {m['worst_group']:.1f}%)"
+                                                               if m.get("worst_group") is not None else "")
+                                    for n, m in metrics.items() if n != "probes")
                 print(f"epoch {done}/{cfg.optim.epochs}: loss {stats['loss']:.4f}, {summary}", flush=True)
         self.logger.log(record, step=done)
         # Only rank 0 writes; the others go on (the next epoch's first gradient all-reduce waits for it). A

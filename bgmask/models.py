@@ -131,8 +131,12 @@ class Classifier(nn.Module):
     def head_from_features(self, feats: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(self.pool(feats))
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The head's input for images ``x`` (what DFR refits the head on)."""
+        return self.pool(self.features(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pool(self.features(x)))
+        return self.head(self.embed(x))
 
 
 def new_head(width: int, num_classes: int, init: str = "upstream", is_vit: bool = False) -> nn.Linear:

@@ -9,13 +9,16 @@ from pathlib import Path
 
 from bgmask.diagnostics import VIEWS, gallery_path
 from bgmask.results import (
+    GROUP_FIGURES,
     Accuracy,
+    GroupRunResult,
     RunResult,
     accuracy,
     build_table,
     column_label,
     diagnostics_table,
     group_cells,
+    group_table,
     strategy_columns,
     to_markdown,
 )
@@ -56,6 +59,55 @@ def write_outputs(runs: list[RunResult], out_dir: str | os.PathLike, note: str =
         if gallery is not None:
             paths["gallery_png"] = gallery
     return paths
+
+
+def write_group_outputs(runs: list[GroupRunResult], out_dir: str | os.PathLike) -> dict[str, Path]:
+    """The group-protocol table (group_results.md / .csv) and its figure (group_results.png)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    header, table = group_table(runs)
+    paths = {"group_md": out_dir / "group_results.md", "group_csv": out_dir / "group_results.csv",
+             "group_png": out_dir / "group_results.png"}
+    paths["group_md"].write_text(
+        "Group protocol (group_DRO): top-1 (%) on the test split: the worst (y, attribute) group, the adjusted average "
+        "(each group's accuracy weighted by its size in training, as group_DRO / WILDS / DFR report it) and the "
+        "average over all test images, each with its 95 % Wilson interval; the best epoch was selected on the named "
+        "set and metric.\n\n" + to_markdown(header, table))
+    with open(paths["group_csv"], "w", newline="") as f:
+        csv.writer(f).writerows([header, *table])
+    plot_group_protocol(runs, paths["group_png"])
+    return paths
+
+
+def plot_group_protocol(runs: list[GroupRunResult], path: Path) -> None:
+    """Per dataset/architecture/head/regime: worst group and both averages per strategy, with intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({r.row_key for r in runs})
+    fig, axes = panel_grid(plt, len(keys), 5.0, 3.6)
+    colors = {"worst_group": "#d65f5f", "adjusted_average": "#4878d0", "average": "#6acc64"}
+    for ax, key in zip(axes, keys):
+        cell = sorted((r for r in runs if r.row_key == key), key=lambda r: (r.masking, r.seed or 0))
+        width = 0.8 / len(GROUP_FIGURES)
+        for k, figure in enumerate(GROUP_FIGURES):
+            xs = [i + (k - 1) * width for i in range(len(cell))]
+            values = [r.sets.get("test", {}).get(figure) or 0.0 for r in cell]
+            intervals = [(r.sets.get("test", {}).get("intervals") or {}).get(figure) for r in cell]
+            errors = [[v - (iv[0] if iv else v) for v, iv in zip(values, intervals)],
+                      [(iv[1] if iv else v) - v for v, iv in zip(values, intervals)]]
+            ax.bar(xs, values, width=width, color=colors[figure], yerr=errors, capsize=2,
+                   label=figure.replace("_", " "))
+        ax.set_xticks(range(len(cell)), [column_label(r.masking) for r in cell], fontsize=8)
+        ax.set_ylim(0, 100)
+        ax.set_ylabel("test top-1 (%)")
+        ax.set_title(" / ".join(key), fontsize=9)
+    axes[0].legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def plot_diagnostics(runs: list[RunResult], path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import statistics
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from pathlib import Path
 
 from bgmask import heads, strategies
 from bgmask.backbones import arch_layout
+from bgmask.data.groups import wilson_interval
 from bgmask.diagnostics import VIEWS
 
 BUILTIN_STRATEGIES = ("none", "early", "late")  # always columns of the table, in this order
@@ -132,16 +132,6 @@ def _entry(metrics: dict, common: dict, head: str, masking: str, mask_source: st
                      diagnostics=diagnostics)
 
 
-def wilson_interval(correct: int, total: int, z: float = 1.959964) -> tuple[float, float]:
-    """95 % Wilson score interval of an accuracy ``correct / total``, in percent (over the test images)."""
-    if total <= 0:
-        return 0.0, 100.0
-    p = correct / total
-    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    return 100.0 * max(0.0, centre - half), 100.0 * min(1.0, centre + half)
-
-
 @dataclass(frozen=True)
 class Accuracy:
     """One table value: a single run's top-1 with its Wilson interval, or the mean and std over seeds."""
@@ -243,4 +233,68 @@ def diagnostics_table(runs: list[RunResult]) -> tuple[list[str], list[list[str]]
         d = r.diagnostics
         table.append([*r.row_key, column_label(r.column), *(_fmt(d[v]["top1"]) for v in VIEWS),
                       _fmt(d["bg_gap"]), f"{d['fg_attribution']:.2f}"])
+    return header, table
+
+
+# ---------------------------------------------------------------------------------------- group protocol
+GROUP_FIGURES = ("worst_group", "adjusted_average", "average")
+
+
+@dataclass(frozen=True)
+class GroupRunResult:
+    """A run of a group-robustness benchmark (``--dataset waterbirds`` or ``csv``): its evaluation sets' metrics."""
+
+    run_dir: str
+    dataset: str
+    model_arch: str
+    head: str
+    regime: str
+    masking: str
+    seed: int | None
+    sets: dict  # {set name: metrics with groups, worst_group, average, adjusted_average, intervals}
+    best: dict
+
+    @property
+    def row_key(self) -> tuple[str, str, str, str]:
+        return self.dataset, self.model_arch, self.head, self.regime
+
+
+def is_group_protocol(run_dir: str | os.PathLike) -> bool:
+    """Whether a finished run is of a group-robustness benchmark (not the paper's CUB + Waterbirds one)."""
+    path = Path(run_dir) / "results.json"
+    return path.is_file() and json.loads(path.read_text()).get("dataset", "cub") != "cub"
+
+
+def load_group_run(run_dir: str | os.PathLike) -> GroupRunResult:
+    run_dir = Path(run_dir)
+    results = json.loads((run_dir / "results.json").read_text())
+    args = {}
+    if (run_dir / "args.yaml").is_file():
+        import yaml
+
+        args = yaml.safe_load((run_dir / "args.yaml").read_text()) or {}
+    sets = {name: m for name, m in results.items() if isinstance(m, dict) and "worst_group" in m}
+    return GroupRunResult(str(run_dir), results["dataset"], results["model_arch"], _head_of(args, results),
+                          _regime_of(args), results["masking"], args.get("seed"), sets, results.get("best", {}))
+
+
+def group_table(runs: list[GroupRunResult], split: str = "test") -> tuple[list[str], list[list[str]]]:
+    """One row per run: the ``split`` set's worst group, adjusted average and average with their 95 % Wilson
+    intervals, the selection set's worst group and the selected epoch."""
+    header = ["dataset", "architecture", "head", "regime", "strategy", "seed",
+              *(f"{split} {f.replace('_', ' ')}" for f in GROUP_FIGURES), "selection", "epoch"]
+    order = strategies.names()
+    table = []
+    for r in sorted(runs, key=lambda r: (r.row_key, order.index(r.masking) if r.masking in order else 99,
+                                         r.seed or 0)):
+        m = r.sets.get(split, {})
+        cells = []
+        for figure in GROUP_FIGURES:
+            value, interval = m.get(figure), (m.get("intervals") or {}).get(figure)
+            cells.append(_fmt(value) + (f" [{interval[0]:.1f}, {interval[1]:.1f}]" if interval else ""))
+        chosen = r.best.get("selected_on", "")
+        metric = next((k for k in r.best if k not in ("epoch", "selected_on", "probes")), "")
+        selection = f"{chosen} {metric.replace('_', ' ')} {_fmt(r.best.get(metric))}" if chosen else "–"
+        table.append([*r.row_key, strategies.label(r.masking), str(r.seed), *cells, selection,
+                      str(r.best.get("epoch", "–"))])
     return header, table

@@ -19,6 +19,7 @@ from bgmask.diagnose import add_diagnostics, safe_diagnostics
 from bgmask.evaluation import evaluate_checkpoint
 from bgmask.fit import train
 from bgmask.logging import write_json_atomic
+from bgmask.refit import refit
 from bgmask.run_model import build_model, check_probe_masks
 from bgmask.session import Session, resolve_image_size, start_session
 from bgmask.strategies import Strategy
@@ -38,6 +39,8 @@ def run(cfg: TrainConfig, strategy: Strategy) -> dict | None:
     ckpt = CheckpointManager(session.snapshot_dir, cfg.run.save_every_n_epochs, enabled=session.info.is_main)
     if cfg.run.eval_only:
         outcome = evaluate_checkpoint(session, data, model, ckpt)
+    elif strategy.refits_last_layer:
+        outcome = refit(session, data, model, ckpt, strategy)
     else:
         outcome = train(session, data, model, ckpt, strategy.name)
     results = {**outcome, "model_arch": cfg.model.model_arch, "masking": strategy.name, "image_size": image_size,

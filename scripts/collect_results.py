@@ -2,15 +2,17 @@
 """Collect classifier runs into a paper-style table and figure.
 
 Example: python scripts/collect_results.py runs/demo/classifiers/* --out runs/demo
-Writes OUT/results.md, results.csv, results.json and results.png (CUB vs Waterbirds accuracy per strategy).
+Writes OUT/results.md, results.csv, results.json and results.png (CUB vs Waterbirds accuracy per strategy) for runs
+of the paper's benchmark, and OUT/group_results.md, .csv and .png (worst group, adjusted and plain average) for runs
+of a group-protocol benchmark (--dataset waterbirds or csv).
 """
 
 import argparse
 import sys
 from pathlib import Path
 
-from bgmask.report import write_outputs
-from bgmask.results import load_runs
+from bgmask.report import write_group_outputs, write_outputs
+from bgmask.results import is_group_protocol, load_group_run, load_runs
 
 
 def main(argv=None) -> int:
@@ -19,25 +21,34 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--note", default="", help="a line printed above the table (e.g. data set and date)")
     args = p.parse_args(argv)
-    runs, skipped = [], []
+    runs, group_runs, skipped = [], [], []
     for run_dir in args.run_dirs:
         if not Path(run_dir).is_dir():
             continue
         try:
-            runs.extend(load_runs(run_dir))
+            if is_group_protocol(run_dir):
+                group_runs.append(load_group_run(run_dir))
+            else:
+                runs.extend(load_runs(run_dir))
         except FileNotFoundError as e:
             skipped.append(str(e))
     for message in skipped:
         print(f"warning: skipped {message}", file=sys.stderr)
-    if not runs:
+    if not runs and not group_runs:
         print("error: no finished runs (results.json) among the given folders", file=sys.stderr)
         return 2
+    paths = {}
     try:
-        paths = write_outputs(runs, args.out, note=args.note)
+        if runs:
+            paths.update(write_outputs(runs, args.out, note=args.note))
+        if group_runs:
+            paths.update(write_group_outputs(group_runs, args.out))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(paths["md"].read_text())
+    for key in ("md", "group_md"):
+        if key in paths:
+            print(paths[key].read_text())
     print("Wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 

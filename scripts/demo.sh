@@ -2,7 +2,7 @@
 # The main job: the whole pipeline on the synthetic CUB + Waterbirds benchmark, on CPU, in the paper's two regimes.
 #   data -> binary-seg data -> tiny segmenter -> masks -> synthetic pretraining (cached per machine) ->
 #   {ConvNeXt, ViT} x {frozen: all heads in one pass + early masking; fine-tuned: baseline, early, late}
-#   -> table + figures
+#   + the Waterbirds group protocol (2 classes, frozen ConvNeXt: baseline, early, late, DFR) -> tables + figures
 # Usage: bash scripts/demo.sh [--force]
 #   --force  redo every stage (finished stages are otherwise reused; the pretrained weights stay cached)
 #   DATA=data/synthetic  where the benchmark is generated;  OUT=runs/demo  where every stage writes
@@ -54,11 +54,17 @@ stage() {
   echo "    [$name] finished in $((SECONDS - start)) s (demo total $((SECONDS - DEMO_START)) s)"
 }
 
+# Data made by another version of the generator: every stage is redone (as --force).
+GEN_KEY="$("$PY" -c 'from bgmask.pretrain_cache import corpus_source_digest; print(corpus_source_digest()[:12])')"
+if [[ -e "$CUB/images.txt" && ! -e "$DATA/.generator-$GEN_KEY" && "$FORCE" == 0 ]]; then
+  echo "==> $DATA was made by another version of the synthetic generator: redoing every stage (as --force)"
+  FORCE=1
+fi
 FORCE_FLAG=()
 [[ "$FORCE" == 1 ]] && FORCE_FLAG=(--overwrite)
-
-stage data "$CUB/images.txt" \
-  "$PY" scripts/make_synthetic_cub.py --out "$DATA" --overwrite
+stage data "$DATA/.generator-$GEN_KEY" \
+  bash -c '"$1" scripts/make_synthetic_cub.py --out "$2" --overwrite && rm -f "$2"/.generator-* && touch "$3"' _ \
+  "$PY" "$DATA" "$DATA/.generator-$GEN_KEY"
 echo "==> Dataset summary"
 "$PY" -m bgmask.data.check "$CUB"
 
@@ -132,6 +138,19 @@ for model in convnext vit; do
     "${LATE_VARIANT[@]}"
 done
 
+# The field's group protocol on the synthetic Waterbirds twin (README, "The field's group protocol"): a 2-class
+# classifier trained on its split 0, selected on split 1 by the worst group, reported on split 2; the frozen ConvNeXt
+# with every strategy and DFR on the baseline's features.
+WATERBIRDS=(--dataset waterbirds)
+run_classifier wb_convnext_frozen_baseline "${EARLY[@]}" "${WATERBIRDS[@]}" "${COMMON[@]}" "${CONVNEXT[@]}" \
+  "${FROZEN[@]}"
+run_classifier wb_convnext_frozen_early "${EARLY[@]}" --masking early "${WATERBIRDS[@]}" "${COMMON[@]}" \
+  "${CONVNEXT[@]}" "${FROZEN[@]}"
+run_classifier wb_convnext_frozen_late "${LATE[@]}" "${WATERBIRDS[@]}" "${COMMON[@]}" "${CONVNEXT[@]}" "${FROZEN[@]}" \
+  --fm_second_last_block
+run_classifier wb_convnext_frozen_dfr "$PY" -m bgmask --masking dfr "${WATERBIRDS[@]}" "${COMMON[@]}" \
+  "${CONVNEXT[@]}" --freeze_backbone --dfr_from "$CLS_DIR/wb_convnext_frozen_baseline"
+
 echo "==> Results"
 NOTE="Synthetic benchmark (scripts/make_synthetic_cub.py defaults), measured by scripts/demo.sh on $(date +%F), \
 $(nproc) CPU cores; backbones pretrained on the synthetic corpus (scripts/pretrain_synthetic.py); frozen \
@@ -139,5 +158,5 @@ $FROZEN_EPOCHS epochs, fine-tuned $EPOCHS epochs ConvNeXt / $VIT_EPOCHS epochs V
 ($(basename "$SEG_CONFIG" .py))."
 "$PY" scripts/collect_results.py "${RUNS[@]}" --out "$OUT" --note "$NOTE"
 echo "Figures: $OUT/results.png (accuracy), $OUT/diagnostics.png (background reliance), \
-$OUT/attribution_gallery.png (attributions), $OUT/mask_gallery.png (masks)."
+$OUT/attribution_gallery.png (attributions), $OUT/mask_gallery.png (masks), $OUT/group_results.png (group protocol)."
 echo "Demo finished in $((SECONDS - DEMO_START)) s."

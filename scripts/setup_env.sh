@@ -29,6 +29,7 @@ PY_REQUIREMENTS=(
   "pillow>=10,<12"
   "matplotlib>=3.8"
   "tqdm>=4.66"
+  "scikit-learn>=1.3"
   "wandb>=0.17"
   "pyyaml>=6"
   "ftfy" "regex"

@@ -18,7 +18,7 @@ from tests.toy_strategy import NoiseBackground, NoiseBackgroundModel
 
 def test_every_module_of_the_package_is_a_registered_strategy():
     modules = {m.name for m in pkgutil.iter_modules(bgmask.strategies.__path__)} - {"base"}
-    assert {strategies.get(n).__module__.rsplit(".", 1)[1] for n in ("none", "early", "late")} == modules
+    assert {strategies.get(n).__module__.rsplit(".", 1)[1] for n in ("none", "early", "late", "dfr")} == modules
     with pytest.raises(ConfigError, match="unknown masking strategy 'nope'"):
         strategies.get("nope")
 

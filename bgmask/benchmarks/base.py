@@ -45,6 +45,7 @@ class BenchmarkData:
     num_classes: int
     image_size: int
     selection: str  # the evaluation set scored every epoch and used for model selection
+    selection_metric: str = "top1"  # what selects there: top1, or worst_group on a set with groups
     val: Dataset | None = None
     train_tail: DeviceTail | None = None  # finishes the training images on the device (--device_tail)
 
@@ -95,6 +96,18 @@ def split_train_val(dataset, labels: np.ndarray, fraction: float, seed: int):
         train_idx += idx[:k].tolist()
         val_idx += idx[k:].tolist()
     return Subset(dataset, sorted(train_idx)), Subset(dataset, sorted(val_idx))
+
+
+def selection_metric(cfg: TrainConfig, grouped: bool) -> str:
+    """The metric that selects the best epoch: ``--selection_metric``, or with ``auto`` the worst group where the
+    selection set has groups and top-1 otherwise (``average`` is top-1 over all images)."""
+    choice = cfg.data.selection_metric
+    if choice == "auto":
+        return "worst_group" if grouped else "top1"
+    if choice == "worst_group" and not grouped:
+        raise ConfigError(f"--selection_metric worst_group needs groups in the selection set; --dataset "
+                          f"{cfg.data.dataset} has none there.")
+    return "top1" if choice == "average" else choice
 
 
 _REGISTRY: dict[str, type[Benchmark]] = {}

@@ -27,12 +27,21 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Subset
 
-from bgmask.benchmarks.base import Benchmark, BenchmarkData, DataNeeds, EvalSet, register, split_train_val
+from bgmask.benchmarks.base import (
+    Benchmark,
+    BenchmarkData,
+    DataNeeds,
+    EvalSet,
+    register,
+    selection_metric,
+    split_train_val,
+)
 from bgmask.config import DataConfig, TrainConfig
 from bgmask.data.cub import GT_MASK_SUB_PATH, WATERBIRDS_SUB_PATH, CUBDataset, DatasetError, missing_folder_hint
 from bgmask.data.groups import Groups
 from bgmask.data.masks import MASK_FOLDERS
 from bgmask.data.transforms import build_eval_transform, build_train_transform
+from bgmask.errors import ConfigError
 
 IMAGE_FLAGS = ("image_sub_path_train", "image_sub_path_test", "ood_image_sub_path")
 
@@ -64,6 +73,11 @@ class CUBWithWaterbirds(Benchmark):
             if value == getattr(defaults, flag) and value in masked:
                 changes[flag] = masked[value]
         return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **changes))
+
+    def check(self, cfg: TrainConfig, needs: DataNeeds) -> None:
+        if not Path(cfg.data.data_path).is_dir():
+            raise ConfigError(f"--data_path {cfg.data.data_path} is a file; the cub benchmark takes the CUB_200_2011 "
+                              f"folder (holds images.txt). A CSV dataset is --dataset csv.")
 
     def folders(self, cfg: TrainConfig, needs: DataNeeds) -> tuple[tuple[str, str, str | None], tuple | None]:
         """(train, test, Waterbirds) image folders and mask folders (None: no masks)."""
@@ -103,7 +117,8 @@ class CUBWithWaterbirds(Benchmark):
             if waterbirds is not None:
                 sets["waterbirds"] = self.eval_set(waterbirds, waterbirds=True)
         return BenchmarkData(train=train, eval_sets=sets, num_classes=full_train.num_classes, image_size=image_size,
-                             selection=self.selection, val=val, train_tail=train_tf.device_tail)
+                             selection=self.selection, selection_metric=selection_metric(cfg, grouped=False), val=val,
+                             train_tail=train_tf.device_tail)
 
     @staticmethod
     def eval_set(ds: CUBDataset, waterbirds: bool = False) -> EvalSet:

@@ -89,6 +89,7 @@ class SyntheticConfig:
     species_per_genus: int = 4
     backgrounds: str = "home"  # "home": home habitat with probability ``bias``; "balanced": independent of species
     train_fraction: float = 0.5  # of each class's images in the train split (rounded down)
+    waterbirds_train_bias: float = 0.95  # Waterbirds train split: birds on a habitat of their own type (the release)
 
     @property
     def train_per_class(self) -> int:
@@ -104,8 +105,9 @@ class SyntheticConfig:
         if not 2 <= self.habitats <= len(HABITAT_NAMES):
             raise ValueError(f"habitats must be in [2, {len(HABITAT_NAMES)}] ({', '.join(HABITAT_NAMES)}), "
                              f"got {self.habitats}")
-        if not 0.0 <= self.bias <= 1.0:
-            raise ValueError(f"bias must be a probability in [0, 1], got {self.bias}")
+        if not 0.0 <= self.bias <= 1.0 or not 0.0 <= self.waterbirds_train_bias <= 1.0:
+            raise ValueError(f"bias and waterbirds_train_bias must be probabilities in [0, 1], got {self.bias} and "
+                             f"{self.waterbirds_train_bias}")
         if self.backgrounds not in BACKGROUNDS:
             raise ValueError(f"backgrounds must be one of {BACKGROUNDS}, got {self.backgrounds!r}")
         if not 1 <= self.train_per_class < self.images_per_class:
@@ -359,6 +361,17 @@ def render_bird(sp: Species, rng: np.random.Generator, h: int, w: int) -> Render
     return RenderedBird(colour=col, alpha=alpha, parts=parts)
 
 
+def own_type_place(y: int, place: int, rng: np.random.Generator, config: SyntheticConfig) -> int:
+    """A Waterbirds train-split habitat: with probability ``waterbirds_train_bias`` (the release's 95 %) one of the
+    bird's own type — water for a waterbird (``y`` 1), land for a landbird — otherwise of the other type. ``place``
+    (drawn independently) is kept when it already has the chosen type."""
+    on_water = (y == 1) == (rng.random() < config.waterbirds_train_bias)
+    if on_water:
+        return WATER_HABITAT
+    land = [h for h in range(config.habitats) if h != WATER_HABITAT]
+    return place if place != WATER_HABITAT else int(rng.choice(land))
+
+
 def composite(foreground: np.ndarray, alpha: np.ndarray, background: np.ndarray) -> np.ndarray:
     """``foreground * alpha + background * (1 - alpha)`` for straight (non-premultiplied) colours."""
     a = alpha[..., None]
@@ -480,9 +493,19 @@ def _write_tree(root: Path, config: SyntheticConfig, species: list[Species], pro
             bird = render_bird(sp, rng, h, w)
             background = render_habitat(habitat, np.random.default_rng([config.seed, image_id, 1]), h, w)
             image = bird.colour + background * (1.0 - bird.alpha[..., None])  # colour is premultiplied
-            # Waterbirds: independent habitat, held-out texture stream (key 2 is never used for CUB backgrounds).
+            # Waterbirds: a habitat drawn independently of the species, held-out texture stream (key 2 is never used
+            # for CUB backgrounds). As in the real release, ~20 % of the CUB train images form the validation split
+            # (1), which stays independent; in the train split (0) 95 % of the birds sit on a habitat of their own
+            # type (water for waterbirds, land for landbirds). The test split (2) is drawn exactly as before.
             wb_rng = np.random.default_rng([config.seed, image_id, 2])
             place = int(wb_rng.integers(config.habitats))
+            y = int(sp.home_habitat == WATER_HABITAT)
+            wb_split = 2
+            if is_train[k]:
+                split_rng = np.random.default_rng([config.seed, image_id, 3])
+                wb_split = 1 if split_rng.random() < 0.2 else 0
+                if wb_split == 0:
+                    place = own_type_place(y, place, split_rng, config)
             wb_image = composite(image, bird.alpha, render_habitat(place, wb_rng, h, w))
             mask = np.clip(bird.alpha * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
@@ -501,9 +524,7 @@ def _write_tree(root: Path, config: SyntheticConfig, species: list[Species], pro
                               f"{float(ys.max()) - y0 + 1:.1f}")
             for part_id, (px, py, vis) in enumerate(bird.parts, start=1):
                 part_lines.append(f"{image_id} {part_id} {px:.1f} {py:.1f} {vis}")
-            # As in the real Waterbirds, ~20% of the CUB train images form the validation split.
-            wb_split = 2 if not is_train[k] else (1 if wb_rng.random() < 0.2 else 0)
-            wb_rows.append([image_id, rel, int(sp.home_habitat == WATER_HABITAT), wb_split, place,
+            wb_rows.append([image_id, rel, y, wb_split, place,
                             f"/synthetic/{HABITAT_NAMES[place]}/{image_id:08d}.jpg"])
             num_train += int(is_train[k])
             bar.update()

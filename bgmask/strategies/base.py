@@ -45,6 +45,8 @@ class Strategy:
     # How the diagnostics feed the test views to the model; None: no diagnostics (recorded in results.json).
     diagnostics_input: ClassVar[ModelInput | None] = ModelInput.IMAGE
     Options: ClassVar[type | None] = None  # a dataclass of strategy-specific settings (fields become flags)
+    # True: the strategy does not train; it refits the last layer (refit_last_layer) of the model it starts from
+    refits_last_layer: ClassVar[bool] = False
 
     def check(self, cfg: TrainConfig) -> None:
         """Refuse settings this strategy cannot honour, before anything is built (raise ConfigError)."""
@@ -59,6 +61,11 @@ class Strategy:
     def results_info(self, cfg: TrainConfig) -> dict:
         """Extra keys for results.json (e.g. where the masks came from)."""
         return {}
+
+    def refit_last_layer(self, cfg: TrainConfig, features, labels, groups, num_classes: int):
+        """With ``refits_last_layer``: the new last layer ``(weight num_classes x d, bias, report)`` from the
+        selection set's embeddings, labels and group ids (numpy arrays); see :mod:`bgmask.refit`."""
+        raise NotImplementedError
 
 
 _REGISTRY: dict[str, type[Strategy]] = {}

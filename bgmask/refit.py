@@ -1,0 +1,75 @@
+"""The run phase of a strategy that refits the last layer instead of training (DFR, :mod:`bgmask.strategies.dfr`):
+load the model it starts from, embed the selection split without augmentation, let the strategy fit the head,
+evaluate as any run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from bgmask.benchmarks import BenchmarkData
+from bgmask.checkpoint import CheckpointManager, atomic_torch_save, load_checkpoint
+from bgmask.errors import ConfigError
+from bgmask.evaluation import evaluate_sets
+from bgmask.progress import progress_bar
+from bgmask.run_model import RunModel
+from bgmask.session import Session
+from bgmask.strategies import Strategy
+
+
+def refit(session: Session, data: BenchmarkData, model: RunModel, ckpt: CheckpointManager, strategy: Strategy) -> dict:
+    cfg, info = session.cfg, session.info
+    selection = data.eval_sets[data.selection]
+    if selection.groups is None:
+        raise ConfigError(f"--masking {strategy.name} fits on the {data.selection!r} set's groups, and this "
+                          f"benchmark's {data.selection!r} set has none: use --dataset waterbirds, or a CSV with an "
+                          f"a column.")
+    source = load_source(cfg.strategy_options.dfr_from, model)
+    features, labels = embed(session, model.module, selection.dataset)
+    weight, bias, report = strategy.refit_last_layer(cfg, features, labels, selection.groups.ids, data.num_classes)
+    head = model.module.head
+    with torch.no_grad():
+        head.weight.copy_(torch.as_tensor(weight, dtype=head.weight.dtype))
+        head.bias.copy_(torch.as_tensor(bias, dtype=head.bias.dtype))
+    if info.is_main:
+        print(f"{strategy.name}: last layer refitted on {len(labels)} {data.selection} images (C {report['c']}, "
+              f"balanced subsets of {report['balanced_subset_size']}) from {source}", flush=True)
+        atomic_torch_save({"model": model.state(), "weights_identity": model.weights_identity, "epoch": 0,
+                           "args": cfg.flat(), "model_arch": cfg.model.model_arch, "num_classes": data.num_classes},
+                          ckpt.last_path)
+    metrics = evaluate_sets(session, model, data.eval_sets)
+    score = metrics[data.selection][data.selection_metric]
+    return {**metrics, "epoch": 0, "refit": {**report, "from": source},
+            "best": {"epoch": 0, data.selection_metric: score, "selected_on": data.selection}}
+
+
+def load_source(run_dir: str | None, model: RunModel) -> str:
+    """Load the weights of a finished run (its best.pt, else last.pt); without one the model keeps the weights it
+    was built with. Returns where the weights came from."""
+    if run_dir is None:
+        return "the weights the model was built with"
+    folder = Path(run_dir)
+    path = next((p for p in (folder / "best.pt", folder / "last.pt") if p.is_file()), None)
+    if path is None:
+        raise ConfigError(f"--dfr_from {folder} holds neither best.pt nor last.pt: point it at a finished run "
+                          f"folder (e.g. the baseline's --snapshot_dir).")
+    state = load_checkpoint(path)
+    model.load(state["model"], path, state.get("weights_identity"))
+    return str(path)
+
+
+@torch.no_grad()
+def embed(session: Session, model, dataset) -> tuple[np.ndarray, np.ndarray]:
+    """The head's input for every image of ``dataset`` (its eval transform, no augmentation), on every process."""
+    model.eval()
+    loader = DataLoader(dataset, shuffle=False, drop_last=False, **session.loader_kwargs)
+    features, labels = [], []
+    for *inputs, y in progress_bar(loader, desc="embed", disable=not session.info.is_main):
+        inputs = [x.to(session.info.device) for x in inputs]
+        with session.amp.autocast():
+            features.append(model.embed(*inputs).float().cpu())
+        labels.append(y)
+    return torch.cat(features).numpy().astype(np.float64), torch.cat(labels).numpy()

@@ -1,0 +1,137 @@
+"""DFR, deep feature reweighting (Kirichenko et al., 2022), beside the masking strategies (``--masking dfr``).
+
+The backbone is not trained: a model whose last layer learned the background — a baseline run's weights
+(``--dfr_from RUN_FOLDER``) or any weights the trainer loads (``--pretrained_path``, ``--start_weights``) — keeps
+its features, and only the last layer is fitted again, on the benchmark's validation split where the groups are
+balanced, as the DFR paper does it (its ``dfr_evaluate_spurious.py``):
+
+* embeddings (the head's input) of the validation images, without augmentation, standardised;
+* an L1-regularised logistic regression (scikit-learn, liblinear); its strength ``C`` is chosen on the first half
+  of the validation split by the worst-group accuracy on the second half;
+* the final layer is the average of ``--dfr_retrains`` fits with that ``C``, each on a group-balanced subset of the
+  whole validation split (every group cut to the smallest one's size).
+
+The fitted layer replaces the model's head (the standardisation folded into it), and the run is evaluated as any
+other: the same sets, groups and results.json.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from bgmask.config import TrainConfig, option
+from bgmask.errors import ConfigError
+from bgmask.strategies.base import ModelInput, Strategy, register
+
+
+@dataclass
+class DFROptions:
+    section: ClassVar[str] = "DFR (deep feature reweighting)"
+    dfr_from: str | None = option(None, "run folder of a trained baseline (its best.pt, else last.pt) whose features "
+                                        "are reweighted; default: the weights --pretrained_path / --start_weights "
+                                        "load")
+    dfr_c_grid: str = option("1.0,0.7,0.3,0.1,0.07,0.03,0.01", "inverse L1 strengths tried (the DFR paper's grid)")
+    dfr_tune_retrains: int = option(1, "balanced subsets per C while tuning (the DFR paper: 1)")
+    dfr_retrains: int = option(20, "balanced subsets whose fits are averaged into the final layer (the DFR paper: "
+                                   "20)")
+
+
+@register
+class DeepFeatureReweighting(Strategy):
+    name = "dfr"
+    label = "DFR"
+    summary = ("deep feature reweighting: a baseline's frozen features, its last layer refitted on group-balanced "
+               "validation data (L1 logistic regression)")
+    diagnostics_input = ModelInput.IMAGE
+    Options = DFROptions
+    refits_last_layer = True
+
+    def check(self, cfg: TrainConfig) -> None:
+        opts: DFROptions = cfg.strategy_options
+        if not cfg.model.freeze_backbone:
+            raise ConfigError("--masking dfr refits the last layer of a frozen model: add --freeze_backbone.")
+        if cfg.model.probe_heads is not None:
+            raise ConfigError("--masking dfr fits one head; drop --probe_heads.")
+        if opts.dfr_retrains < 1 or opts.dfr_tune_retrains < 1:
+            raise ConfigError("--dfr_retrains and --dfr_tune_retrains must be >= 1.")
+        try:
+            grid = c_grid(opts.dfr_c_grid)
+        except ValueError:
+            grid = []
+        if not grid or min(grid) <= 0:
+            raise ConfigError(f"--dfr_c_grid takes positive numbers separated by commas, got {opts.dfr_c_grid!r}.")
+
+    def refit_last_layer(self, cfg: TrainConfig, features: np.ndarray, labels: np.ndarray, groups: np.ndarray,
+                         num_classes: int) -> tuple[np.ndarray, np.ndarray, dict]:
+        opts: DFROptions = cfg.strategy_options
+        return reweight(features, labels, groups, num_classes, c_grid(opts.dfr_c_grid), opts.dfr_tune_retrains,
+                        opts.dfr_retrains, cfg.run.seed)
+
+    def results_info(self, cfg: TrainConfig) -> dict:
+        opts: DFROptions = cfg.strategy_options
+        return {"dfr_from": opts.dfr_from, "dfr_c_grid": opts.dfr_c_grid, "dfr_retrains": opts.dfr_retrains}
+
+
+def c_grid(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def balanced_subset(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Indices of a group-balanced subset: every group present cut to the size of the smallest one."""
+    present = np.unique(groups)
+    n = min(int((groups == g).sum()) for g in present)
+    return np.sort(np.concatenate([rng.choice(np.flatnonzero(groups == g), n, replace=False) for g in present]))
+
+
+def worst_group_accuracy(predictions: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float:
+    return min(float((predictions[groups == g] == labels[groups == g]).mean()) for g in np.unique(groups))
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, c: float, num_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """L1 logistic regression; the weights as ``num_classes x d`` logits (a binary fit as [0, w])."""
+    import sklearn
+    from sklearn.linear_model import LogisticRegression
+
+    # scikit-learn 1.8 names the L1 penalty l1_ratio=1 (penalty= is deprecated there, the only way before)
+    l1 = {"l1_ratio": 1.0} if tuple(int(v) for v in sklearn.__version__.split(".")[:2]) >= (1, 8) else {"penalty": "l1"}
+    model = LogisticRegression(C=c, solver="liblinear", random_state=seed, **l1).fit(x, y)
+    weight, bias = np.zeros((num_classes, x.shape[1])), np.zeros(num_classes)
+    if len(model.classes_) == 2:
+        weight[model.classes_[1]], bias[model.classes_[1]] = model.coef_[0], model.intercept_[0]
+    else:
+        weight[model.classes_], bias[model.classes_] = model.coef_, model.intercept_
+    return weight, bias
+
+
+def reweight(features: np.ndarray, labels: np.ndarray, groups: np.ndarray, num_classes: int, grid: list[float],
+             tune_retrains: int, retrains: int, seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The DFR last layer on (unstandardised) validation features: ``(weight, bias, report)``, weight
+    ``num_classes x d`` acting on the raw features (the standardisation is folded in)."""
+    mean, std = features.mean(0), features.std(0) + 1e-8
+    x = (features - mean) / std
+    rng = np.random.default_rng(seed)
+    half = len(x) // 2
+    order = rng.permutation(len(x))
+    tune, held = order[:half], order[half:]
+    scores = {}
+    for c in grid:
+        accs = []
+        for _ in range(tune_retrains):
+            sub = tune[balanced_subset(groups[tune], rng)]
+            w, b = fit_logistic(x[sub], labels[sub], c, num_classes, seed)
+            accs.append(worst_group_accuracy((x[held] @ w.T + b).argmax(1), labels[held], groups[held]))
+        scores[c] = float(np.mean(accs))
+    best_c = max(grid, key=lambda c: (scores[c], -grid.index(c)))  # ties: the first in the grid
+    weights, biases = [], []
+    for _ in range(retrains):
+        sub = balanced_subset(groups, rng)
+        w, b = fit_logistic(x[sub], labels[sub], best_c, num_classes, seed)
+        weights.append(w)
+        biases.append(b)
+    w, b = np.mean(weights, 0), np.mean(biases, 0)
+    report = {"c": best_c, "tuning_worst_group": {str(c): 100.0 * s for c, s in scores.items()},
+              "balanced_subset_size": int(len(balanced_subset(groups, rng))), "validation_images": int(len(x))}
+    return w / std, b - (w / std) @ mean, report
