@@ -6,10 +6,8 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-import yaml
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.utils import NativeScaler
 from torch import nn
@@ -18,18 +16,17 @@ from torch.utils.data import DataLoader
 from bgmask import distributed
 from bgmask.benchmarks import BenchmarkData
 from bgmask.checkpoint import CheckpointManager, rng_state, set_rng_state
-from bgmask.config import RUN_ONLY_SETTINGS, AugConfig
+from bgmask.config import AugConfig
 from bgmask.data.sampling import ResumableDistributedSampler, SeededAugmentation
 from bgmask.distributed import DistInfo
 from bgmask.engine import NonFiniteLossError, train_one_epoch
-from bgmask.errors import ConfigError
 from bgmask.evaluation import brief, evaluate_sets
 from bgmask.logging import RunLogger, save_args
 from bgmask.mixup import MaskMixup
 from bgmask.optim import build_optimizer, build_scheduler, set_schedule_position
 from bgmask.preemption import REQUEUE_EXIT_CODE, PreemptionFlag
 from bgmask.run_model import RunModel
-from bgmask.session import Session
+from bgmask.session import Session, check_same_run
 
 
 @dataclass
@@ -261,31 +258,6 @@ def build_mixup(aug: AugConfig, smoothing: float, num_classes: int) -> MaskMixup
     return MaskMixup(mixup_alpha=aug.mixup, cutmix_alpha=aug.cutmix, cutmix_minmax=aug.cutmix_minmax,
                      prob=aug.mixup_prob, switch_prob=aug.mixup_switch_prob, mode=aug.mixup_mode,
                      label_smoothing=smoothing, num_classes=num_classes)
-
-
-def check_same_run(settings: dict, snapshot_dir: Path) -> None:
-    """Refuse to continue a run in ``snapshot_dir`` that was started with other settings (it would silently resume
-    or overwrite it). Only settings that change the result count; one unknown to the older run is not compared."""
-    previous_args = snapshot_dir / "args.yaml"
-    started = (snapshot_dir / "last.pt").is_file() or (snapshot_dir / "results.json").is_file()
-    if not (started and previous_args.is_file()):
-        return
-    try:
-        previous = yaml.safe_load(previous_args.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{previous_args} is unreadable ({e}); it describes the run in {snapshot_dir}. Delete the "
-                          f"folder to start over, or use another --snapshot_dir.") from None
-    keys = sorted(set(previous) & set(settings) - RUN_ONLY_SETTINGS)
-    changed = [f"--{k} {previous[k]!r} -> {settings[k]!r}" for k in keys
-               if _normalise(previous[k]) != _normalise(settings[k])]
-    if changed:
-        raise ConfigError(f"--snapshot_dir {snapshot_dir} holds a run started with other settings, which this run "
-                          f"would resume or overwrite:\n    " + "\n    ".join(changed) + "\n  Use a new "
-                          f"--snapshot_dir, or delete {snapshot_dir} to start over. (Same settings resume the run.)")
-
-
-def _normalise(value):
-    return list(value) if isinstance(value, tuple) else value
 
 
 def gather_rng_states(info: DistInfo) -> list | dict:

@@ -14,9 +14,10 @@ from bgmask.benchmarks import BenchmarkData
 from bgmask.checkpoint import CheckpointManager, atomic_torch_save, load_checkpoint
 from bgmask.errors import ConfigError
 from bgmask.evaluation import evaluate_sets
+from bgmask.logging import save_args
 from bgmask.progress import progress_bar
 from bgmask.run_model import RunModel
-from bgmask.session import Session
+from bgmask.session import Session, check_same_run
 from bgmask.strategies import Strategy
 
 
@@ -27,6 +28,9 @@ def refit(session: Session, data: BenchmarkData, model: RunModel, ckpt: Checkpoi
         raise ConfigError(f"--masking {strategy.name} fits on the {data.selection!r} set's groups, and this "
                           f"benchmark's {data.selection!r} set has none: use --dataset waterbirds, or a CSV with an "
                           f"a column.")
+    if info.is_main:
+        check_same_run(cfg.flat(), session.snapshot_dir)
+        save_args(cfg.flat(), session.snapshot_dir / "args.yaml")
     source = load_source(cfg.strategy_options.dfr_from, model)
     features, labels = embed(session, model.module, selection.dataset)
     weight, bias, report = strategy.refit_last_layer(cfg, features, labels, selection.groups.ids, data.num_classes)

@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import timm
 import torch
+import yaml
 from torch.utils.data import DataLoader
 
 from bgmask import distributed
-from bgmask.config import ModelConfig, TrainConfig
+from bgmask.config import RUN_ONLY_SETTINGS, ModelConfig, TrainConfig
 from bgmask.distributed import DistInfo
 from bgmask.engine import AmpSettings, IndexedDataset, ShardSampler
 from bgmask.errors import ConfigError
@@ -114,3 +115,28 @@ def resolve_image_size(model: ModelConfig) -> int:
         cfg = None
     size = cfg.input_size[-1] if cfg is not None and getattr(cfg, "input_size", None) else 224
     return int(size)
+
+
+def check_same_run(settings: dict, snapshot_dir: Path) -> None:
+    """Refuse to continue a run in ``snapshot_dir`` that was started with other settings (it would silently resume
+    or overwrite it). Only settings that change the result count; one unknown to the older run is not compared."""
+    previous_args = snapshot_dir / "args.yaml"
+    started = (snapshot_dir / "last.pt").is_file() or (snapshot_dir / "results.json").is_file()
+    if not (started and previous_args.is_file()):
+        return
+    try:
+        previous = yaml.safe_load(previous_args.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{previous_args} is unreadable ({e}); it describes the run in {snapshot_dir}. Delete the "
+                          f"folder to start over, or use another --snapshot_dir.") from None
+    keys = sorted(set(previous) & set(settings) - RUN_ONLY_SETTINGS)
+    changed = [f"--{k} {previous[k]!r} -> {settings[k]!r}" for k in keys
+               if _normalise(previous[k]) != _normalise(settings[k])]
+    if changed:
+        raise ConfigError(f"--snapshot_dir {snapshot_dir} holds a run started with other settings, which this run "
+                          f"would resume or overwrite:\n    " + "\n    ".join(changed) + "\n  Use a new "
+                          f"--snapshot_dir, or delete {snapshot_dir} to start over. (Same settings resume the run.)")
+
+
+def _normalise(value):
+    return list(value) if isinstance(value, tuple) else value

@@ -142,12 +142,13 @@ done
 # classifier trained on its split 0, selected on split 1 by the worst group, reported on split 2; the frozen ConvNeXt
 # with every strategy and DFR on the baseline's features.
 WATERBIRDS=(--dataset waterbirds)
+WB_EVAL=(--eval_every 1)  # every epoch on the validation split, which selects the best epoch (after FROZEN's)
 run_classifier wb_convnext_frozen_baseline "${EARLY[@]}" "${WATERBIRDS[@]}" "${COMMON[@]}" "${CONVNEXT[@]}" \
-  "${FROZEN[@]}"
+  "${FROZEN[@]}" "${WB_EVAL[@]}"
 run_classifier wb_convnext_frozen_early "${EARLY[@]}" --masking early "${WATERBIRDS[@]}" "${COMMON[@]}" \
-  "${CONVNEXT[@]}" "${FROZEN[@]}"
+  "${CONVNEXT[@]}" "${FROZEN[@]}" "${WB_EVAL[@]}"
 run_classifier wb_convnext_frozen_late "${LATE[@]}" "${WATERBIRDS[@]}" "${COMMON[@]}" "${CONVNEXT[@]}" "${FROZEN[@]}" \
-  --fm_second_last_block
+  --fm_second_last_block "${WB_EVAL[@]}"
 run_classifier wb_convnext_frozen_dfr "$PY" -m bgmask --masking dfr "${WATERBIRDS[@]}" "${COMMON[@]}" \
   "${CONVNEXT[@]}" --freeze_backbone --dfr_from "$CLS_DIR/wb_convnext_frozen_baseline"
 

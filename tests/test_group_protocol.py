@@ -242,3 +242,26 @@ def test_collect_results_tables_group_protocol_runs_beside_the_paper_table(twin_
     low, high = test["intervals"]["worst_group"]
     assert cell == f"{test['worst_group']:.1f} [{low:.1f}, {high:.1f}]"
     assert (out / "group_results.png").stat().st_size > 0 and not (out / "results.md").exists()
+
+
+def test_a_stub_model_with_known_hits_gives_every_group_figure_through_the_evaluation_loop():
+    """tests/test_group_metrics.py's stub (known hits per (y, place) group), evaluated with training group sizes:
+    the adjusted average and the intervals come out of engine.evaluate exactly as by hand, on batches of any size."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from bgmask.engine import AmpSettings, IndexedDataset, ShardSampler, evaluate
+    from tests.test_group_metrics import GROUPS, Stub, stub_data
+
+    items, waterbird_y, places = stub_data()
+    train_sizes = (3498, 184, 56, 1057)  # the release's y0_place0, y0_place1, y1_place0, y1_place1
+    groups = Groups(waterbird_y * 2 + places, ("y0_place0", "y0_place1", "y1_place0", "y1_place1"),
+                    train_sizes=train_sizes)
+    for batch_size in (1, 7):
+        loader = DataLoader(IndexedDataset(items), batch_size=batch_size, sampler=ShardSampler(len(items)))
+        m = evaluate(Stub(), loader, torch.device("cpu"), AmpSettings(), groups=groups, progress=False)["logits"]
+        accs = [hits / n for (n, hits) in GROUPS.values()]  # GROUPS is in the names' order
+        assert m["adjusted_average"] == pytest.approx(100 * np.dot(train_sizes, accs) / sum(train_sizes))
+        assert m["average"] == pytest.approx(70.0) and m["worst_group"] == pytest.approx(100 / 3)
+        assert m["intervals"]["worst_group"] == wilson_interval(1, 3)
+        assert [m["groups"][g]["correct"] for g in groups.names] == [h for (_, h) in GROUPS.values()]

@@ -11,6 +11,7 @@ the worst group when ``a`` is given (``--selection_metric``).
 from __future__ import annotations
 
 import csv
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,6 +157,9 @@ class CSVBenchmark(Benchmark):
         sets = {split: EvalSet(table.dataset(split, eval_tf, needs), table.groups(split, sizes))
                 for split in ("val", "test") if table.rows[split]}
         selection = "val" if "val" in sets else "test"
+        if selection == "test":
+            warnings.warn(f"{table.path} has no val split: the best epoch is selected on the test split (an oracle "
+                          f"choice, optimistic); add val rows for an honest selection.", stacklevel=2)
         metric = selection_metric(cfg, grouped=table.attributes is not None)
         return BenchmarkData(train=table.dataset("train", train_tf, needs), eval_sets=sets,
                              num_classes=table.num_classes, image_size=image_size, selection=selection,
