@@ -20,7 +20,6 @@ from bgmask.benchmarks import Benchmark, BenchmarkData, DataNeeds, EvalSet, regi
 from bgmask.config import TrainConfig
 from bgmask.data.cub import GT_MASK_SUB_PATH, CUBDataset
 from bgmask.data.groups import Groups
-from bgmask.data.transforms import build_eval_transform, build_train_transform
 from bgmask.errors import ConfigError
 
 
@@ -60,11 +59,9 @@ class CUBGenera(Benchmark):
             raise ConfigError("cub_genera has original images and CUB's ground-truth masks only.")
 
     def build(self, cfg: TrainConfig, needs: DataNeeds, image_size: int, device_tail: bool = False) -> BenchmarkData:
-        aug, root = cfg.aug, Path(cfg.data.data_path)
+        root = Path(cfg.data.data_path)
         masks = GT_MASK_SUB_PATH if needs.masks else None
-        train_tf = build_train_transform(image_size, aug.augmentations_to_use, aug.aa, aug.color_jitter, aug.reprob,
-                                         aug.remode, aug.recount, aug.train_interpolation, device_tail=device_tail)
-        eval_tf = build_eval_transform(image_size, aug.crop_pct, aug.eval_interpolation)
+        train_tf, eval_tf = self.transforms(cfg, image_size, device_tail)
         genus, genus_names, species = genera(root)
         train = Relabelled(CUBDataset(root, "train", "images", masks, transform=train_tf), genus)
         test = CUBDataset(root, "test", "images", masks, transform=eval_tf)

@@ -21,7 +21,9 @@ from torch.utils.data import Dataset, Subset
 
 from bgmask.data.groups import Groups
 from bgmask.data.needs import DataNeeds
+from bgmask.data.transforms import build_eval_transform, build_train_transform
 from bgmask.errors import ConfigError
+from bgmask.registry import Registry
 
 if TYPE_CHECKING:
     from bgmask.config import TrainConfig
@@ -74,6 +76,15 @@ class Benchmark:
     def build(self, cfg: TrainConfig, needs: DataNeeds, image_size: int, device_tail: bool = False) -> BenchmarkData:
         raise NotImplementedError
 
+    @staticmethod
+    def transforms(cfg: TrainConfig, image_size: int, device_tail: bool = False):
+        """The run's training transform (the augmentation flags; with ``device_tail`` it ends in uint8 pixels the
+        device finishes) and evaluation transform: the same for every benchmark and strategy."""
+        aug = cfg.aug
+        train = build_train_transform(image_size, aug.augmentations_to_use, aug.aa, aug.color_jitter, aug.reprob,
+                                      aug.remode, aug.recount, aug.train_interpolation, device_tail=device_tail)
+        return train, build_eval_transform(image_size, aug.crop_pct, aug.eval_interpolation)
+
     def diagnostics_images(self, cfg: TrainConfig):
         """The test images with bird masks the diagnostics are built from (``labels``, ``paths``, ``image_path(i)``,
         ``mask_path(i)``), or a string saying why there are none."""
@@ -110,26 +121,7 @@ def selection_metric(cfg: TrainConfig, grouped: bool) -> str:
     return "top1" if choice == "average" else choice
 
 
-_REGISTRY: dict[str, type[Benchmark]] = {}
-
-
-def register(cls: type[Benchmark]) -> type[Benchmark]:
-    """Class decorator: make a benchmark known by its ``name`` (``--dataset NAME``)."""
-    known = _REGISTRY.get(cls.name)
-    if known is not None and known.__qualname__ != cls.__qualname__:
-        raise ValueError(f"benchmark name {cls.name!r} is taken by {known.__module__}.{known.__qualname__}")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def get(name: str) -> type[Benchmark]:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ConfigError(f"unknown --dataset {name!r}; known: {', '.join(_REGISTRY)}. A new benchmark is a module "
-                          f"with a @register-ed Benchmark subclass, imported before the run (see "
-                          f"docs/architecture.md).") from None
-
-
-def names() -> list[str]:
-    return list(_REGISTRY)
+_REGISTRY: Registry[Benchmark] = Registry(
+    "benchmark", "unknown --dataset {name!r}; known: {known}. A new benchmark is a module with a @register-ed "
+                 "Benchmark subclass, imported before the run (see docs/architecture.md).")
+register, get, names = _REGISTRY.register, _REGISTRY.get, _REGISTRY.names

@@ -23,7 +23,6 @@ from bgmask.config import TrainConfig
 from bgmask.data.cub import DatasetError
 from bgmask.data.groups import Groups
 from bgmask.data.table import TableDataset, check_files, check_mask_sizes
-from bgmask.data.transforms import build_eval_transform, build_train_transform
 from bgmask.errors import ConfigError
 from bgmask.io import listing
 
@@ -149,10 +148,8 @@ class CSVBenchmark(Benchmark):
         table.check_files()
 
     def build(self, cfg: TrainConfig, needs: DataNeeds, image_size: int, device_tail: bool = False) -> BenchmarkData:
-        aug, table = cfg.aug, self.table(cfg)
-        train_tf = build_train_transform(image_size, aug.augmentations_to_use, aug.aa, aug.color_jitter, aug.reprob,
-                                         aug.remode, aug.recount, aug.train_interpolation, device_tail=device_tail)
-        eval_tf = build_eval_transform(image_size, aug.crop_pct, aug.eval_interpolation)
+        table = self.table(cfg)
+        train_tf, eval_tf = self.transforms(cfg, image_size, device_tail)
         sizes = table.train_group_sizes() if table.attributes is not None else None
         sets = {split: EvalSet(table.dataset(split, eval_tf, needs), table.groups(split, sizes))
                 for split in ("val", "test") if table.rows[split]}

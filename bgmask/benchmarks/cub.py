@@ -40,7 +40,6 @@ from bgmask.config import DataConfig, TrainConfig
 from bgmask.data.cub import GT_MASK_SUB_PATH, WATERBIRDS_SUB_PATH, CUBDataset, DatasetError, missing_folder_hint
 from bgmask.data.groups import Groups
 from bgmask.data.masks import MASK_FOLDERS
-from bgmask.data.transforms import build_eval_transform, build_train_transform
 from bgmask.errors import ConfigError
 
 IMAGE_FLAGS = ("image_sub_path_train", "image_sub_path_test", "ood_image_sub_path")
@@ -97,12 +96,10 @@ class CUBWithWaterbirds(Benchmark):
         the training images come as uint8 :class:`~bgmask.data.transforms.RawImage` and
         ``BenchmarkData.train_tail`` finishes them on the device.
         """
-        data, aug = cfg.data, cfg.aug
+        data = cfg.data
         (train_dir, test_dir, ood_dir), masks = self.folders(cfg, needs)
         train_masks, test_masks, ood_masks = masks or (None, None, None)
-        train_tf = build_train_transform(image_size, aug.augmentations_to_use, aug.aa, aug.color_jitter, aug.reprob,
-                                         aug.remode, aug.recount, aug.train_interpolation, device_tail=device_tail)
-        eval_tf = build_eval_transform(image_size, aug.crop_pct, aug.eval_interpolation)
+        train_tf, eval_tf = self.transforms(cfg, image_size, device_tail)
         full_train = CUBDataset(data.data_path, "train", train_dir, train_masks, transform=train_tf)
         train, val = split_train_val(full_train, full_train.labels, data.train_split, cfg.run.seed)
         if val is not None:  # validation images use the eval transform

@@ -27,7 +27,6 @@ from bgmask.config import TrainConfig
 from bgmask.data.cub import GT_MASK_SUB_PATH, WATERBIRDS_SUB_PATH, DatasetError, WaterbirdsMetadata, mask_path_for
 from bgmask.data.groups import Groups
 from bgmask.data.table import TableDataset, check_files
-from bgmask.data.transforms import build_eval_transform, build_train_transform
 from bgmask.errors import ConfigError
 from bgmask.io import listing
 
@@ -127,10 +126,8 @@ class Waterbirds(Benchmark):
         WaterbirdsLayout(cfg, needs).check_files()
 
     def build(self, cfg: TrainConfig, needs: DataNeeds, image_size: int, device_tail: bool = False) -> BenchmarkData:
-        aug, layout = cfg.aug, WaterbirdsLayout(cfg, needs)
-        train_tf = build_train_transform(image_size, aug.augmentations_to_use, aug.aa, aug.color_jitter, aug.reprob,
-                                         aug.remode, aug.recount, aug.train_interpolation, device_tail=device_tail)
-        eval_tf = build_eval_transform(image_size, aug.crop_pct, aug.eval_interpolation)
+        layout = WaterbirdsLayout(cfg, needs)
+        train_tf, eval_tf = self.transforms(cfg, image_size, device_tail)
         sizes, masks = layout.train_group_sizes(), needs.masks is not None
         sets = {split: EvalSet(layout.dataset(split, eval_tf, masks), layout.groups(split, sizes))
                 for split in ("val", "test")}

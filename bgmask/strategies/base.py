@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, ClassVar
 from torch import nn
 
 from bgmask.data.needs import DataNeeds
-from bgmask.errors import ConfigError
+from bgmask.registry import Registry
 
 if TYPE_CHECKING:
     from bgmask.config import TrainConfig
@@ -68,33 +68,13 @@ class Strategy:
         raise NotImplementedError
 
 
-_REGISTRY: dict[str, type[Strategy]] = {}
-
-
-def register(cls: type[Strategy]) -> type[Strategy]:
-    """Class decorator: make a strategy known by its ``name`` (to the entry points and ``collect_results``)."""
-    known = _REGISTRY.get(cls.name)
-    if known is not None and known.__qualname__ != cls.__qualname__:
-        raise ValueError(f"strategy name {cls.name!r} is taken by {known.__module__}.{known.__qualname__}")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def get(name: str) -> type[Strategy]:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ConfigError(f"unknown masking strategy {name!r}; known: {', '.join(_REGISTRY)}. A new strategy is a "
-                          f"module with a @register-ed Strategy subclass, imported before the run (see "
-                          f"docs/architecture.md).") from None
-
-
-def names() -> list[str]:
-    """Registered strategy names, in registration order (the built-in ones first)."""
-    return list(_REGISTRY)
+_REGISTRY: Registry[Strategy] = Registry(
+    "strategy", "unknown masking strategy {name!r}; known: {known}. A new strategy is a module with a @register-ed "
+                "Strategy subclass, imported before the run (see docs/architecture.md).")
+register, get, names = _REGISTRY.register, _REGISTRY.get, _REGISTRY.names
 
 
 def label(name: str) -> str:
     """A strategy's label for tables; an unregistered name (a run of a strategy not imported here) is its own."""
-    cls = _REGISTRY.get(name)
+    cls = _REGISTRY.find(name)
     return cls.label if cls is not None else name
