@@ -44,7 +44,8 @@ def add_options(parser: argparse.ArgumentParser, options_cls: type) -> None:
     hints = typing.get_type_hints(options_cls)
     for f in dataclasses.fields(options_cls):
         kind = _flag_type(hints[f.name])
-        meta = {"default": f.default, "help": f.metadata.get("help") or None}
+        text = f.metadata.get("help")
+        meta = {"default": f.default, "help": text.replace("%", "%%") if text else None}  # argparse formats help
         if kind is bool:
             group.add_argument(f"--{f.name}", type=str2bool, nargs="?", const=True, **meta)
         elif kind is tuple:
@@ -73,7 +74,7 @@ def build_parser(strategy_names: Sequence[str], description: str | None = None) 
     classes = [strategies.get(name) for name in strategy_names]
     if len(classes) > 1:
         p.add_argument("--masking", choices=[c.name for c in classes], default=classes[0].name,
-                       help="; ".join(f"{c.name}: {c.summary}" for c in classes))
+                       help="; ".join(f"{c.name}: {c.summary}" for c in classes).replace("%", "%%"))
     for cls in classes:
         if cls.Options is not None:
             add_options(p, cls.Options)

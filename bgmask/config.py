@@ -31,9 +31,11 @@ def option(default: Any, help: str = "", choices: tuple | list | None = None, me
 @dataclass
 class DataConfig:
     section: ClassVar[str] = "data"
-    data_path: str | None = option(None, "CUB_200_2011 folder (holds images.txt)")
+    data_path: str | None = option(None, "CUB_200_2011 folder (holds images.txt); with --dataset csv the dataset's "
+                                         "CSV file")
     dataset: str = option("cub", "the benchmark (bgmask/benchmarks/): cub = CUB-200-2011, tested on CUB and "
-                                 "Waterbirds")
+                                 "Waterbirds (the paper); waterbirds = the group_DRO protocol (2 classes, worst "
+                                 "group); csv = your own dataset as one CSV (filename, split, y[, a, mask])")
     # The folders of the cub benchmark, each relative to data_path (bgmask/benchmarks/cub.py resolves them).
     image_sub_path_train: str = option("images", "training image folder under data_path")
     image_sub_path_test: str = option("images", "CUB test image folder under data_path")

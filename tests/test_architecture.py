@@ -102,3 +102,12 @@ def test_a_backbone_family_in_one_file_trains_with_every_strategy(tiny_cub_root,
         diagnostics = out["diagnostics"]
         assert diagnostics["attribution"] == "Grad-CAM on the pooled feature map", diagnostics
         assert 0 <= diagnostics["fg_attribution"] <= 1 and diagnostics["fg_attribution_images"] == 12
+
+
+@pytest.mark.parametrize("entry", [["-m", "bgmask"], ["early_masking_and_baseline/train.py"],
+                                   ["late_masking/train.py"]])
+def test_every_entry_points_help_prints_every_flag(entry):
+    """--help formats every help text (argparse reads '%' as a format character) and lists the benchmarks."""
+    done = subprocess.run([sys.executable, *entry, "--help"], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "--dataset" in done.stdout and "waterbirds" in done.stdout and "~30% more compute" in done.stdout
