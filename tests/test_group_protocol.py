@@ -222,6 +222,8 @@ def test_dfr_refits_a_baselines_last_layer_on_the_waterbirds_validation_split(tw
     assert cli.main(STRATEGIES, argv) == 0
     out = json.loads((run / "results.json").read_text())
     assert out["masking"] == "dfr" and out["refit"]["from"].endswith("best.pt")
+    missing = ["--masking", "dfr", *waterbirds_argv(twin_root, tmp_path / "d2", *frozen, "--dfr_from", str(tmp_path))]
+    assert cli.main(STRATEGIES, missing) == 2 and not (tmp_path / "d2" / "args.yaml").exists()
     assert out["test"]["num_images"] == json.loads((base / "results.json").read_text())["test"]["num_images"]
     assert "worst_group" in out["test"] and "adjusted_average" in out["test"]
 

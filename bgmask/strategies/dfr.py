@@ -18,6 +18,7 @@ other: the same sets, groups and results.json.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -55,6 +56,9 @@ class DeepFeatureReweighting(Strategy):
             raise ConfigError("--masking dfr refits the last layer of a frozen model: add --freeze_backbone.")
         if cfg.model.probe_heads is not None:
             raise ConfigError("--masking dfr fits one head; drop --probe_heads.")
+        if opts.dfr_from is not None and not any((Path(opts.dfr_from) / f).is_file() for f in ("best.pt", "last.pt")):
+            raise ConfigError(f"--dfr_from {opts.dfr_from} holds neither best.pt nor last.pt: point it at a finished "
+                              f"run folder (e.g. the baseline's --snapshot_dir).")
         if opts.dfr_retrains < 1 or opts.dfr_tune_retrains < 1:
             raise ConfigError("--dfr_retrains and --dfr_tune_retrains must be >= 1.")
         try:
