@@ -57,10 +57,6 @@ class ProbeHeads(nn.Module):
         for p in trained_norm:
             p.requires_grad_(False)
 
-    @property
-    def probe_names(self) -> list[str]:
-        return self.head_names
-
     def new_parameters(self) -> list[nn.Parameter]:
         return list(self.probes.parameters()) + (list(self.pools.parameters()) if self.pools is not None else [])
 

@@ -24,6 +24,7 @@ from typing import ClassVar
 import numpy as np
 
 from bgmask.config import TrainConfig, option
+from bgmask.data.cub import DatasetError
 from bgmask.errors import ConfigError
 from bgmask.strategies.base import ModelInput, Strategy, register
 
@@ -96,6 +97,9 @@ def worst_group_accuracy(predictions: np.ndarray, labels: np.ndarray, groups: np
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, c: float, num_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """L1 logistic regression; the weights as ``num_classes x d`` logits (a binary fit as [0, w])."""
+    if len(np.unique(y)) < 2:
+        raise DatasetError(f"a group-balanced subset of the validation split holds one class only ({len(y)} images): "
+                           f"DFR needs every class in it; the validation split is too small or lacks a class.")
     import sklearn
     from sklearn.linear_model import LogisticRegression
 
