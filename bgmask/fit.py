@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from bgmask import distributed
 from bgmask.benchmarks import BenchmarkData
-from bgmask.checkpoint import CheckpointManager, rng_state, set_rng_state
+from bgmask.checkpoint import CheckpointManager, load_checkpoint, rng_state, set_rng_state
 from bgmask.config import AugConfig
 from bgmask.data.sampling import ResumableDistributedSampler, SeededAugmentation
 from bgmask.distributed import DistInfo
@@ -145,7 +145,20 @@ class EpochLoop:
                 "selected_on": self.selected_on}
         if progress.best_probes is not None:
             best["probes"] = progress.best_probes
+        if self.data.validation_selection and progress.best_probes is None:
+            # Selected on a validation split: every set is reported with the selected epoch's weights.
+            return {**self.selected_metrics(progress, last_metrics), "epoch": cfg.optim.epochs, "best": best,
+                    "last_epoch": last_metrics, "reported": f"the selected epoch ({progress.best_epoch})"}
         return {**last_metrics, "epoch": cfg.optim.epochs, "best": best}
+
+    def selected_metrics(self, progress: Progress, last_metrics: dict) -> dict:
+        """Every set scored with the weights of the selected epoch (``best.pt``; the final ones when they are it)."""
+        if progress.best_epoch == self.session.cfg.optim.epochs:
+            return last_metrics
+        distributed.barrier()  # rank 0 wrote best.pt
+        state = load_checkpoint(self.ckpt.best_path)
+        self.model.load(state["model"], self.ckpt.best_path, state.get("weights_identity"))
+        return evaluate_sets(self.session, self.model, self.data.eval_sets)
 
     @property
     def selected_on(self) -> str:

@@ -24,6 +24,10 @@ from bgmask.strategies import Strategy
 def refit(session: Session, data: BenchmarkData, model: RunModel, ckpt: CheckpointManager, strategy: Strategy) -> dict:
     cfg, info = session.cfg, session.info
     selection = data.eval_sets[data.selection]
+    if not data.validation_selection:
+        raise ConfigError(f"--masking {strategy.name} fits the last layer on a validation split, and this benchmark "
+                          f"selects on {data.selection!r}, a test set: fitting there would report figures measured "
+                          f"on the fitted data. Give the dataset a val split (--dataset csv: rows with split val).")
     if selection.groups is None:
         raise ConfigError(f"--masking {strategy.name} fits on the {data.selection!r} set's groups, and this "
                           f"benchmark's {data.selection!r} set has none: use --dataset waterbirds, or a CSV with an "
@@ -46,8 +50,8 @@ def refit(session: Session, data: BenchmarkData, model: RunModel, ckpt: Checkpoi
                           ckpt.last_path)
     metrics = evaluate_sets(session, model, data.eval_sets)
     score = metrics[data.selection][data.selection_metric]
-    return {**metrics, "epoch": 0, "refit": {**report, "from": source},
-            "best": {"epoch": 0, data.selection_metric: score, "selected_on": data.selection}}
+    return {**metrics, "epoch": 0, "refit": {**report, "from": source, "fitted_on": data.selection},
+            "best": {"epoch": 0, data.selection_metric: score, "selected_on": data.selection, "refit": True}}
 
 
 def load_source(run_dir: str | None, model: RunModel) -> str:

@@ -293,8 +293,10 @@ def group_table(runs: list[GroupRunResult], split: str = "test") -> tuple[list[s
             value, interval = m.get(figure), (m.get("intervals") or {}).get(figure)
             cells.append(_fmt(value) + (f" [{interval[0]:.1f}, {interval[1]:.1f}]" if interval else ""))
         chosen = r.best.get("selected_on", "")
-        metric = next((k for k in r.best if k not in ("epoch", "selected_on", "probes")), "")
+        metric = next((k for k in r.best if k not in ("epoch", "selected_on", "probes", "refit")), "")
         selection = f"{chosen} {metric.replace('_', ' ')} {_fmt(r.best.get(metric))}" if chosen else "–"
+        if r.best.get("refit"):  # DFR: fitted on that set, so its figure there is not a selection score
+            selection = f"refit on {chosen}"
         table.append([*r.row_key, strategies.label(r.masking), str(r.seed), *cells, selection,
                       str(r.best.get("epoch", "–"))])
     return header, table

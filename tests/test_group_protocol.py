@@ -14,6 +14,7 @@ import pytest
 
 from bgmask import cli
 from bgmask.data.groups import Groups, group_metrics, wilson_interval
+from bgmask.data.masks import write_gt_masked_folders
 from bgmask.data.synthetic import WATER_HABITAT, SyntheticConfig, generate
 from bgmask.strategies.dfr import balanced_subset, reweight
 from tests.test_classifier import train_argv
@@ -106,6 +107,23 @@ def test_the_waterbirds_protocol_trains_on_split_0_and_reports_val_and_test(tiny
     val_worst = [r["val"]["worst_group"] for r in log if "val" in r]
     assert len(val_worst) == 2 and out["best"]["worst_group"] == max(val_worst)
     assert out["best"]["epoch"] == 1 + val_worst.index(max(val_worst))
+    # every set is reported with the selected epoch's weights; the last epoch's figures are kept apart
+    assert out["val"]["worst_group"] == out["best"]["worst_group"] and "last_epoch" in out
+    assert out["reported"] == f"the selected epoch ({out['best']['epoch']})"
+
+
+def test_the_reported_figures_are_the_selected_epochs_not_the_last(tiny_cub_root, tmp_path):
+    """The reported figures are those --eval_only gives for best.pt (on the tiny twin every epoch's validation
+    worst group ties at 0 %, so epoch 1 is selected of 3 and its figures differ from the last epoch's)."""
+    run = tmp_path / "wb"
+    assert cli.main(STRATEGIES, waterbirds_argv(tiny_cub_root, run, "--epochs", "3")) == 0
+    out = json.loads((run / "results.json").read_text())
+    again = tmp_path / "again"
+    argv = waterbirds_argv(tiny_cub_root, again, "--epochs", "3", "--eval_only", "--checkpoint", str(run / "best.pt"))
+    assert cli.main(STRATEGIES, argv) == 0
+    scored = json.loads((again / "results.json").read_text())
+    assert scored["test"] == out["test"] and scored["val"] == out["val"]
+    assert out["best"]["epoch"] == 1 and out["last_epoch"]["test"] != out["test"]
 
 
 def test_a_broken_waterbirds_metadata_stops_before_training(tiny_cub_copy, tmp_path, capsys):
@@ -271,3 +289,42 @@ def test_a_stub_model_with_known_hits_gives_every_group_figure_through_the_evalu
         assert m["average"] == pytest.approx(70.0) and m["worst_group"] == pytest.approx(100 / 3)
         assert m["intervals"]["worst_group"] == wilson_interval(1, 3)
         assert [m["groups"][g]["correct"] for g in groups.names] == [h for (_, h) in GROUPS.values()]
+
+
+def test_dfr_fits_more_than_two_classes_one_vs_rest():
+    rng = np.random.default_rng(0)
+    n = 600
+    y, a = rng.integers(0, 3, n), rng.integers(0, 2, n)
+    x = np.stack([y + rng.normal(0, 0.5, n), a + rng.normal(0, 0.1, n), rng.normal(0, 1, n)], 1)
+    w, b, _ = reweight(x, y, y * 2 + a, 3, [1.0, 0.1], 1, 3, seed=0)
+    assert w.shape == (3, 3) and ((x @ w.T + b).argmax(1) == y).mean() > 0.7
+
+
+def test_dfr_refuses_to_fit_on_a_test_split(tiny_cub_root, tmp_path, capsys):
+    """A CSV without val rows selects on test; DFR fitted there would report figures of its own fitting data."""
+    data = write_csv(tiny_cub_root, tmp_path / "data.csv")
+    rows = [r for r in csv.reader(open(data))]
+    with open(data, "w", newline="") as f:
+        csv.writer(f).writerows([rows[0], *[[r[0], "test" if r[1] == "val" else r[1], *r[2:]] for r in rows[1:]]])
+    argv = ["--masking", "dfr", "--freeze_backbone", *csv_argv(data, tmp_path / "dfr")]
+    with pytest.warns(UserWarning, match="no val split"):
+        assert cli.main(STRATEGIES, argv) == 2
+    assert "fits the last layer on a validation split" in capsys.readouterr().err
+
+
+def test_a_csv_saved_with_a_byte_order_mark_reads(tiny_cub_root, tmp_path):
+    data = write_csv(tiny_cub_root, tmp_path / "data.csv")
+    data.write_bytes(b"\xef\xbb\xbf" + data.read_bytes())
+    from bgmask.benchmarks.csv_table import Table
+
+    assert Table.read(data).num_classes == 4
+
+
+def test_early_masking_on_the_waterbirds_folder_itself_reads_its_masked_twin(tiny_cub_copy, tmp_path):
+    write_gt_masked_folders(tiny_cub_copy, progress=False)
+    wb = tiny_cub_copy / "waterbird_complete95_forest2water2"
+    argv = ["--masking", "early", "--dataset", "waterbirds",
+            *train_argv(wb, tmp_path / "r", "--epochs", "1", "--diagnostics", "none")]
+    assert cli.main(STRATEGIES, argv) == 0
+    out = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert out["waterbirds_images"].endswith("waterbird_complete95_forest2water2_masked")

@@ -48,6 +48,9 @@ class BenchmarkData:
     image_size: int
     selection: str  # the evaluation set scored every epoch and used for model selection
     selection_metric: str = "top1"  # what selects there: top1, or worst_group on a set with groups
+    # The selection set is a validation split (not a test set): the run then reports every set with the weights of
+    # the selected epoch (the last epoch's figures go to "last_epoch"), and DFR may fit on it.
+    validation_selection: bool = False
     val: Dataset | None = None
     train_tail: DeviceTail | None = None  # finishes the training images on the device (--device_tail)
 

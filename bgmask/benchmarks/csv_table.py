@@ -43,7 +43,7 @@ class Table:
     @classmethod
     def read(cls, path: Path) -> Table:
         try:
-            with open(path, newline="", encoding="utf-8") as f:
+            with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheet exports start with a BOM
                 reader = csv.DictReader(f)
                 columns = [c.strip() for c in reader.fieldnames or []]
                 raw = [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
@@ -160,7 +160,8 @@ class CSVBenchmark(Benchmark):
         metric = selection_metric(cfg, grouped=table.attributes is not None)
         return BenchmarkData(train=table.dataset("train", train_tf, needs), eval_sets=sets,
                              num_classes=table.num_classes, image_size=image_size, selection=selection,
-                             selection_metric=metric, train_tail=train_tf.device_tail)
+                             selection_metric=metric, validation_selection=selection == "val",
+                             train_tail=train_tf.device_tail)
 
     def diagnostics_images(self, cfg: TrainConfig):
         table = self.table(cfg)

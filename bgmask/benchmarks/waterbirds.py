@@ -39,8 +39,15 @@ class WaterbirdsLayout:
     def __init__(self, cfg: TrainConfig, needs: DataNeeds):
         root = Path(cfg.data.data_path)
         if (root / "metadata.csv").is_file() and not (root / "images.txt").is_file():
-            root, image_dir = root.parent, root  # --data_path is the Waterbirds folder itself
+            # --data_path is the Waterbirds folder itself; masked images are its masked twin beside it
+            root, image_dir = root.parent, root
             self.original_dir = image_dir
+            if needs.images == "masked":
+                image_dir = root / cfg.data.ood_image_sub_path
+                if not (image_dir / "metadata.csv").is_file():
+                    raise DatasetError(f"masked Waterbirds images are read from {image_dir} (--ood_image_sub_path), "
+                                       f"which holds no metadata.csv; write it with mmsegmentation/tools/"
+                                       f"generate_masks.py, or pass --ood_image_sub_path.")
         else:
             image_dir = root / cfg.data.ood_image_sub_path
             self.original_dir = root / WATERBIRDS_SUB_PATH if (root / WATERBIRDS_SUB_PATH).is_dir() else image_dir
@@ -133,7 +140,8 @@ class Waterbirds(Benchmark):
                 for split in ("val", "test")}
         return BenchmarkData(train=layout.dataset("train", train_tf, masks), eval_sets=sets, num_classes=2,
                              image_size=image_size, selection=self.selection,
-                             selection_metric=selection_metric(cfg, grouped=True), train_tail=train_tf.device_tail)
+                             selection_metric=selection_metric(cfg, grouped=True), validation_selection=True,
+                             train_tail=train_tf.device_tail)
 
     def diagnostics_images(self, cfg: TrainConfig):
         """The test split's original Waterbirds images with CUB's soft segmentations (each bird's mask: Waterbirds

@@ -96,21 +96,30 @@ def worst_group_accuracy(predictions: np.ndarray, labels: np.ndarray, groups: np
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, c: float, num_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """L1 logistic regression; the weights as ``num_classes x d`` logits (a binary fit as [0, w])."""
-    if len(np.unique(y)) < 2:
-        raise DatasetError(f"a group-balanced subset of the validation split holds one class only ({len(y)} images): "
-                           f"DFR needs every class in it; the validation split is too small or lacks a class.")
+    """L1 logistic regression (liblinear); the weights as ``num_classes x d`` logits: a binary fit as [0, w], more
+    classes one-vs-rest (liblinear's own scheme, which scikit-learn >= 1.8 asks for explicitly)."""
     import sklearn
     from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
 
+    present = np.unique(y)
+    if len(present) < 2:
+        raise DatasetError(f"a group-balanced subset of the validation split holds one class only ({len(y)} images): "
+                           f"DFR needs every class in it; the validation split is too small or lacks a class.")
     # scikit-learn 1.8 names the L1 penalty l1_ratio=1 (penalty= is deprecated there, the only way before)
     l1 = {"l1_ratio": 1.0} if tuple(int(v) for v in sklearn.__version__.split(".")[:2]) >= (1, 8) else {"penalty": "l1"}
-    model = LogisticRegression(C=c, solver="liblinear", random_state=seed, **l1).fit(x, y)
+    model = LogisticRegression(C=c, solver="liblinear", random_state=seed, **l1)
     weight, bias = np.zeros((num_classes, x.shape[1])), np.zeros(num_classes)
-    if len(model.classes_) == 2:
+    if len(present) == 2 and num_classes == 2:
+        model.fit(x, y)
         weight[model.classes_[1]], bias[model.classes_[1]] = model.coef_[0], model.intercept_[0]
-    else:
-        weight[model.classes_], bias[model.classes_] = model.coef_, model.intercept_
+        return weight, bias
+    if len(present) < num_classes:
+        missing = sorted(set(range(num_classes)) - set(present.tolist()))
+        raise DatasetError(f"the validation split has no image of class(es) {missing}: DFR cannot fit their logits.")
+    ovr = OneVsRestClassifier(model).fit(x, y)
+    for k, estimator in zip(ovr.classes_, ovr.estimators_):
+        weight[k], bias[k] = estimator.coef_[0], estimator.intercept_[0]
     return weight, bias
 
 
