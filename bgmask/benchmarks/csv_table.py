@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import warnings
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,8 +111,7 @@ class Table:
         return Groups(np.array(ids, dtype=np.int64), names, train_sizes=train_sizes)
 
     def train_group_sizes(self) -> tuple[int, ...]:
-        counts = Counter(self.groups("train").ids.tolist())
-        return tuple(counts.get(g, 0) for g in range(self.num_classes * len(self.attributes)))
+        return self.groups("train").sizes()
 
     def dataset(self, split: str, transform, needs: DataNeeds, soft_masks: bool = False) -> TableDataset:
         rows = self.rows[split]

@@ -45,12 +45,16 @@ from bgmask.errors import ConfigError
 IMAGE_FLAGS = ("image_sub_path_train", "image_sub_path_test", "ood_image_sub_path")
 
 
-def waterbirds_groups(y: np.ndarray, places: np.ndarray) -> Groups:
-    """Waterbirds' groups: (waterbird y, place), named ``y{y}_place{p}``, with top-1 per place (``per_place``)."""
-    num_places = int(places.max()) + 1 if len(places) else 0
+def waterbirds_groups(y, places, num_places: int | None = None,
+                      train_sizes: tuple[int, ...] | None = None) -> Groups:
+    """Waterbirds' groups: (waterbird y, place), named ``y{y}_place{p}``, with top-1 per place (``per_place``).
+    ``num_places`` defaults to the places seen; give it to keep several splits' group ids aligned."""
+    places = np.asarray(places)
+    if num_places is None:
+        num_places = int(places.max()) + 1 if len(places) else 0
     names = tuple(f"y{wy}_place{p}" for wy in range(2) for p in range(num_places))
     per_place = {str(p): (p, num_places + p) for p in range(num_places)}
-    return Groups(np.asarray(y) * num_places + np.asarray(places), names, {"per_place": per_place})
+    return Groups(np.asarray(y) * num_places + places, names, {"per_place": per_place}, train_sizes)
 
 
 @register

@@ -16,13 +16,10 @@ CUB position).
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
-import numpy as np
-
 from bgmask.benchmarks.base import Benchmark, BenchmarkData, DataNeeds, EvalSet, register, selection_metric
-from bgmask.benchmarks.cub import CUBWithWaterbirds
+from bgmask.benchmarks.cub import CUBWithWaterbirds, waterbirds_groups
 from bgmask.config import TrainConfig
 from bgmask.data.cub import GT_MASK_SUB_PATH, WATERBIRDS_SUB_PATH, DatasetError, WaterbirdsMetadata, mask_path_for
 from bgmask.data.groups import Groups
@@ -97,14 +94,12 @@ class WaterbirdsLayout:
         return max(self.metadata.place.values()) + 1
 
     def groups(self, split: str, train_sizes: tuple[int, ...] | None) -> Groups:
-        meta, places = self.metadata, self.num_places
-        ids = np.array([meta.y[r] * places + meta.place[r] for r in self.rows[split]], dtype=np.int64)
-        names = tuple(f"y{y}_place{p}" for y in range(2) for p in range(places))
-        return Groups(ids, names, {"per_place": {str(p): (p, places + p) for p in range(places)}}, train_sizes)
+        rows = self.rows[split]
+        return waterbirds_groups([self.metadata.y[r] for r in rows], [self.metadata.place[r] for r in rows],
+                                 self.num_places, train_sizes)
 
     def train_group_sizes(self) -> tuple[int, ...]:
-        counts = Counter(self.groups("train", None).ids.tolist())
-        return tuple(counts.get(g, 0) for g in range(2 * self.num_places))
+        return self.groups("train", None).sizes()
 
     def dataset(self, split: str, transform, return_masks: bool, mask_dir: Path | None = None,
                 soft: bool = False, image_dir: Path | None = None) -> TableDataset:

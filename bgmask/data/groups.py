@@ -49,6 +49,10 @@ class Groups:
             raise ValueError(f"{len(self.train_sizes)} training group sizes for {len(self.names)} groups")
         object.__setattr__(self, "ids", ids)
 
+    def sizes(self) -> tuple[int, ...]:
+        """Images per group (e.g. of a training split: the ``train_sizes`` of its evaluation sets)."""
+        return tuple(int(n) for n in np.bincount(self.ids, minlength=len(self.names)))
+
 
 def group_metrics(correct: np.ndarray, total: np.ndarray, groups: Groups) -> dict:
     """From hits and counts per group id: ``per-partition`` top-1, ``groups`` (top-1, count and hits of every
