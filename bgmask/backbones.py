@@ -22,7 +22,7 @@ from timm.models import checkpoint_seq
 from torch import nn
 
 from bgmask.errors import BgmaskError
-from bgmask.masking import mask_features
+from bgmask.masking import NEAREST, MaskGrid, mask_features
 
 LAYOUTS = ("NCHW", "NHWC", "tokens")
 
@@ -108,9 +108,10 @@ class BackboneAdapter:
         for ConvNeXt, the final norm). Token layouts pool by head name instead (:func:`bgmask.heads.pool`)."""
         return self.backbone.forward_head(feats, pre_logits=pre_logits)
 
-    def mask(self, feats: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """Zero the background positions of ``feats`` (native layout) and block their gradient."""
-        return mask_features(feats, masks)
+    def mask(self, feats: torch.Tensor, masks: torch.Tensor, to_grid: MaskGrid = NEAREST) -> torch.Tensor:
+        """Zero the background positions of ``feats`` (native layout) and block their gradient; ``to_grid`` brings
+        the masks to the feature grid."""
+        return mask_features(feats, masks, to_grid)
 
     def before_last(self, x: torch.Tensor) -> torch.Tensor:
         """Features after every stage but the last (native layout)."""
@@ -154,8 +155,8 @@ class NHWCAdapter(BackboneAdapter):
     def supports_second_last(self) -> bool:
         return hasattr(self.backbone, "layers")
 
-    def mask(self, feats, masks):
-        return mask_features(feats.permute(0, 3, 1, 2), masks).permute(0, 2, 3, 1)
+    def mask(self, feats, masks, to_grid=NEAREST):
+        return mask_features(feats.permute(0, 3, 1, 2), masks, to_grid).permute(0, 2, 3, 1)
 
     def before_last(self, x):
         self._check_second_last()
@@ -199,13 +200,13 @@ class TokenAdapter(BackboneAdapter):
     def width(self) -> int:
         return self.backbone.embed_dim
 
-    def mask(self, tokens, masks):
+    def mask(self, tokens, masks, to_grid=NEAREST):
         """Patch tokens on the background are zeroed; CLS and register tokens are kept."""
         n_prefix = self.num_prefix_tokens
         prefix, patches = tokens[:, :n_prefix], tokens[:, n_prefix:]
         (h, w), (b, n, d) = self.grid_size, patches.shape
         grid = patches.transpose(1, 2).reshape(b, d, h, w)
-        masked = mask_features(grid, masks).reshape(b, d, n).transpose(1, 2)
+        masked = mask_features(grid, masks, to_grid).reshape(b, d, n).transpose(1, 2)
         return torch.cat([prefix, masked], dim=1)
 
     def before_last(self, x):

@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import torch
 
-from bgmask.masking import mask_to_feature_grid
+from bgmask.masking import NEAREST, MaskGrid, mask_to_feature_grid
 
 LATE = "late:"
 CNN_HEADS = ("pool",)
@@ -84,12 +84,14 @@ def head_width(head: str, feature_width: int) -> int:
 
 
 def pool(head: str, feats: torch.Tensor, *, masks: torch.Tensor | None = None, num_prefix_tokens: int = 0,
-         grid_size: tuple[int, int] | None = None, cnn_pool: Callable | None = None) -> torch.Tensor:
+         grid_size: tuple[int, int] | None = None, cnn_pool: Callable | None = None,
+         to_grid: MaskGrid = NEAREST) -> torch.Tensor:
     """Features (in the backbone's layout) -> the input of ``head``'s linear layer.
 
     ``cnn_pool`` is the CNN's timm head module (``forward_head`` or a copy of its ``head``), called with
     ``pre_logits=True``; token heads read ``feats`` as ``B,N,D`` with ``num_prefix_tokens`` CLS/register tokens
-    first and the patch tokens on ``grid_size``; the ``masked_mean`` heads need the masks (``B,H,W``, 1 = bird).
+    first and the patch tokens on ``grid_size``; the ``masked_mean`` heads need the masks (``B,H,W``, 1 = bird), brought
+    to the grid by ``to_grid``.
     """
     base = head.removeprefix(LATE)
     if base == "pool":
@@ -101,7 +103,7 @@ def pool(head: str, feats: torch.Tensor, *, masks: torch.Tensor | None = None, n
     if base in ("masked_mean", "cls_masked_mean"):
         if masks is None:
             raise ValueError(f"head {head} averages the foreground tokens: it needs the masks")
-        weights = mask_to_feature_grid(masks, grid_size).flatten(1)[..., None]  # B, N, 1
+        weights = mask_to_feature_grid(masks, grid_size, to_grid).flatten(1)[..., None]  # B, N, 1
         mean = (patches * weights).sum(1) / weights.sum(1).clamp_min(1.0)  # all background: zeros
     elif base in ("mean", "cls_mean"):
         mean = patches.mean(dim=1)

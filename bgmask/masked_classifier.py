@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from bgmask.heads import LATE
+from bgmask.masking import NEAREST, MaskGrid
 from bgmask.models import Classifier
 
 # --masked_mean: the ViT heads that average patch tokens average the foreground ones only.
@@ -31,11 +32,13 @@ class LateMaskedClassifier(nn.Module):
             included, as upstream).
         mask_provider: ``images -> masks`` used when ``forward`` gets no masks (online segmenter). It is frozen and
             never part of the checkpoint.
+        to_grid: how the masks reach the feature grid (default nearest-exact, upstream's; ``--mask_downsample``).
     """
 
     def __init__(self, classifier: Classifier, second_last: bool = False, masked_mean: bool = False,
-                 mask_provider: Callable[[torch.Tensor], torch.Tensor] | None = None):
+                 mask_provider: Callable[[torch.Tensor], torch.Tensor] | None = None, to_grid: MaskGrid = NEAREST):
         super().__init__()
+        self.to_grid = to_grid
         self.classifier = classifier
         self.second_last = second_last
         self.masked_mean = masked_mean
@@ -96,15 +99,15 @@ class LateMaskedClassifier(nn.Module):
         """The backbone's final features (native layout), masked after the last or the second-last stage/block."""
         adapter = self.classifier.adapter
         if not self.second_last:
-            return adapter.mask(adapter.features(images), masks)
+            return adapter.mask(adapter.features(images), masks, self.to_grid)
         x = adapter.before_last(images)
         if self.pre_mask_norm is not None:
             x = self.pre_mask_norm(x)
-        return adapter.last(adapter.mask(x, masks))
+        return adapter.last(adapter.mask(x, masks, self.to_grid))
 
     def pool(self, feats: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """Masked features -> head input (:func:`bgmask.heads.pool` with this model's head)."""
-        return self.classifier.pool(feats, masks, kind=self.head_kind)
+        return self.classifier.pool(feats, masks, kind=self.head_kind, to_grid=self.to_grid)
 
     # What the diagnostics ask of every model (bgmask.diagnose).
     def attribution_features(self, images: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:

@@ -14,6 +14,7 @@ from torch import nn
 
 from bgmask import heads
 from bgmask.backbones import adapter_for
+from bgmask.masking import NEAREST, MaskGrid
 from bgmask.weights import ModelSpec, create_backbone
 
 VIT_HEADS = ("cls_mean", "cls", "mean")
@@ -115,12 +116,13 @@ class Classifier(nn.Module):
         return self.adapter.features(x)
 
     def pool(self, feats: torch.Tensor, masks: torch.Tensor | None = None, kind: str | None = None,
-             cnn_pool: nn.Module | None = None) -> torch.Tensor:
+             cnn_pool: nn.Module | None = None, to_grid: MaskGrid = NEAREST) -> torch.Tensor:
         """Features -> the input of a head of ``kind`` (default: this classifier's), by :func:`bgmask.heads.pool`.
-        ``cnn_pool`` replaces the CNN's own timm head module (a probe head's copy)."""
+        ``cnn_pool`` replaces the CNN's own timm head module (a probe head's copy); ``to_grid`` brings the masks of a
+        foreground-mean head to the token grid."""
         cnn_pool = cnn_pool if cnn_pool is not None else self.pool_module
         return heads.pool(kind or self.head_kind, feats, masks=masks,
-                          cnn_pool=cnn_pool if cnn_pool is not None else self.adapter.head_pool,
+                          cnn_pool=cnn_pool if cnn_pool is not None else self.adapter.head_pool, to_grid=to_grid,
                           **self.adapter.pool_geometry())
 
     # What the diagnostics ask of every model (bgmask.diagnose): the features an attribution is taken on, and the

@@ -25,6 +25,7 @@ from torch import nn
 
 from bgmask.heads import LATE, needs_masks
 from bgmask.masked_classifier import LateMaskedClassifier
+from bgmask.masking import NEAREST, MaskGrid
 from bgmask.models import Classifier
 
 
@@ -35,8 +36,9 @@ class ProbeHeads(nn.Module):
     run once, without gradient, and stays in eval mode.
     """
 
-    def __init__(self, classifier: Classifier, heads: list[str], num_classes: int):
+    def __init__(self, classifier: Classifier, heads: list[str], num_classes: int, to_grid: MaskGrid = NEAREST):
         super().__init__()
+        self.to_grid = to_grid  # how the late heads' masks reach the token grid
         if not classifier.freeze_backbone:
             raise ValueError("probe heads need a frozen backbone (--freeze_backbone)")
         self.classifier = classifier
@@ -75,7 +77,7 @@ class ProbeHeads(nn.Module):
             if needs_masks(self.head_names):
                 if masks is None:
                     raise ValueError("late: probe heads need masks with the images")
-                masked = clf.adapter.mask(feats, masks)
+                masked = clf.adapter.mask(feats, masks, self.to_grid)
         return {head: self.probes[_key(head)](self.pool(head, masked if head.startswith(LATE) else feats, masks))
                 for head in self.head_names}
 
@@ -90,12 +92,12 @@ class ProbeHeads(nn.Module):
         clf.head = self.probes[_key(head)]
         if not head.startswith(LATE):
             return clf
-        return LateMaskedClassifier(clf, masked_mean=base == "masked_mean")
+        return LateMaskedClassifier(clf, masked_mean=base == "masked_mean", to_grid=self.to_grid)
 
     def pool(self, head: str, feats: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
         """The head input: the features of ``head``'s kind, pooled as that head's single-head run pools them."""
         cnn_pool = self.pools[_key(head)] if self.pools is not None else None
-        return self.classifier.pool(feats, masks, kind=head.removeprefix(LATE), cnn_pool=cnn_pool)
+        return self.classifier.pool(feats, masks, kind=head.removeprefix(LATE), cnn_pool=cnn_pool, to_grid=self.to_grid)
 
 
 def _key(head: str) -> str:

@@ -57,6 +57,8 @@ class RunResult:
     image_size: int | None = None
     variant: str = "last"  # late masking: where the features are masked ("last" or "second_last" stage/block)
     has_gallery: bool = True  # the run folder's attribution_gallery.pt is this entry's (a probe run's: its first head)
+    wb_worst_counts: tuple[int, int] | None = None  # (correct, images) of the worst Waterbirds group
+    mask_downsample: str = "-"  # late masking: how the masks reached the feature grid ("nearest-exact" or "area")
 
     @property
     def row_key(self) -> tuple[str, str, str]:
@@ -109,7 +111,9 @@ def load_runs(run_dir: str | os.PathLike) -> list[RunResult]:
               "seed": args.get("seed"), "data_path": args.get("data_path"), "image_size": results.get("image_size")}
     if "probes" not in results:
         return [_entry(results, common, _head_of(args, results), results["masking"],
-                       results.get("mask_source", "-"), results.get("diagnostics"), results.get("variant", "last"))]
+                       results.get("mask_source", "-"), results.get("diagnostics"), results.get("variant", "last"),
+                       mask_downsample=results.get("mask_downsample", "nearest-exact")
+                       if results["masking"] == "late" else "-")]
     entries = []
     for k, (head, metrics) in enumerate(results["probes"].items()):
         late = head.startswith(heads.LATE)
@@ -117,15 +121,19 @@ def load_runs(run_dir: str | os.PathLike) -> list[RunResult]:
         label = heads.label(head)
         entries.append(_entry(metrics, common, label, masking, results.get("mask_source", "-") if late else "-",
                               metrics.get("diagnostics", results.get("diagnostics") if k == 0 else None),
-                              has_gallery=k == 0))
+                              has_gallery=k == 0,
+                              mask_downsample=results.get("mask_downsample", "nearest-exact") if late else "-"))
     return entries
 
 
 def _entry(metrics: dict, common: dict, head: str, masking: str, mask_source: str, diagnostics,
-           variant: str = "last", has_gallery: bool = True) -> RunResult:
+           variant: str = "last", has_gallery: bool = True, mask_downsample: str = "-") -> RunResult:
     wb = metrics.get("waterbirds") or {}
+    groups = [g for g in (wb.get("groups") or {}).values() if g.get("num_images")]
+    worst = min(groups, key=lambda g: g["correct"] / g["num_images"]) if groups else None
     return RunResult(**common, head=head, masking=masking, mask_source=mask_source, variant=variant,
-                     has_gallery=has_gallery,
+                     has_gallery=has_gallery, mask_downsample=mask_downsample,
+                     wb_worst_counts=(worst["correct"], worst["num_images"]) if worst else None,
                      cub_top1=metrics["cub_test"]["top1"], cub_images=metrics["cub_test"]["num_images"],
                      wb_top1=wb.get("top1"), wb_images=wb.get("num_images", 0), wb_worst_group=wb.get("worst_group"),
                      cub_correct=metrics["cub_test"].get("correct"), wb_correct=wb.get("correct"),

@@ -57,7 +57,8 @@ def build_model(session: Session, strategy: Strategy, num_classes: int, image_si
         print(f"weights: {weights['source']}" + (f" ({weights['location']})" if weights["location"] else "")
               + (f", resampled: {weights['resampled']}" if weights["resampled"] else ""), flush=True)
     if session.cfg.model.probe_heads is not None:
-        model = ProbeHeads(classifier, parse_heads(session.cfg.model.probe_heads), num_classes).to(info.device)
+        model = ProbeHeads(classifier, parse_heads(session.cfg.model.probe_heads), num_classes,
+                           to_grid=strategy.mask_grid(session.cfg)).to(info.device)
     else:
         model = strategy.wrap_model(session.cfg, classifier).to(info.device)
     if info.distributed and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):

@@ -37,22 +37,9 @@ CLS_DIR="$OUT/classifiers"
 mkdir -p "$OUT/logs"
 DEMO_START=$SECONDS
 
-# stage NAME DONE_MARKER COMMAND...: skip when DONE_MARKER exists (unless --force); log to $OUT/logs/NAME.log.
-stage() {
-  local name="$1" marker="$2"; shift 2
-  # A results.json whose diagnostics are still "pending" is a run interrupted after its metrics: not done.
-  if [[ -e "$marker" && "$FORCE" == 0 ]] && ! grep -qs '"pending"' "$marker"; then
-    echo "==> [$name] done before ($marker); skipping (--force redoes it)"
-    return 0
-  fi
-  echo "==> [$name] $*"
-  local start=$SECONDS
-  if ! "$@" > >(tee "$OUT/logs/$name.log") 2>&1; then
-    echo "ERROR: stage '$name' failed; its log is $OUT/logs/$name.log" >&2
-    exit 1
-  fi
-  echo "    [$name] finished in $((SECONDS - start)) s (demo total $((SECONDS - DEMO_START)) s)"
-}
+LOG_DIR="$OUT/logs"
+PIPELINE_START=$DEMO_START
+source scripts/lib/stage.sh
 
 # Data made by another version of the generator: every stage is redone (as --force).
 GEN_KEY="$("$PY" -c 'from bgmask.pretrain_cache import corpus_source_digest; print(corpus_source_digest()[:12])')"

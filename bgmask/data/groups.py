@@ -25,6 +25,17 @@ def wilson_interval(correct: float, total: float, z: float = 1.959964) -> tuple[
     return 100.0 * max(0.0, centre - half), 100.0 * min(1.0, centre + half)
 
 
+def difference_interval(correct_a: float, total_a: float, correct_b: float,
+                        total_b: float) -> tuple[float, float, float]:
+    """The difference of two accuracies ``a - b`` in points, with its 95 % interval from the two Wilson intervals
+    (Newcombe's hybrid score method, 1998, method 10). It treats the two as independent samples, which is
+    conservative for two models scored on the same test images."""
+    pa, pb = 100.0 * correct_a / total_a, 100.0 * correct_b / total_b
+    (la, ua), (lb, ub) = wilson_interval(correct_a, total_a), wilson_interval(correct_b, total_b)
+    d = pa - pb
+    return d, d - math.hypot(pa - la, ub - pb), d + math.hypot(ua - pa, pb - lb)
+
+
 @dataclass(frozen=True)
 class Groups:
     """Attributes:

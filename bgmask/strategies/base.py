@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, ClassVar
 from torch import nn
 
 from bgmask.data.needs import DataNeeds
+from bgmask.masking import NEAREST, MaskGrid
 from bgmask.registry import Registry
 
 if TYPE_CHECKING:
@@ -57,6 +58,10 @@ class Strategy:
 
     def wrap_model(self, cfg: TrainConfig, classifier: nn.Module) -> nn.Module:
         return classifier
+
+    def mask_grid(self, cfg: TrainConfig) -> MaskGrid:
+        """How masks reach a feature grid, for the late probe heads of a ``--probe_heads`` run (nearest-exact)."""
+        return NEAREST
 
     def results_info(self, cfg: TrainConfig) -> dict:
         """Extra keys for results.json (e.g. where the masks came from)."""

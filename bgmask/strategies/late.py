@@ -16,6 +16,7 @@ from bgmask.config import TrainConfig, option
 from bgmask.data.needs import DataNeeds
 from bgmask.errors import ConfigError
 from bgmask.masked_classifier import LateMaskedClassifier
+from bgmask.masking import MASK_DOWNSAMPLING, MaskGrid
 from bgmask.models import Classifier
 from bgmask.strategies.base import ModelInput, Strategy, register
 
@@ -34,6 +35,12 @@ class LateOptions:
                                                      "is the default here (upstream's ConvNeXt default was the "
                                                      "second-last)")
     masked_mean: bool = option(False, "ViT: average foreground patch tokens only (default: all, zeros included)")
+    mask_downsample: str = option("nearest-exact", "how a mask reaches the feature grid: nearest-exact (upstream: the "
+                                                   "pixel nearest each feature's centre) or area (foreground when "
+                                                   "--mask_area_threshold of the feature's square is bird)",
+                                  MASK_DOWNSAMPLING)
+    mask_area_threshold: float = option(0.5, "--mask_downsample area: the bird fraction of a feature's square that "
+                                             "keeps it")
     seg_model_config_path: str | None = option(None, "MMSeg config (--mask_source segmenter)")
     seg_model_checkpoint_path: str | None = option(None, "MMSeg checkpoint (--mask_source segmenter)")
 
@@ -54,6 +61,8 @@ class LateMasking(Strategy):
                 if not value or not Path(value).is_file():
                     raise ConfigError(f"--mask_source segmenter needs --{flag} pointing at an existing file "
                                       f"(got {value!r}).")
+        if not 0.0 < opts.mask_area_threshold <= 1.0:
+            raise ConfigError(f"--mask_area_threshold must be in (0, 1], got {opts.mask_area_threshold}.")
         if opts.feature_masking_last_layer and opts.fm_second_last_block:
             raise ConfigError("--feature_masking_last_layer (mask after the last stage) contradicts "
                               "--fm_second_last_block; pick one.")
@@ -82,9 +91,14 @@ class LateMasking(Strategy):
 
             provider = SegmenterMaskProvider(opts.seg_model_config_path, opts.seg_model_checkpoint_path)
         return LateMaskedClassifier(classifier, second_last=opts.fm_second_last_block, masked_mean=opts.masked_mean,
-                                    mask_provider=provider)
+                                    mask_provider=provider, to_grid=self.mask_grid(cfg))
+
+    def mask_grid(self, cfg: TrainConfig) -> MaskGrid:
+        opts: LateOptions = cfg.strategy_options
+        return MaskGrid(opts.mask_downsample, opts.mask_area_threshold)
 
     def results_info(self, cfg: TrainConfig) -> dict:
         opts: LateOptions = cfg.strategy_options
         return {"mask_source": opts.mask_source, "variant": "second_last" if opts.fm_second_last_block else "last",
-                "masked_mean": opts.masked_mean}
+                "masked_mean": opts.masked_mean, "mask_downsample": opts.mask_downsample,
+                **({"mask_area_threshold": opts.mask_area_threshold} if opts.mask_downsample == "area" else {})}
