@@ -58,7 +58,7 @@ class Cell:
     model: str
     regime: str
     head: str
-    strategy: str  # baseline, early, late, late (area), late (fg mean)
+    strategy: str  # baseline, early, late, late (fg mean), late (area), late (fg mean, area)
     seed: int | None
     cub: float
     cub_interval: tuple[float, float] | None
@@ -79,9 +79,8 @@ def strategy_of(entry: RunResult) -> str:
         return "baseline"
     if entry.masking != "late":
         return entry.masking
-    if entry.mask_downsample == "area":
-        return "late (area)"
-    return "late (fg mean)" if "fg mean" in entry.head else "late"
+    details = [d for d, on in (("fg mean", "fg mean" in entry.head), ("area", entry.mask_downsample == "area")) if on]
+    return f"late ({', '.join(details)})" if details else "late"
 
 
 def base_head(head: str) -> str:
@@ -171,7 +170,7 @@ def write_markdown(path: Path, boundary: list[dict], cells: list[Cell], gain_row
               "(y, place) group)", "",
               "| grid | model | regime | strategy | seed | CUB | WB | worst | BG-Gap | FG-attr | wall s |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
-    order = {"baseline": 0, "early": 1, "late": 2, "late (fg mean)": 3, "late (area)": 4}
+    order = {"baseline": 0, "early": 1, "late": 2, "late (fg mean)": 3, "late (area)": 4, "late (fg mean, area)": 5}
     for c in sorted(cells, key=lambda c: (c.model, c.head, c.regime, c.grid, order.get(c.strategy, 9), c.seed or 0)):
         lines.append(f"| {c.grid}×{c.grid} | {model_label(c.model, c.head)} | {c.regime} | {c.strategy} | {c.seed} | "
                      f"{_fmt(c.cub, c.cub_interval)} | {_fmt(c.wb, c.wb_interval)} | "
@@ -195,14 +194,17 @@ def write_markdown(path: Path, boundary: list[dict], cells: list[Cell], gain_row
 
 def write_figure(path: Path, boundary: list[dict], gain_rows: list[dict]) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = sorted({(r["model"], r["head"], r["regime"]) for r in gain_rows if r["head"] in ("-", "GAP")})
+    panels = sorted({(r["model"], r["head"], r["regime"]) for r in gain_rows if r["head"] in ("-", "GAP")},
+                    key=lambda p: (p[0], p[1], p[2] != "frozen"))
     cols = max(2, math.ceil((len(panels) + 1) / 2))
     fig, axes = plt.subplots(2, cols, figsize=(4.2 * cols, 7.0), squeeze=False)
-    colours = {"early": "tab:green", "late": "tab:orange", "late (area)": "tab:red", "late (fg mean)": "tab:purple"}
+    colours = {"early": "tab:green", "late": "tab:orange", "late (area)": "tab:red", "late (fg mean)": "tab:purple",
+               "late (fg mean, area)": "tab:pink"}
     for ax, (model, head, regime) in zip(axes.flat, panels):
         for strategy, colour in colours.items():
             rows = sorted((r for r in gain_rows if (r["model"], r["head"], r["regime"], r["strategy"])
@@ -238,6 +240,9 @@ def write_figure(path: Path, boundary: list[dict], gain_rows: list[dict]) -> Non
             ax.plot([b["grid"]], [100 * b["kept_background"]], marker=marker, color="tab:blue",
                     markerfacecolor="none")
     ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted({b["grid"] for b in boundary}))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xlabel("feature grid (G×G; open markers: the paper's grids)")
     ax.set_ylabel("%")
     ax.set_title("how the bird meets the grid (test masks)", fontsize=9)
