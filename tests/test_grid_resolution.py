@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from bgmask.data.groups import difference_interval
 from bgmask.masking import NEAREST, MaskGrid, grid_fractions, grid_statistics, mask_features
 from bgmask.models import ModelSpec, create_classifier
 from bgmask.probes import ProbeHeads
+from bgmask.run_model import build_model
 from bgmask.strategies.late import LateMaskedClassifier
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,8 +81,15 @@ def test_the_downsampling_flag_reaches_the_late_model_and_the_probe_heads(tiny_c
                                           freeze_backbone=True))
         return ProbeHeads(vit, ["mean", "late:mean", "late:masked_mean"], 3, to_grid=to_grid).eval()
 
+    # a --probe_heads run builds its probe heads with the flag's rule
+    probe_cfg, probe_strategy = config(["--mask_downsample", "area", "--mask_area_threshold", "0.25", "--model_arch",
+                                       "vit_small_patch14_dinov2", "--freeze_backbone", "--probe_heads",
+                                       "mean,late:mean"], tiny_cub_root, tmp_path)
+    session = SimpleNamespace(cfg=probe_cfg, info=SimpleNamespace(device=torch.device("cpu"), is_main=False,
+                                                                  distributed=False))
+    built, _ = build_model(session, probe_strategy, 3, 28)
+    assert built.probes and built.module.single_head_model("late:mean").to_grid == MaskGrid("area", 0.25)
     area = probes(strategy.mask_grid(cfg))
-    assert area.single_head_model("late:mean").to_grid == MaskGrid("area", 0.25)
     # the area mask changes the late heads' logits on a mask that nearest-exact reads otherwise (2x2 token grid)
     images, masks = torch.randn(2, 3, 28, 28), torch.zeros(2, 28, 28)
     masks[:, :14, 14:18] = 1  # cell (0, 1): 4/14 of its columns bird; nearest samples column 21 (background)
@@ -109,7 +118,8 @@ def study_module():
     return module
 
 
-def fake_run(folder: Path, name: str, masking: str, wb: int, worst: tuple[int, int], **extra) -> Path:
+def fake_run(folder: Path, name: str, masking: str, wb: int, worst: tuple[int, int], seed: int = 0,
+             **extra) -> Path:
     run = folder / name
     run.mkdir(parents=True)
     groups = {"y0_place0": {"top1": 100.0 * worst[0] / worst[1], "correct": worst[0], "num_images": worst[1]},
@@ -120,7 +130,7 @@ def fake_run(folder: Path, name: str, masking: str, wb: int, worst: tuple[int, i
                               "worst_group": 100.0 * worst[0] / worst[1]},
                "diagnostics": {"bg_gap": 30.0, "fg_attribution": 0.2}}
     (run / "results.json").write_text(json.dumps(results))
-    (run / "args.yaml").write_text(yaml.safe_dump({"seed": 0, "freeze_backbone": True}))
+    (run / "args.yaml").write_text(yaml.safe_dump({"seed": seed, "freeze_backbone": True}))
     return run
 
 
@@ -133,6 +143,9 @@ def test_study_analysis_pairs_each_strategy_with_its_baseline_and_measures_the_g
         fake_run(study / f"grid{grid}", "convnext_frozen_baseline_s0", "none", 100, (0, 50))
         fake_run(study / f"grid{grid}", "convnext_frozen_late_s0", "late", late_wb, (10, 50), variant="second_last",
                  mask_downsample="nearest-exact")
+    fake_run(study / "grid4", "convnext_frozen_baseline_s1", "none", 60, (0, 50), seed=1)  # a second seed
+    fake_run(study / "grid4", "convnext_frozen_late_s1", "late", 100, (0, 50), seed=1, variant="second_last",
+             mask_downsample="nearest-exact")
     fake_run(study / "grid16", "convnext_frozen_late_area_s0", "late", 120, (5, 50), variant="second_last",
              mask_downsample="area")
     (study / "logs").mkdir()
@@ -140,8 +153,10 @@ def test_study_analysis_pairs_each_strategy_with_its_baseline_and_measures_the_g
     assert module.main(["--study_dir", str(study), "--data_root", str(data), "--grids", "16", "4", "--out",
                         str(tmp_path / "out")]) == 0
     report = json.loads((tmp_path / "out" / "grid_resolution.json").read_text())
-    gains = {(g["grid"], g["strategy"]): g for g in report["gains"]}
+    gains = {(g["grid"], g["strategy"]): g for g in report["gains"] if g["seed"] == 0}
     assert set(gains) == {(4, "late"), (16, "late"), (16, "late (area)")}
+    seed1 = [g for g in report["gains"] if g["seed"] == 1]
+    assert len(seed1) == 1 and seed1[0]["wb_gain"][0] == pytest.approx(10.0)  # against seed 1's own baseline
     assert gains[(4, "late")]["wb_gain"][0] == pytest.approx(0.0)
     assert gains[(16, "late")]["wb_gain"][0] == pytest.approx(15.0)  # (160 - 100) / 400
     assert gains[(16, "late")]["worst_gain"][0] == pytest.approx(20.0)  # the worst group's 10/50 against 0/50
