@@ -13,17 +13,9 @@ cd "$REPO_ROOT"
 VENV="${VENV:-$REPO_ROOT/.venv}"
 DATA="${DATA:-data/synthetic}"
 OUT="${OUT:-runs/demo}"
-FROZEN_EPOCHS="${FROZEN_EPOCHS:-10}"
-EPOCHS="${EPOCHS:-12}"
-VIT_EPOCHS="${VIT_EPOCHS:-6}"
-FORCE=0
-for arg in "$@"; do
-  case "$arg" in
-    --force) FORCE=1 ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
-    *) echo "unknown argument: $arg (see --help)" >&2; exit 2 ;;
-  esac
-done
+source scripts/lib/stage.sh
+source scripts/lib/demo_recipe.sh
+parse_pipeline_args 10 "$@"
 # OpenMP threads that spin while data-loader workers need the same cores slow CPU training down tenfold.
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 
@@ -39,7 +31,6 @@ DEMO_START=$SECONDS
 
 LOG_DIR="$OUT/logs"
 PIPELINE_START=$DEMO_START
-source scripts/lib/stage.sh
 
 # Data made by another version of the generator: every stage is redone (as --force).
 GEN_KEY="$("$PY" -c 'from bgmask.pretrain_cache import corpus_source_digest; print(corpus_source_digest()[:12])')"
@@ -88,11 +79,7 @@ VIT=(--model_arch vit_small_patch14_dinov2 --image_size 56 --pretrained_path "$V
 # At 64 px ConvNeXt's last feature map is 2x2: too coarse to separate bird from background, so ConvNeXt masks after
 # the second-last stage (4x4) in both regimes, a run of its own (the last stage then trains on masked features, as
 # upstream's second-last variant). The ViT's 4x4 token grid is masked after the last block.
-FROZEN=(--freeze_backbone --lr 5e-3 --weight_decay 0.01 --scheduler_type cosine --epochs "$FROZEN_EPOCHS"
-        --eval_every "$FROZEN_EPOCHS")
-# Fine-tuned: the whole network, the new head at lr x 10, 1 warm-up epoch.
-FINETUNE=(--lr 5e-4 --scratch_lr_factor 10 --weight_decay 0.05 --scheduler_type cosine_with_warmup
-          --scheduler_warmup_epochs 1)
+# FROZEN and FINETUNE: scripts/lib/demo_recipe.sh.
 
 [[ "$FORCE" == 1 ]] && rm -rf "$CLS_DIR"
 RUNS=()  # the runs this demo trains: collected below (a folder left by an older demo is not)

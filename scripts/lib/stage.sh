@@ -19,3 +19,17 @@ stage() {
   printf '%s\t%s\n' "$name" "$((SECONDS - start))" >> "$LOG_DIR/timings.tsv"
   echo "    [$name] finished in $((SECONDS - start)) s (total $((SECONDS - PIPELINE_START)) s)"
 }
+
+# parse_pipeline_args LAST_HELP_LINE "$@": --force sets FORCE=1; -h/--help prints the calling script's header comment
+# (lines 2..LAST_HELP_LINE) and exits; anything else is an error.
+parse_pipeline_args() {
+  local help_end="$1" arg; shift
+  FORCE=0
+  for arg in "$@"; do
+    case "$arg" in
+      --force) FORCE=1 ;;
+      -h|--help) sed -n "2,${help_end}p" "$0"; exit 0 ;;
+      *) echo "unknown argument: $arg (see --help)" >&2; exit 2 ;;
+    esac
+  done
+}

@@ -170,19 +170,31 @@ def write_markdown(path: Path, boundary: list[dict], cells: list[Cell], gain_row
               "(y, place) group)", "",
               "| grid | model | regime | strategy | seed | CUB | WB | worst | BG-Gap | FG-attr | wall s |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
+    grids = sorted({r["grid"] for r in gain_rows})
     order = {"baseline": 0, "early": 1, "late": 2, "late (fg mean)": 3, "late (area)": 4, "late (fg mean, area)": 5}
+    keys = sorted({(r["model"], r["head"], r["regime"], r["strategy"], r["seed"]) for r in gain_rows},
+                  key=lambda k: (k[0], k[1], k[2], order.get(k[3], 9), k[4] or 0))
     for c in sorted(cells, key=lambda c: (c.model, c.head, c.regime, c.grid, order.get(c.strategy, 9), c.seed or 0)):
         lines.append(f"| {c.grid}×{c.grid} | {model_label(c.model, c.head)} | {c.regime} | {c.strategy} | {c.seed} | "
                      f"{_fmt(c.cub, c.cub_interval)} | {_fmt(c.wb, c.wb_interval)} | "
                      f"{_fmt(c.worst, c.worst_interval)} | {_fmt(c.bg_gap)} | {_fmt(c.fg_attr, digits=3)} | "
                      f"{_fmt(c.wall_s, digits=0)} |")
+    lines += ["", "### Summary: Waterbirds top-1 gain over the baseline (points; one value per seed, then their mean)",
+              "", "| model | regime | strategy | " + " | ".join(f"{g}×{g}" for g in grids) + " |",
+              "|---|---|---|" + "---|" * len(grids)]
+    for model, head, regime, strategy in sorted({k[:4] for k in keys},
+                                                key=lambda k: (k[0], k[1], k[2], order.get(k[3], 9))):
+        values = []
+        for g in grids:
+            seeds = sorted((r for r in gain_rows if (r["model"], r["head"], r["regime"], r["strategy"], r["grid"])
+                            == (model, head, regime, strategy, g)), key=lambda r: r["seed"] or 0)
+            gain = [r["wb_gain"][0] for r in seeds]
+            values.append("–" if not gain else ", ".join(f"{v:+.1f}" for v in gain)
+                          + (f" (mean {sum(gain) / len(gain):+.1f})" if len(gain) > 1 else ""))
+        lines.append(f"| {model_label(model, head)} | {regime} | {strategy} | " + " | ".join(values) + " |")
     lines += ["", "### Against the baseline (points; Newcombe 95 % intervals, conservative for the shared test images)",
-              "", "| model | regime | strategy | seed | " + " | ".join(
-                  f"{g}×{g} WB / worst / CUB" for g in sorted({r['grid'] for r in gain_rows})) + " |"]
-    grids = sorted({r["grid"] for r in gain_rows})
-    lines.append("|---|---|---|---|" + "---|" * len(grids))
-    keys = sorted({(r["model"], r["head"], r["regime"], r["strategy"], r["seed"]) for r in gain_rows},
-                  key=lambda k: (k[0], k[1], k[2], order.get(k[3], 9), k[4] or 0))
+              "", "| model | regime | strategy | seed | " + " | ".join(f"{g}×{g} WB / worst / CUB" for g in grids)
+              + " |", "|---|---|---|---|" + "---|" * len(grids)]
     for model, head, regime, strategy, seed in keys:
         by_grid = {r["grid"]: r for r in gain_rows if (r["model"], r["head"], r["regime"], r["strategy"], r["seed"])
                    == (model, head, regime, strategy, seed)}
