@@ -219,20 +219,25 @@ def write_figure(path: Path, boundary: list[dict], gain_rows: list[dict]) -> Non
                "late (fg mean, area)": "tab:pink"}
     for ax, (model, head, regime) in zip(axes.flat, panels):
         for strategy, colour in colours.items():
-            rows = sorted((r for r in gain_rows if (r["model"], r["head"], r["regime"], r["strategy"])
-                           == (model, head, regime, strategy)), key=lambda r: r["grid"])
-            if not rows:
-                continue
-            x = [r["grid"] + (0.08 if r["seed"] else 0) * (r["seed"] or 0) for r in rows]
-            wb = [r["wb_gain"] for r in rows]
-            ax.errorbar(x, [g[0] for g in wb], yerr=[[g[0] - g[1] for g in wb], [g[2] - g[0] for g in wb]],
-                        color=colour, marker="o", capsize=3, label=f"{strategy}: WB top-1")
-            worst = [(r["grid"], r["worst_gain"][0]) for r in rows if r["worst_gain"]]
-            if worst:
-                ax.plot(*zip(*worst), color=colour, marker="s", linestyle="--", alpha=0.6,
-                        label=f"{strategy}: worst group")
+            seeds = sorted({r["seed"] or 0 for r in gain_rows})
+            for k, seed in enumerate(seeds):  # one line per seed, later seeds shifted right and unlabelled
+                key = (model, head, regime, strategy, seed)
+                rows = sorted((r for r in gain_rows
+                               if (r["model"], r["head"], r["regime"], r["strategy"], r["seed"] or 0) == key),
+                              key=lambda r: r["grid"])
+                if not rows:
+                    continue
+                x = [r["grid"] + 0.08 * k for r in rows]
+                wb = [r["wb_gain"] for r in rows]
+                ax.errorbar(x, [g[0] for g in wb], yerr=[[g[0] - g[1] for g in wb], [g[2] - g[0] for g in wb]],
+                            color=colour, marker="o", capsize=3, alpha=1.0 if k == 0 else 0.6,
+                            label=f"{strategy}: WB top-1" if k == 0 else None)
+                worst = [(x_, r["worst_gain"][0]) for x_, r in zip(x, rows) if r["worst_gain"]]
+                if worst:
+                    ax.plot(*zip(*worst), color=colour, marker="s", linestyle="--", alpha=0.5,
+                            label=f"{strategy}: worst group" if k == 0 else None)
         ax.axhline(0, color="grey", linewidth=0.8)
-        ax.set_title(f"{model_label(model, head)}, {regime}", fontsize=9)
+        ax.set_title(f"{model_label(model, head)}, {regime} (one line per seed)", fontsize=9)
         ax.set_xlabel("feature grid (G×G)")
         ax.set_ylabel("gain over the baseline (points)")
         ax.set_xticks(sorted({r["grid"] for r in gain_rows}))

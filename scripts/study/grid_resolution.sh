@@ -20,17 +20,9 @@ GRIDS="${GRIDS:-4 6 8}"
 SEEDS="${SEEDS:-0}"
 OUT="${OUT:-runs/grid_resolution}"
 DATA_ROOT="${DATA_ROOT:-data/grid_resolution}"
-FROZEN_EPOCHS="${FROZEN_EPOCHS:-10}"
-EPOCHS="${EPOCHS:-12}"
-VIT_EPOCHS="${VIT_EPOCHS:-6}"
-FORCE=0
-for arg in "$@"; do
-  case "$arg" in
-    --force) FORCE=1 ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
-    *) echo "unknown argument: $arg (see --help)" >&2; exit 2 ;;
-  esac
-done
+source scripts/lib/stage.sh
+source scripts/lib/demo_recipe.sh  # FROZEN, FINETUNE and the epochs
+parse_pipeline_args 15 "$@"
 for g in $GRIDS; do
   [[ "$g" =~ ^[0-9]+$ && "$g" -ge 2 ]] || { echo "GRIDS: '$g' is not a grid size (an integer >= 2)" >&2; exit 2; }
 done
@@ -44,16 +36,12 @@ PY="$VENV/bin/python"
 LOG_DIR="$OUT/logs"
 mkdir -p "$LOG_DIR"
 PIPELINE_START=$SECONDS
-source scripts/lib/stage.sh
 GEN_KEY="$("$PY" -c 'from bgmask.pretrain_cache import corpus_source_digest; print(corpus_source_digest()[:12])')"
 FINEST="$(printf '%s\n' $GRIDS | sort -n | tail -1)"
 RUNS=()
 
-# Same recipes as scripts/demo.sh; the images and masks of each grid, the backbone's input size and its weights differ.
-FROZEN=(--freeze_backbone --lr 5e-3 --weight_decay 0.01 --scheduler_type cosine --epochs "$FROZEN_EPOCHS"
-        --eval_every "$FROZEN_EPOCHS")
-FINETUNE=(--lr 5e-4 --scratch_lr_factor 10 --weight_decay 0.05 --scheduler_type cosine_with_warmup
-          --scheduler_warmup_epochs 1)
+# The recipes are the demo's (scripts/lib/demo_recipe.sh); the images and masks of each grid, the backbone's input
+# size and its weights differ.
 EARLY=("$PY" early_masking_and_baseline/train.py)
 LATE=("$PY" late_masking/train.py --mask_source precomputed)
 
