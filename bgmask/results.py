@@ -29,9 +29,9 @@ def strategy_columns(runs: list[RunResult]) -> list[str]:
 
 
 def column_label(column: str) -> str:
-    """``late`` -> ``late masking``; ``late:second_last`` -> ``late masking (second-last)``."""
-    name, _, variant = column.partition(":")
-    return strategies.label(name) + (f" ({variant.replace('_', '-')})" if variant else "")
+    """``late`` -> ``late masking``; ``late:second_last:area`` -> ``late masking (second-last, area)``."""
+    name, *details = column.split(":")
+    return strategies.label(name) + (f" ({', '.join(d.replace('_', '-') for d in details)})" if details else "")
 
 
 @dataclass(frozen=True)
@@ -66,9 +66,11 @@ class RunResult:
 
     @property
     def column(self) -> str:
-        """The table column: the strategy, or ``strategy:variant`` for late masking after the second-last stage or
-        block (another method than after the last, so another column)."""
-        return self.masking if self.variant in ("last", None) else f"{self.masking}:{self.variant}"
+        """The table column: the strategy, or ``strategy:detail[:detail]`` for late masking after the second-last
+        stage or block and/or with area mask downsampling (other methods than upstream's default, so other columns)."""
+        details = [d for d in (None if self.variant in ("last", None) else self.variant,
+                               "area" if self.mask_downsample == "area" else None) if d]
+        return ":".join([self.masking, *details])
 
     @property
     def ood_gap(self) -> float | None:

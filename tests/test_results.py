@@ -65,3 +65,15 @@ def test_late_masking_after_the_second_last_stage_is_its_own_column(tmp_path):
     assert row["late masking CUB"].startswith("80.0") and row["late masking (second-last) CUB"].startswith("70.0")
     assert header.index("late masking (second-last) CUB") > header.index("late masking CUB")
     assert write_outputs(runs, tmp_path / "out")["png"].is_file()
+
+
+def test_late_masking_with_area_downsampling_is_its_own_column(tmp_path):
+    """--mask_downsample area is another rule than upstream's nearest-exact: its own column, not a second seed."""
+    runs = [load_run(fake_run(tmp_path, "base")),
+            load_run(fake_run(tmp_path, "late2", masking="late", variant="second_last", cub=(280, 400))),
+            load_run(fake_run(tmp_path, "late2_area", masking="late", variant="second_last", cub=(300, 400),
+                              mask_downsample="area"))]
+    header, table = build_table(runs)
+    row = dict(zip(header, table[0]))
+    assert row["late masking (second-last) CUB"].startswith("70.0")
+    assert row["late masking (second-last, area) CUB"].startswith("75.0")

@@ -61,8 +61,10 @@ class LateMasking(Strategy):
                 if not value or not Path(value).is_file():
                     raise ConfigError(f"--mask_source segmenter needs --{flag} pointing at an existing file "
                                       f"(got {value!r}).")
-        if not 0.0 < opts.mask_area_threshold <= 1.0:
-            raise ConfigError(f"--mask_area_threshold must be in (0, 1], got {opts.mask_area_threshold}.")
+        try:
+            self.mask_grid(cfg)
+        except ValueError as e:
+            raise ConfigError(f"--mask_downsample/--mask_area_threshold: {e}.") from None
         if opts.feature_masking_last_layer and opts.fm_second_last_block:
             raise ConfigError("--feature_masking_last_layer (mask after the last stage) contradicts "
                               "--fm_second_last_block; pick one.")
