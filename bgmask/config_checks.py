@@ -4,6 +4,7 @@ fix in its message."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 from typing import TYPE_CHECKING
 
@@ -38,6 +39,11 @@ def config_errors(cfg: TrainConfig, cuda_available: bool) -> list[str]:
                       "is slower than fp32.")
     if cfg.data.batch_size >= 1 and cfg.aug.turn_on_mixup_or_cutmix and cfg.data.batch_size % 2:
         errors.append(f"--batch_size must be even with mixup/cutmix, got {cfg.data.batch_size}.")
+    if cfg.aug.fast_augment and cfg.aug.augmentations_to_use != "timm":
+        errors.append(f"--fast_augment speeds up timm's augmentation (--augmentations_to_use timm); "
+                      f"{cfg.aug.augmentations_to_use!r} has no fast path.")
+    if cfg.aug.fast_augment and importlib.util.find_spec("cv2") is None:
+        errors.append("--fast_augment needs OpenCV: pip install opencv-python.")
     if not 0 <= cfg.aug.mixup_prob <= 1 or not 0 <= cfg.aug.mixup_switch_prob <= 1:
         errors.append("--mixup_prob and --mixup_switch_prob are probabilities in [0, 1].")
     if run.checkpoint_every < 1:

@@ -45,7 +45,8 @@ def run(cfg: TrainConfig, strategy: Strategy) -> dict | None:
         outcome = train(session, data, model, ckpt, strategy.name)
     results = {**outcome, "model_arch": cfg.model.model_arch, "masking": strategy.name, "image_size": image_size,
                "num_classes": data.num_classes, "world_size": session.info.world_size, "weights": weights,
-               "precision": session.amp.name, "device_tail": session.device_tail, "dataset": benchmark.name,
+               "precision": session.amp.name, "device_tail": session.device_tail,
+               "fast_augment": cfg.aug.fast_augment, "dataset": benchmark.name,
                **benchmark.results_info(cfg, needs), **strategy.results_info(cfg),
                "diagnostics": {"pending": "computed after the metrics are written"}}
     # The metrics are on disk before anything optional runs: a failure in the diagnostics never loses them.

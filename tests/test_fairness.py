@@ -253,9 +253,9 @@ def write_all_foreground_masks(cub_root) -> None:
             Image.fromarray(np.full(size[::-1], 255, np.uint8)).save(out)
 
 
-@pytest.mark.parametrize("device_tail", ["off", "on"])
+@pytest.mark.parametrize("device_tail,fast", [("off", False), ("on", False), ("on", True)])
 def test_late_masking_with_all_foreground_masks_trains_exactly_like_the_baseline(tiny_cub_copy, tmp_path,
-                                                                                 device_tail):
+                                                                                 device_tail, fast):
     from early_masking_and_baseline.train import main as early_main
     from late_masking.train import main as late_main
 
@@ -264,7 +264,7 @@ def test_late_masking_with_all_foreground_masks_trains_exactly_like_the_baseline
               "--batch_size", "4", "--num_workers", "0", "--epochs", "2", "--seed", "3", "--lr", "1e-3",
               "--augmentations_to_use", "timm", "--turn_on_mixup_or_cutmix", "--reprob", "0.5",
               "--scheduler_type", "cosine_with_warmup", "--scheduler_warmup_epochs", "1", "--sched_on_updates",
-              "--device_tail", device_tail]
+              "--device_tail", device_tail, *(["--fast_augment"] if fast else [])]
     assert early_main([*common, "--snapshot_dir", str(tmp_path / "baseline")]) == 0
     assert late_main([*common, "--snapshot_dir", str(tmp_path / "late"), "--mask_source", "precomputed"]) == 0
     base = json.loads((tmp_path / "baseline" / "results.json").read_text())
@@ -273,6 +273,7 @@ def test_late_masking_with_all_foreground_masks_trains_exactly_like_the_baseline
         assert late[split] == base[split], split
     assert late["best"] == base["best"]
     assert base["device_tail"] is late["device_tail"] is (device_tail == "on")
+    assert base["fast_augment"] is late["fast_augment"] is fast
     base_head = torch.load(tmp_path / "baseline" / "last.pt", weights_only=False)["model"]
     late_head = torch.load(tmp_path / "late" / "last.pt", weights_only=False)["model"]
     for name in ("head.weight", "head.bias"):

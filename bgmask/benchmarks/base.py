@@ -85,7 +85,8 @@ class Benchmark:
         device finishes) and evaluation transform: the same for every benchmark and strategy."""
         aug = cfg.aug
         train = build_train_transform(image_size, aug.augmentations_to_use, aug.aa, aug.color_jitter, aug.reprob,
-                                      aug.remode, aug.recount, aug.train_interpolation, device_tail=device_tail)
+                                      aug.remode, aug.recount, aug.train_interpolation, device_tail=device_tail,
+                                      fast=aug.fast_augment)
         return train, build_eval_transform(image_size, aug.crop_pct, aug.eval_interpolation)
 
     def diagnostics_images(self, cfg: TrainConfig):

@@ -24,6 +24,11 @@ class SeededAugmentation(Dataset):
     mixup) follows its own stream.
     """
 
+    # How an item's torch stream is seeded: the CPU generator only. Augmentation draws nothing on an accelerator, and
+    # torch.manual_seed would also queue a CUDA seeding with a formatted stack trace in every worker (~0.6 ms per
+    # image; scripts/bench/loader.py measures both).
+    seed_torch = staticmethod(torch.default_generator.manual_seed)
+
     def __init__(self, dataset, seed: int):
         self.dataset = dataset
         self.seed = seed
@@ -48,7 +53,7 @@ class SeededAugmentation(Dataset):
         item_seed = int(np.random.SeedSequence([self.seed, int(epoch), int(i)]).generate_state(1)[0])
         py_state, np_state = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(item_seed)
+            self.seed_torch(item_seed)
             random.seed(item_seed)
             np.random.seed(item_seed)
             try:

@@ -35,11 +35,12 @@ from timm.data.transforms import MaybeToTensor, RandomResizedCropAndInterpolatio
 from torchvision import transforms as T
 from torchvision.transforms import functional as F
 
+from bgmask.data.fast_augment import AFFINE_OPS, TensorResizedCrop, fast_ops
+
 AUGMENTATIONS = ("timm", "cub_original")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "random")
 # timm RandAugment / AutoAugment ops that move pixels; every other op of theirs is photometric.
-GEOMETRIC_AUGMENT_OPS = frozenset({"Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY", "TranslateXRel",
-                                   "TranslateYRel"})
+GEOMETRIC_AUGMENT_OPS = AFFINE_OPS
 PHOTOMETRIC_AUGMENT_OPS = frozenset(timm_aa.NAME_TO_OP) - GEOMETRIC_AUGMENT_OPS
 MASK_FILL = 1  # out-of-frame pixels are not original background (see the module docstring)
 _IMAGE_ONLY = (T.ColorJitter, T.Normalize, T.ToTensor, MaybeToTensor, RandomErasing, T.RandomGrayscale,
@@ -83,7 +84,7 @@ class PairedTransform:
         return image, torch.from_numpy(np.asarray(mask, dtype=np.uint8).copy())
 
     def _raw(self, image: Image.Image) -> RawImage:
-        pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
+        pixels = torch.from_numpy(np.array(image if image.mode == "RGB" else image.convert("RGB"))).permute(2, 0, 1)
         return RawImage(pixels, self.device_tail.draw_erasing(*pixels.shape))
 
     def __repr__(self) -> str:
@@ -143,12 +144,15 @@ class DeviceTail:
         rows = torch.full((self.max_boxes, 5), -1, dtype=torch.int64)
         if self.erasing is None or self.erasing.probability <= 0:
             return rows
-        recorder, device = _BoxRecorder(), self.erasing.device
-        self.erasing.device = "meta"  # its fill values are not computed here (and draw from no stream)
+        recorder, erasing = _BoxRecorder(), self.erasing
+        saved = erasing.per_pixel, erasing.rand_color, erasing.device
+        # Boxes only: the fill becomes a 3x1x1 zero on the CPU (no noise drawn here; the boxes come from python's
+        # random, the noise from torch's, so skipping it moves no box).
+        erasing.per_pixel, erasing.rand_color, erasing.device = False, False, "cpu"
         try:
-            self.erasing._erase(recorder, channels, height, width, torch.float32)
+            erasing._erase(recorder, channels, height, width, torch.float32)
         finally:
-            self.erasing.device = device
+            erasing.per_pixel, erasing.rand_color, erasing.device = saved
         for k, box in enumerate(recorder.boxes):
             rows[k] = torch.tensor([*box, int(torch.randint(0, 2 ** 62, ()))])
         return rows
@@ -180,6 +184,11 @@ class _MaskCarrier:
 
 def _paired_op(op, carrier: _MaskCarrier) -> Callable:
     """``(image, mask) -> (image, mask)`` for one op, consuming the random numbers exactly as ``op(image)`` does."""
+    if isinstance(op, TensorResizedCrop):
+        def fast_rrc(image, mask):
+            params = op.params(image)
+            return op.apply(image, params), op.apply_to_mask(mask, params)
+        return fast_rrc
     if isinstance(op, RandomResizedCropAndInterpolation):
         def rrc(image, mask):  # as RandomResizedCropAndInterpolation.__call__, with the mask cropped alike
             i, j, h, w = op.get_params(image, op.scale, op.ratio)
@@ -256,7 +265,7 @@ def _moving_mask_too(aug_fn: Callable, carrier: _MaskCarrier) -> Callable:
 def build_train_transform(image_size: int, augmentations: str = "timm", aa: str | None = "rand-m9-mstd0.5-inc1",
                           color_jitter: float = 0.4, reprob: float = 0.25, remode: str = "pixel", recount: int = 1,
                           interpolation: str = "bicubic", mean=IMAGENET_DEFAULT_MEAN,
-                          std=IMAGENET_DEFAULT_STD, device_tail: bool = False) -> PairedTransform:
+                          std=IMAGENET_DEFAULT_STD, device_tail: bool = False, fast: bool = False) -> PairedTransform:
     """Training transform (PIL image, optional mask → normalised tensor, optional mask; with ``device_tail`` a
     :class:`RawImage` for the transform's :class:`DeviceTail` to finish on the device).
 
@@ -266,6 +275,8 @@ def build_train_transform(image_size: int, augmentations: str = "timm", aa: str 
             erasing ``reprob``/``remode``/``recount``). ``cub_original``: upstream's recipe, ``Resize(S)`` (bilinear),
             flip, ``ColorJitter(0.1)``, ``RandomAffine(degrees=90, translate=(0.2, 0.2), scale=(0.8, 1.2))``,
             ``RandomCrop(S)``; the timm flags do not apply to it.
+        fast: ``timm`` only: the same draws with the random-resized crop's resize and RandAugment's geometric ops
+            on faster kernels (:mod:`bgmask.data.fast_augment`, ``--fast_augment``).
     """
     _check_interpolation(interpolation, "--train_interpolation")
     if augmentations == "timm":
@@ -278,6 +289,11 @@ def build_train_transform(image_size: int, augmentations: str = "timm", aa: str 
                              T.RandomCrop(image_size), T.ToTensor(), T.Normalize(mean, std)])
     else:
         raise ValueError(f"--augmentations_to_use must be one of {AUGMENTATIONS}, got {augmentations!r}")
+    if fast:
+        if augmentations != "timm":
+            raise ValueError("--fast_augment speeds up timm's augmentation (--augmentations_to_use timm); "
+                             f"{augmentations!r} has no fast path")
+        compose = T.Compose(fast_ops(compose.transforms))
     return PairedTransform(compose, device_tail=device_tail)
 
 

@@ -3,16 +3,22 @@
 augmenting CUB-sized JPEGs exactly as a training worker does (``CUBDataset`` + the run's training transform +
 the per-image seeding of ``SeededAugmentation``), baseline (image only) and with the mask late masking loads.
 
-It also times the parts of one item (decode, augmentation up to the tensor, ``ToTensor`` + normalisation + random
-erasing) so the cost of the per-image float tail is visible, and measures, in the same run, the workers of
-``--device_tail on`` (timm's GPU-loader convention: they hand over uint8 pixels and the erasing boxes, and the device
-finishes whole batches).
+Four loaders, measured side by side in one run:
 
-The images are synthetic (``make_synthetic_cub``) at CUB's size (~500 x 375 JPEG); only their size and format
-matter here. One process, one thread: the figure is per core.
+* ``before``: timm's PIL pipeline with every op in the worker and ``torch.manual_seed`` per image, as the library
+  loaded images before ``--device_tail`` and ``--fast_augment`` (the reference for the speed-ups);
+* ``worker``: the same pipeline and today's seeding (``--device_tail off``, the default on CPU);
+* ``device_tail``: the workers hand over uint8 pixels and erasing boxes (timm's GPU-loader convention, the default
+  with CUDA);
+* ``fast``: ``--device_tail on --fast_augment``: the same draws with the crop's resize, RandAugment's geometry and
+  sharpness on faster kernels. Its pixels are compared with ``device_tail``'s for the same seeds.
+
+It also times the parts of one item (decode, augmentation up to the last PIL op, the float tail) for the PIL and the
+fast pipeline. The images are synthetic (``make_synthetic_cub``) at CUB's size (~500 x 375 JPEG); only their size
+and format matter here. One process, one thread: the figure is per core.
 
     python scripts/bench/loader.py                       # timm augmentation, RandAugment, random erasing 0.25
-    python scripts/bench/loader.py --augmentations cub_original --images 64 --json runs/bench/loader.json
+    python scripts/bench/loader.py --images 96 --repeat 5 --json runs/bench/loader.json
 """
 
 from __future__ import annotations
@@ -32,10 +38,16 @@ import torch  # noqa: E402
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from bgmask.data.cub import GT_MASK_SUB_PATH, CUBDataset, load_mask, load_rgb  # noqa: E402
+from bgmask.data.cub import GT_MASK_SUB_PATH, CUBDataset, load_rgb  # noqa: E402
 from bgmask.data.sampling import SeededAugmentation  # noqa: E402
 from bgmask.data.synthetic import SyntheticConfig, generate  # noqa: E402
 from bgmask.data.transforms import build_train_transform  # noqa: E402
+
+
+class SeededAsBefore(SeededAugmentation):
+    """``SeededAugmentation`` seeding torch with ``torch.manual_seed`` (every device) as it did before."""
+
+    seed_torch = staticmethod(torch.manual_seed)
 
 
 def throughput(dataset, n: int, repeat: int) -> float:
@@ -73,10 +85,25 @@ def parts(ds: CUBDataset, n: int) -> dict:
     return {k: 1000 * v / n for k, v in totals.items()}
 
 
+def agreement(pil: SeededAugmentation, fast: SeededAugmentation, n: int) -> dict:
+    """How far the fast pipeline's uint8 pixels are from the PIL pipeline's for the same seeds."""
+    diffs = []
+    for i in range(n):
+        a, b = pil[i % len(pil)][0].pixels.int(), fast[i % len(fast)][0].pixels.int()
+        diffs.append((a - b).abs().float())
+    per_image = [float(d.mean()) for d in diffs]
+    every = torch.cat([d.flatten() for d in diffs])
+    return {"mean_abs_grey_levels": float(every.mean()), "worst_image_mean_abs": max(per_image),
+            "share_of_values_off_by_more_than_8": float((every > 8).float().mean()),
+            "images_within_rounding": sum(m <= 0.25 for m in per_image) / len(per_image)}
+
+
+LOADERS = ("before", "worker", "device_tail", "fast")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--image_size", type=int, default=518, help="training crop (the paper's 518 px)")
-    p.add_argument("--augmentations", default="timm", choices=("timm", "cub_original"))
     p.add_argument("--aa", default="rand-m9-mstd0.5-inc1")
     p.add_argument("--reprob", type=float, default=0.25)
     p.add_argument("--images", type=int, default=48, help="items timed per pass")
@@ -88,30 +115,40 @@ def main(argv=None) -> int:
         # 375 px high, 4:3 or 3:4: the size of CUB's JPEGs.
         root = generate(Path(tmp), SyntheticConfig(num_classes=4, images_per_class=12, image_size=375),
                         progress=False).cub_root
-        transform = build_train_transform(args.image_size, args.augmentations, args.aa, reprob=args.reprob)
-        tail = build_train_transform(args.image_size, args.augmentations, args.aa, reprob=args.reprob,
-                                     device_tail=True)
-        image_only = CUBDataset(root, "all", "images", None, transform=transform)
-        with_mask = CUBDataset(root, "all", "images", GT_MASK_SUB_PATH, transform=transform)
-        tail_image_only = CUBDataset(root, "all", "images", None, transform=tail)
-        tail_with_mask = CUBDataset(root, "all", "images", GT_MASK_SUB_PATH, transform=tail)
-        sample = load_rgb(image_only.image_path(0))
-        load_mask(with_mask.mask_path(0), sample.size)  # the masks exist and load
-        result = {"image_size": args.image_size, "augmentations": args.augmentations, "aa": args.aa,
-                  "reprob": args.reprob, "source_image": list(sample.size),
-                  "baseline_images_per_s": throughput(SeededAugmentation(image_only, 0), args.images, args.repeat),
-                  "with_mask_images_per_s": throughput(SeededAugmentation(with_mask, 0), args.images, args.repeat),
-                  "device_tail_baseline_images_per_s": throughput(SeededAugmentation(tail_image_only, 0), args.images,
-                                                                  args.repeat),
-                  "device_tail_with_mask_images_per_s": throughput(SeededAugmentation(tail_with_mask, 0),
-                                                                   args.images, args.repeat),
-                  "ms_per_image": parts(image_only, args.images)}
-    print(f"{args.augmentations} augmentation at {args.image_size} px from {sample.size[0]}x{sample.size[1]} JPEGs, "
-          f"one core: baseline {result['baseline_images_per_s']:.1f} images/s, with mask "
-          f"{result['with_mask_images_per_s']:.1f} images/s; workers of --device_tail on: baseline "
-          f"{result['device_tail_baseline_images_per_s']:.1f}, with mask "
-          f"{result['device_tail_with_mask_images_per_s']:.1f} images/s; per image (ms): "
-          + ", ".join(f"{k} {v:.1f}" for k, v in result["ms_per_image"].items()))
+        pipelines = {name: build_train_transform(args.image_size, "timm", args.aa, reprob=args.reprob,
+                                                 device_tail=name in ("device_tail", "fast"), fast=name == "fast")
+                     for name in LOADERS}
+        sample = load_rgb(CUBDataset(root, "all", "images", None).image_path(0))
+        result = {"image_size": args.image_size, "aa": args.aa, "reprob": args.reprob,
+                  "source_image": list(sample.size), "images_per_s": {}}
+        for name in LOADERS:
+            seeded = SeededAsBefore if name == "before" else SeededAugmentation
+            result["images_per_s"][name] = {
+                masks: throughput(seeded(CUBDataset(root, "all", "images", sub_path, transform=pipelines[name]), 0),
+                                  args.images, args.repeat)
+                for masks, sub_path in (("baseline", None), ("with_mask", GT_MASK_SUB_PATH))}
+        result["speedup_over_before"] = {
+            name: {masks: result["images_per_s"][name][masks] / result["images_per_s"]["before"][masks]
+                   for masks in ("baseline", "with_mask")} for name in LOADERS[1:]}
+        result["ms_per_image"] = {name: parts(CUBDataset(root, "all", "images", None, transform=pipelines[name]),
+                                              args.images) for name in ("worker", "fast")}
+        result["fast_vs_pil_pixels"] = agreement(
+            SeededAugmentation(CUBDataset(root, "all", "images", None, transform=pipelines["device_tail"]), 0),
+            SeededAugmentation(CUBDataset(root, "all", "images", None, transform=pipelines["fast"]), 0),
+            args.images)
+    print(f"timm augmentation at {args.image_size} px from {sample.size[0]}x{sample.size[1]} JPEGs, one core, "
+          f"images/s (speed-up over 'before'):")
+    for name in LOADERS:
+        rates = result["images_per_s"][name]
+        ups = result["speedup_over_before"].get(name)
+        print(f"  {name:12s} baseline {rates['baseline']:6.1f}" + (f" ({ups['baseline']:.2f}x)" if ups else "")
+              + f"   with mask {rates['with_mask']:6.1f}" + (f" ({ups['with_mask']:.2f}x)" if ups else ""))
+    for name, ms in result["ms_per_image"].items():
+        print(f"  per image, {name}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in ms.items()))
+    agree = result["fast_vs_pil_pixels"]
+    print(f"  fast vs PIL pixels: mean |diff| {agree['mean_abs_grey_levels']:.3f} grey levels (worst image "
+          f"{agree['worst_image_mean_abs']:.2f}), {100 * agree['share_of_values_off_by_more_than_8']:.3f} % of values "
+          f"off by > 8, {100 * agree['images_within_rounding']:.0f} % of images within 0.25 on average")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))
