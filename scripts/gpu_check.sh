@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU code paths, checked in a few minutes wherever CUDA exists (the test suite runs on CPU):
 #   every strategy 2 steps in bf16 and fp16 (late masking with precomputed masks and with the online segmenter),
-#   probe heads in bf16, gradient checkpointing, channels-last + torch.compile, evaluation (--eval_only), resume,
-#   and with >= 2 GPUs a 2-rank nccl run. One PASS/FAIL line per check; exit code 1 if any check fails.
+#   probe heads in bf16, gradient checkpointing, --fast_augment workers, channels-last + torch.compile, evaluation
+#   (--eval_only), resume, and with >= 2 GPUs a 2-rank nccl run. One PASS/FAIL line per check; exit code 1 if any
+#   check fails.
 # Without CUDA it says so and exits 0.
 # Usage: bash scripts/gpu_check.sh            (logs in $WORK/logs, default a temporary folder; kept on failure)
 #        GPU_CHECK_ON_CPU=1 bash scripts/gpu_check.sh   the same checks on CPU (bf16 autocast only), to test the script
@@ -88,6 +89,8 @@ check probe_heads_vit_bfloat16 "${LATE[@]}" --mask_source gt "${COMMON[@]}" "${V
   --probe_heads mean,cls,cls_mean,late:mean --snapshot_dir "$WORK/runs/probes"
 check grad_checkpointing_vit "${LATE[@]}" --mask_source gt --fm_second_last_block "${COMMON[@]}" "${VIT[@]}" \
   "${BF16[@]}" --grad_checkpointing --snapshot_dir "$WORK/runs/grad_checkpointing"
+check fast_augment_late_convnext "${LATE[@]}" --mask_source gt --fm_second_last_block "${COMMON[@]}" "${CONVNEXT[@]}" \
+  "${BF16[@]}" --fast_augment --snapshot_dir "$WORK/runs/fast_augment"
 check channels_last_compile_convnext "${EARLY[@]}" "${COMMON[@]}" "${CONVNEXT[@]}" "${BF16[@]}" --channels_last \
   --compile --snapshot_dir "$WORK/runs/compiled"
 # Resume: a 2-epoch run stopped after epoch 1 (its epoch_1.pt as last.pt) finishes; then --eval_only scores it.

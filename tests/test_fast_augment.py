@@ -99,7 +99,7 @@ def test_the_crops_resize_is_pils(box, size, interpolation):
 
 
 @pytest.mark.parametrize("kw", [{}, {"interpolation": "random", "aa": "rand-m9-n3-mstd1", "reprob": 1.0,
-                                     "recount": 2}, {"aa": "v0-mstd0.5"}])
+                                     "recount": 2}, {"aa": "v0-mstd0.5"}, {"aa": ""}])
 def test_fast_pipeline_draws_what_timms_draws(kw):
     """Same seed, same augmentation: the same erasing boxes and random state afterwards, pixels within
     interpolation rounding of the PIL pipeline's, and the images with a mask equal to the images alone."""

@@ -94,6 +94,9 @@ class TensorResizedCrop(RandomResizedCropAndInterpolation):
     def __call__(self, img: Image.Image) -> Image.Image:
         return self.apply(img, self.params(img))
 
+    def __repr__(self) -> str:
+        return f"{super().__repr__()[:-1]}, hflip={self.flip_p})"
+
 
 def _rotation(degrees: float, width: int, height: int) -> tuple | None:
     """PIL ``Image.rotate``'s affine matrix (about the centre, no expansion), or None where PIL copies."""
