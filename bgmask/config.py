@@ -147,9 +147,10 @@ class AugConfig:
                               ("auto", "on", "off"))
     fast_augment: bool = option(False, "timm augmentation with the same random draws on faster kernels: the "
                                        "random-resized crop's resize on uint8 tensors (torchvision, PIL's kernels) "
-                                       "and RandAugment's geometric ops and sharpness in OpenCV. About 2x the "
-                                       "loader's images/s per core at 518 px; geometric ops differ from PIL's by "
-                                       "interpolation rounding (docs/scale.md, docs/fidelity.md)")
+                                       "and RandAugment's geometric ops and sharpness in OpenCV. With the device "
+                                       "tail, ~1.6x its loader images/s per core at 518 px (~2x the PIL worker "
+                                       "pipeline); bicubic geometric ops use OpenCV's cubic (docs/scale.md, "
+                                       "docs/fidelity.md)")
     train_interpolation: str = option("bicubic", "timm augmentation's resize and RandAugment interpolation "
                                                  "('random': bilinear or bicubic)", INTERPOLATIONS)
     crop_pct: float = option(1.0, "eval: resize the short side to size/crop_pct, center-crop size. 1.0 (default) is "

@@ -54,7 +54,7 @@ def test_geometric_ops_match_pils_transform(name, level, resample):
     bicubic within interpolation rounding (OpenCV's 1/32 px coordinates, its cubic coefficient)."""
     image = textured()
     theirs = as_int(timm_aa.NAME_TO_OP[name](image, level, fillcolor=FILL, resample=resample))
-    ours = as_int(fast_augment._opencv_geometric(name)(image, level, fillcolor=FILL, resample=resample))
+    ours = as_int(fast_augment._OpenCVGeometric(name)(image, level, fillcolor=FILL, resample=resample))
     assert ours.shape == theirs.shape
     filled_theirs, filled_ours = (theirs == FILL).all(-1), (ours == FILL).all(-1)
     assert (filled_theirs != filled_ours).mean() <= 0.003
@@ -66,6 +66,32 @@ def test_geometric_ops_match_pils_transform(name, level, resample):
         assert np.percentile(diff, 99.5) <= (4 if resample == BILINEAR else 12)
 
 
+def test_a_translations_fill_is_the_same_for_the_image_and_its_mask():
+    """The columns a translation fills are found exactly, so the image (bicubic) and its mask (nearest) agree with
+    each other and with PIL's mask at every offset, including those that land a pixel centre on the edge."""
+    width = 97
+    image, mask = textured((width, 40)), Image.fromarray(np.zeros((40, width), np.uint8))
+    op = fast_augment._OpenCVGeometric("TranslateXRel")
+    # Offsets that put a pixel centre a hair inside an edge: OpenCV's fixed-point coordinates round them outside.
+    near_edges = [sign * (k + 0.5 + eps) / width for k in range(0, 60, 3) for sign in (-1, 1) for eps in (-1e-4, 1e-4)]
+    for level in [*np.linspace(-0.6, 0.6, 121), *near_edges]:
+        filled_image = (as_int(op(image, level, fillcolor=(1, 2, 3), resample=BICUBIC)) == (1, 2, 3)).all(-1)
+        filled_mask = as_int(op(mask, level, fillcolor=1, resample=NEAREST)) == 1
+        theirs = as_int(timm_aa.translate_x_rel(mask, level, fillcolor=1, resample=NEAREST)) == 1
+        assert np.array_equal(filled_image.all(0), filled_mask.all(0)) and np.array_equal(filled_mask, theirs), level
+
+
+def test_unusual_modes_and_fills_are_pils():
+    """What the fast kernels do not cover (an int fill on RGB, RGBA, a tuple fill on L) is PIL's own behaviour."""
+    image = textured()
+    for img, fill in ((image, 7), (image.convert("RGBA"), (1, 2, 3, 4))):
+        ours = fast_augment.warp_like_pil(img, (1, 0.2, 3, 0, 1, 0), BICUBIC, fill)
+        assert np.array_equal(as_int(ours), as_int(img.transform(img.size, Image.Transform.AFFINE,
+                                                                 (1, 0.2, 3, 0, 1, 0), BICUBIC, fillcolor=fill)))
+    with pytest.raises((TypeError, ValueError)):
+        fast_augment.warp_like_pil(image.convert("L"), (1, 0.2, 3, 0, 1, 0), NEAREST, (1, 2, 3))
+
+
 def test_geometric_ops_keep_timms_interpolation_draw():
     """A random bilinear/bicubic choice is drawn by timm's helper, in timm's place in the stream."""
     image = textured()
@@ -74,7 +100,7 @@ def test_geometric_ops_keep_timms_interpolation_draw():
         timm_aa.shear_x(image, 0.2, fillcolor=FILL, resample=(BILINEAR, BICUBIC))
         after_theirs = random.random()
         random.seed(seed)
-        fast_augment._opencv_geometric("ShearX")(image, 0.2, fillcolor=FILL, resample=(BILINEAR, BICUBIC))
+        fast_augment._OpenCVGeometric("ShearX")(image, 0.2, fillcolor=FILL, resample=(BILINEAR, BICUBIC))
         assert random.random() == after_theirs
 
 

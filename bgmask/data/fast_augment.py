@@ -11,8 +11,8 @@ module swaps only those, keeping every random draw timm's:
 * RandAugment/AutoAugment's Rotate, ShearX/Y and TranslateX/Y(Rel) compute PIL's affine matrix for the drawn level
   and warp with OpenCV's ``warpAffine`` (:func:`warp_like_pil`): nearest is PIL's sampling, bilinear agrees to a
   few grey levels (OpenCV quantises source coordinates to 1/32 px), bicubic uses OpenCV's cubic (coefficient -0.75
-  against PIL's -0.5) and differs by up to about ten grey levels at sharp edges. The pixels PIL fills (source point
-  outside the image) are the ones filled here;
+  against PIL's -0.5): under half a grey level on average on natural images, up to ~20 at single pixels of
+  high-contrast texture. The pixels PIL fills (source point outside the image) are the ones filled here;
 * Sharpness blends with PIL's SMOOTH filter computed by OpenCV's ``filter2D``: equal to PIL's output.
 
 Photometric ops, random erasing and normalisation are timm's unchanged; masks follow the image as in
@@ -44,7 +44,8 @@ _TENSOR_RESIZE = (InterpolationMode.BILINEAR, InterpolationMode.BICUBIC)
 
 @functools.cache
 def require_opencv():
-    """OpenCV's ``cv2`` (single-threaded: loader workers are the parallelism), or a clear error."""
+    """OpenCV's ``cv2``, or a clear error. It is set to one thread for the whole process (loader workers are the
+    parallelism; the library uses OpenCV for nothing else)."""
     try:
         import cv2
     except ImportError as err:  # pragma: no cover - OpenCV ships with the segmentation extra
@@ -130,19 +131,20 @@ def warp_like_pil(img: Image.Image, matrix: tuple, resample, fill) -> Image.Imag
     PIL maps the centre of output pixel (x, y), the point (x + 1/2, y + 1/2), through ``matrix`` to a source point
     (u, v), fills the pixel when that point is outside the image, and otherwise interpolates at pixel index
     (u - 1/2, v - 1/2) with edge pixels repeated; OpenCV's inverse map works in pixel indices, hence the shifted
-    offsets, the replicated border and the separate outside test (exact rows and columns for a translation).
+    offsets, the replicated border and the separate outside test. For a translation the outside is whole rows and
+    columns, found exactly (the same for an image and its mask, whatever their interpolation). Modes other than RGB
+    and L, and a fill that does not match the mode, go to PIL itself.
     """
+    rgb_fill = isinstance(fill, (tuple, list)) and len(fill) == 3
+    if resample not in _OPENCV_INTERPOLATION or (img.mode, rgb_fill) not in (("RGB", True), ("L", False)) or \
+            (img.mode == "L" and not isinstance(fill, int)):
+        return img.transform(img.size, Image.Transform.AFFINE, matrix, resample, fillcolor=fill)
     cv2 = require_opencv()
+    fill = tuple(fill) if rgb_fill else fill
     a, b, c, d, e, f = matrix
     inverse = np.array([[a, b, c + (a + b - 1) / 2], [d, e, f + (d + e - 1) / 2]], dtype=np.float64)
     src, (width, height) = np.asarray(img), img.size
-    fill = 0 if fill is None else tuple(fill) if isinstance(fill, (tuple, list)) else fill
-    if resample == Image.Resampling.NEAREST:
-        out = cv2.warpAffine(src, inverse, (width, height), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
-                             borderMode=cv2.BORDER_CONSTANT, borderValue=fill)
-        return Image.fromarray(out)
-    interpolation = {Image.Resampling.BILINEAR: cv2.INTER_LINEAR, Image.Resampling.BICUBIC: cv2.INTER_CUBIC}[resample]
-    flags = interpolation | cv2.WARP_INVERSE_MAP
+    flags = getattr(cv2, _OPENCV_INTERPOLATION[resample]) | cv2.WARP_INVERSE_MAP
     if (a, b, d, e) == (1, 0, 0, 1):  # a translation: warp only the rows and columns whose source is inside
         (x0, x1), (y0, y1) = _inside(c, width), _inside(f, height)
         out = _fill_image(src.shape, fill).copy()
@@ -151,12 +153,19 @@ def warp_like_pil(img: Image.Image, matrix: tuple, resample, fill) -> Image.Imag
             out[y0:y1, x0:x1] = cv2.warpAffine(src, inverse, (x1 - x0, y1 - y0), flags=flags,
                                                borderMode=cv2.BORDER_REPLICATE)
         return Image.fromarray(out)
+    if resample == Image.Resampling.NEAREST:
+        return Image.fromarray(cv2.warpAffine(src, inverse, (width, height), flags=flags,
+                                              borderMode=cv2.BORDER_CONSTANT, borderValue=fill))
     out = cv2.warpAffine(src, inverse, (width, height), flags=flags, borderMode=cv2.BORDER_REPLICATE)
     outside = cv2.warpAffine(np.zeros((height, width), np.uint8), inverse, (width, height),
                              flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT,
                              borderValue=1)
     cv2.copyTo(_fill_image(out.shape, fill), outside, out)  # in place; numpy's masked write is 100x slower
     return Image.fromarray(out)
+
+
+_OPENCV_INTERPOLATION = {Image.Resampling.NEAREST: "INTER_NEAREST", Image.Resampling.BILINEAR: "INTER_LINEAR",
+                         Image.Resampling.BICUBIC: "INTER_CUBIC"}
 
 
 def _inside(shift: float, n: int) -> tuple[int, int]:
@@ -173,18 +182,22 @@ def _fill_image(shape: tuple, fill) -> np.ndarray:
     return image
 
 
-def _opencv_geometric(name: str):
-    matrix_of = _MATRICES[name]
+class _OpenCVGeometric:
+    """A timm geometric op (``aug_fn(img, level, fillcolor=..., resample=...)``) warped by :func:`warp_like_pil`."""
 
-    def apply(img: Image.Image, level: float, **kwargs) -> Image.Image:
+    def __init__(self, name: str):
+        self.name = name
+
+    def __call__(self, img: Image.Image, level: float, **kwargs) -> Image.Image:
         kwargs = dict(kwargs)
         resample = timm_aa._interpolation(kwargs)  # timm's draw of bilinear/bicubic, in timm's place
-        matrix = matrix_of(level, *img.size)
+        matrix = _MATRICES[self.name](level, *img.size)
         if matrix is None:
             return img.copy()
         return warp_like_pil(img, matrix, resample, kwargs.get("fillcolor"))
-    apply.__name__ = f"opencv_{name}"
-    return apply
+
+    def __repr__(self) -> str:
+        return f"opencv_{self.name}"
 
 
 _SMOOTH = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], np.float32) / 13  # PIL's ImageFilter.SMOOTH
@@ -208,7 +221,7 @@ def with_opencv_kernels(op):
     policies = fast.policy if isinstance(fast, timm_aa.AutoAugment) else [fast.ops]
     for aug_op in (o for policy in policies for o in policy):
         if aug_op.name in _MATRICES:
-            aug_op.aug_fn = _opencv_geometric(aug_op.name)
+            aug_op.aug_fn = _OpenCVGeometric(aug_op.name)
         elif aug_op.aug_fn is timm_aa.sharpness:
             aug_op.aug_fn = opencv_sharpness
     return fast
@@ -221,7 +234,7 @@ def fast_ops(ops: list) -> list:
     out, ops = [], list(ops)
     while ops:
         op = ops.pop(0)
-        if isinstance(op, RandomResizedCropAndInterpolation):
+        if isinstance(op, RandomResizedCropAndInterpolation) and not isinstance(op, TensorResizedCrop):
             flip = ops.pop(0) if ops and type(ops[0]) is T.RandomHorizontalFlip else None
             op = TensorResizedCrop.of(op, flip)
         elif isinstance(op, (timm_aa.RandAugment, timm_aa.AutoAugment)):

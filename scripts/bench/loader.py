@@ -3,13 +3,14 @@
 augmenting CUB-sized JPEGs exactly as a training worker does (``CUBDataset`` + the run's training transform +
 the per-image seeding of ``SeededAugmentation``), baseline (image only) and with the mask late masking loads.
 
-Four loaders, measured side by side in one run:
+Five loaders, measured side by side in one run:
 
 * ``before``: timm's PIL pipeline with every op in the worker and ``torch.manual_seed`` per image, as the library
   loaded images before ``--device_tail`` and ``--fast_augment`` (the reference for the speed-ups);
 * ``worker``: the same pipeline and today's seeding (``--device_tail off``, the default on CPU);
 * ``device_tail``: the workers hand over uint8 pixels and erasing boxes (timm's GPU-loader convention, the default
   with CUDA);
+* ``fast_worker``: ``--fast_augment`` with every op in the worker (the CPU default tail);
 * ``fast``: ``--device_tail on --fast_augment``: the same draws with the crop's resize, RandAugment's geometry and
   sharpness on faster kernels. Its pixels are compared with ``device_tail``'s for the same seeds.
 
@@ -98,7 +99,7 @@ def agreement(pil: SeededAugmentation, fast: SeededAugmentation, n: int) -> dict
             "images_within_rounding": sum(m <= 0.25 for m in per_image) / len(per_image)}
 
 
-LOADERS = ("before", "worker", "device_tail", "fast")
+LOADERS = ("before", "worker", "device_tail", "fast_worker", "fast")
 
 
 def main(argv=None) -> int:
@@ -116,7 +117,8 @@ def main(argv=None) -> int:
         root = generate(Path(tmp), SyntheticConfig(num_classes=4, images_per_class=12, image_size=375),
                         progress=False).cub_root
         pipelines = {name: build_train_transform(args.image_size, "timm", args.aa, reprob=args.reprob,
-                                                 device_tail=name in ("device_tail", "fast"), fast=name == "fast")
+                                                 device_tail=name in ("device_tail", "fast"),
+                                                 fast=name.startswith("fast"))
                      for name in LOADERS}
         sample = load_rgb(CUBDataset(root, "all", "images", None).image_path(0))
         result = {"image_size": args.image_size, "aa": args.aa, "reprob": args.reprob,
