@@ -54,6 +54,13 @@ class DataConfig:
                                    ("auto", "worst_group", "average"))
     eval_mode: str = option("test", "'test': the per-epoch in-distribution metric is the CUB test split; 'val': the "
                                     "held-out part of the train split (needs --train_split < 1)", ("test", "val"))
+    class_balance: str = option("none", "the field's answer to class imbalance, for every strategy alike (no group "
+                                        "labels needed): 'loss' weights each sample's loss by n / (K n_class); "
+                                        "'sampler' draws training images with probability ~ 1 / n_class, with "
+                                        "replacement (DFR's --reweight_classes)", ("none", "loss", "sampler"))
+    reweight_groups: bool = option(False, "draw training images with probability ~ 1 / (their training group's size), "
+                                          "with replacement (group_DRO's --reweight_groups); needs training groups "
+                                          "(--dataset waterbirds, a CSV with an a column)")
     num_workers: int = option(4)
     batch_size: int = option(32, "per process; total = batch_size x processes")
 
@@ -74,10 +81,12 @@ class ModelConfig:
                                     "trains that norm with the new linear layer, at the scratch lr and with a frozen "
                                     "backbone too (upstream); 'backbone' counts it as frozen/pretrained backbone",
                             HEAD_NORM_RULES)
-    head_init: str = option("upstream", "new linear head: 'upstream' = kaiming_normal_(fan_out) weights and zero bias "
-                                        "for CNNs, nn.Linear's default for ViTs (as the official trainers); 'timm' = "
-                                        "trunc_normal_(std 0.02), zero bias; 'torch' = nn.Linear's default",
-                            HEAD_INITS)
+    head_init: str = option("auto", "new linear head: 'upstream' = kaiming_normal_(fan_out) weights and zero bias "
+                                    "for CNNs, nn.Linear's default for ViTs (as the official trainers); 'timm' = "
+                                    "trunc_normal_(std 0.02), zero bias; 'torch' = nn.Linear's default; 'auto' = the "
+                                    "benchmark's default (cub: upstream, the paper's protocol; waterbirds and csv: "
+                                    "timm, as group_DRO, DFR and SubpopBench start their heads)",
+                            ("auto", *HEAD_INITS))
     probe_heads: str | None = option(None, "with --freeze_backbone: train these heads together on one backbone "
                                            "forward per batch, a comma list of cls, mean, cls_mean (ViT) or pool "
                                            "(CNN), and late:HEAD for each but cls (masked after the last "

@@ -46,6 +46,9 @@ def config_errors(cfg: TrainConfig, cuda_available: bool) -> list[str]:
         errors.append("--fast_augment needs OpenCV: pip install opencv-python.")
     if not 0 <= cfg.aug.mixup_prob <= 1 or not 0 <= cfg.aug.mixup_switch_prob <= 1:
         errors.append("--mixup_prob and --mixup_switch_prob are probabilities in [0, 1].")
+    if cfg.data.class_balance == "sampler" and cfg.data.reweight_groups:
+        errors.append("--class_balance sampler and --reweight_groups each choose the training sampler: give one "
+                      "(--class_balance loss combines with --reweight_groups).")
     if run.checkpoint_every < 1:
         errors.append(f"--checkpoint_every must be >= 1, got {run.checkpoint_every}.")
     if cfg.diagnostics.diagnostics_batch_size < 0:

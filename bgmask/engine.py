@@ -82,7 +82,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
                     batch_transform: Callable | None = None, grad_norm_clip: float = 0.0, max_batches: int = 0,
                     progress: bool = True, desc: str = "train", should_stop: Callable[[], bool] | None = None,
                     on_update: Callable[[], None] | None = None, sync_every: int = 10,
-                    input_tail: Callable | None = None) -> dict:
+                    input_tail: Callable | None = None, with_groups: bool = False) -> dict:
     """One pass over ``loader``.
 
     The host waits for the device only every ``sync_every`` steps and at the end (as timm and DINOv2 do at their
@@ -99,6 +99,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         should_stop: polled every ``sync_every`` steps; when it returns True the epoch ends there (preemption).
         on_update: called after every optimizer step (per-iteration learning-rate schedules).
         sync_every: steps between host synchronisations.
+        with_groups: batches are ``(*inputs, labels, groups)`` and the criterion is called
+            ``criterion(logits, targets, groups)`` (objectives that weight groups: GroupDRO).
 
     Returns:
         ``{"loss": mean loss over seen samples, "images": count, "steps": optimizer steps, "seconds": time,
@@ -116,6 +118,10 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         if step >= num_batches:
             break
         *inputs, labels = _to_device(batch, device)
+        extra = ()
+        if with_groups:
+            *inputs, labels, group_ids = [*inputs, labels]
+            extra = (group_ids,)
         if input_tail is not None:
             inputs[0] = input_tail(inputs[0], device)
         targets = labels
@@ -123,7 +129,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
             inputs, targets = batch_transform(inputs, labels)
         with amp.autocast():
             # Several heads: the sum gives each head exactly its own loss's gradient; the mean is what is logged.
-            losses = [criterion(o, targets) for o in heads.outputs(model(*inputs), names).values()]
+            losses = [criterion(o, targets, *extra) for o in heads.outputs(model(*inputs), names).values()]
             loss = losses[0] if len(losses) == 1 else torch.stack(losses).sum()
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
@@ -171,9 +177,9 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: AmpSettings, g
     model.eval()
     names = heads.names_of(model)
     num_groups = len(groups.names) if groups is not None else 0
-    # per head: [correct, total, group correct..., group n...]
+    # per head: [correct, total, summed cross-entropy, group correct..., group n...]
     # Counts stay on the device until the end: no host sync per batch.
-    counts = torch.zeros(len(names), 2 + 2 * num_groups, dtype=torch.float64, device=device)
+    counts = torch.zeros(len(names), 3 + 2 * num_groups, dtype=torch.float64, device=device)
     group_t = torch.as_tensor(groups.ids).to(device) if groups is not None else None
     for batch in progress_bar(loader, desc=desc, disable=not progress):
         *inputs, labels, index = _to_device(batch, device)
@@ -184,17 +190,20 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: AmpSettings, g
             hits = (out[name].argmax(dim=1) == labels).to(torch.float64)
             row[0] += hits.sum()
             row[1] += hits.numel()
+            row[2] += nn.functional.cross_entropy(out[name].float(), labels, reduction="sum").double()
             if group is not None:
-                row[2:2 + num_groups] += torch.bincount(group, weights=hits, minlength=num_groups)
-                row[2 + num_groups:] += torch.bincount(group, minlength=num_groups).to(torch.float64)
+                row[3:3 + num_groups] += torch.bincount(group, weights=hits, minlength=num_groups)
+                row[3 + num_groups:] += torch.bincount(group, minlength=num_groups).to(torch.float64)
     counts = all_reduce_sum(counts).cpu()
     return {name: _metrics(row, groups) for name, row in zip(names, counts)}
 
 
 def _metrics(counts: torch.Tensor, groups: Groups | None) -> dict:
     total = int(counts[1])
-    result = {"top1": 100.0 * float(counts[0]) / max(total, 1), "correct": int(counts[0]), "num_images": total}
+    # loss: the mean cross-entropy without label smoothing (breaks ties in model selection)
+    result = {"top1": 100.0 * float(counts[0]) / max(total, 1), "correct": int(counts[0]), "num_images": total,
+              "loss": float(counts[2]) / max(total, 1)}
     if groups is not None:
         n = len(groups.names)
-        result.update(group_metrics(counts[2:2 + n].numpy(), counts[2 + n:].numpy(), groups))
+        result.update(group_metrics(counts[3:3 + n].numpy(), counts[3 + n:].numpy(), groups))
     return result

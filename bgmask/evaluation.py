@@ -46,5 +46,5 @@ def evaluate_checkpoint(session: Session, data: BenchmarkData, model: RunModel, 
 
 def brief(metrics: dict) -> dict:
     """What the training log keeps of a set's metrics."""
-    kept = ("top1", "num_images", "worst_group", "adjusted_average", "per_place")
+    kept = ("top1", "num_images", "loss", "worst_group", "adjusted_average", "per_place")
     return {k: v for k, v in metrics.items() if k in kept}

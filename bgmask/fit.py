@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
@@ -14,19 +14,23 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from bgmask import distributed
+from bgmask.balance import build_sampler, class_weights
 from bgmask.benchmarks import BenchmarkData
 from bgmask.checkpoint import CheckpointManager, load_checkpoint, rng_state, set_rng_state
 from bgmask.config import AugConfig
-from bgmask.data.sampling import ResumableDistributedSampler, SeededAugmentation
+from bgmask.data.sampling import SeededAugmentation, WithGroups
 from bgmask.distributed import DistInfo
 from bgmask.engine import NonFiniteLossError, train_one_epoch
 from bgmask.evaluation import brief, evaluate_sets
 from bgmask.logging import RunLogger, save_args
+from bgmask.losses import TrainingLoss
 from bgmask.mixup import MaskMixup
 from bgmask.optim import build_optimizer, build_scheduler, set_schedule_position
 from bgmask.preemption import REQUEUE_EXIT_CODE, PreemptionFlag
 from bgmask.run_model import RunModel
+from bgmask.selection import is_better, selection_key, selection_note
 from bgmask.session import Session, check_same_run
+from bgmask.strategies import Strategy
 
 
 @dataclass
@@ -39,30 +43,37 @@ class Progress:
     best_epoch: int = 0
     best_metrics: dict | None = None
     best_probes: dict | None = None  # with probe heads: each head's best {"epoch", "top1"}
+    best_key: tuple | None = None  # the selected epoch's lexicographic score (bgmask.selection.selection_key)
+    history: list = field(default_factory=list)  # per evaluated epoch: {"epoch", "score", "trained"}
 
 
-def train(session: Session, data: BenchmarkData, model: RunModel, ckpt: CheckpointManager, strategy_name: str) -> dict:
+def train(session: Session, data: BenchmarkData, model: RunModel, ckpt: CheckpointManager,
+          strategy: Strategy) -> dict:
     """Train from scratch or from ``last.pt``; the final metrics, the epoch count and the best epoch."""
     cfg, info = session.cfg, session.info
     scaler = NativeScaler(info.device.type) if session.amp.dtype == torch.float16 else None
     optimizer = build_optimizer(model.module, cfg.optim)
     if info.is_main:
         check_same_run(cfg.flat(), session.snapshot_dir)
-    progress = resume(session, model, optimizer, scaler, ckpt)
+    criterion = strategy.training_loss(cfg, build_criterion(cfg.optim.smoothing, cfg.aug.turn_on_mixup_or_cutmix,
+                                                            class_weights(cfg, data)), data.train_groups)
+    if isinstance(criterion, nn.Module):
+        criterion.to(info.device)
+    with_groups = getattr(criterion, "needs_groups", False)
+    progress = resume(session, model, optimizer, scaler, ckpt, criterion)
     if info.is_main:
         save_args(cfg.flat(), session.snapshot_dir / "args.yaml")
     # Data order comes from the sampler (seed, epoch) and augmentation from (seed, epoch, image): both are
     # independent of the worker count, and a run stopped mid-epoch resumes at the exact batch. The sampler passes
     # the epoch with each index, so the workers can persist across epochs.
-    train_set = SeededAugmentation(data.train, cfg.run.seed)
-    sampler = ResumableDistributedSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True,
-                                          seed=cfg.run.seed, drop_last=False, with_epoch=True)
+    train_set = SeededAugmentation(WithGroups(data.train, data.train_groups.ids) if with_groups else data.train,
+                                   cfg.run.seed)
+    sampler = build_sampler(cfg, data, train_set, info)
     mixup = build_mixup(cfg.aug, cfg.optim.smoothing, data.num_classes)
     # Upstream drops each process's last incomplete batch (every epoch's updates have the full batch size, and
     # mixup needs even batches); kept only where a process would otherwise get no batch at all.
     loader = DataLoader(train_set, sampler=sampler, drop_last=sampler.num_samples >= cfg.data.batch_size,
                         persistent_workers=cfg.data.num_workers > 0, **session.loader_kwargs)
-    criterion = build_criterion(cfg.optim.smoothing, mixup is not None)
     updates_per_epoch = min(len(loader), cfg.run.max_train_batches or len(loader))
     scheduler = build_scheduler(optimizer, cfg.optim, updates_per_epoch)
     set_schedule_position(scheduler, progress.epoch, progress.epoch * updates_per_epoch + progress.step)
@@ -73,16 +84,18 @@ def train(session: Session, data: BenchmarkData, model: RunModel, ckpt: Checkpoi
     if info.is_main:
         n_train = sum(p.numel() for p in model.module.parameters() if p.requires_grad)
         sets = ", ".join(f"{len(s.dataset)} {name}" for name, s in data.eval_sets.items())
-        print(f"{strategy_name} | {cfg.model.model_arch} @ {data.image_size}px | {len(data.train)} train images, "
+        print(f"{strategy.name} | {cfg.model.model_arch} @ {data.image_size}px | {len(data.train)} train images, "
               f"{sets} | {n_train / 1e6:.2f}M trainable params | "
               f"{info.world_size} process(es) on {info.device}", flush=True)
     loop = EpochLoop(session, data, model, ckpt, optimizer, scaler, scheduler, criterion, mixup, loader, logger,
-                     updates_per_epoch)
+                     updates_per_epoch, with_groups)
     return loop.run(progress)
 
 
-def resume(session: Session, model: RunModel, optimizer, scaler, ckpt: CheckpointManager) -> Progress:
-    """Restore model, optimizer, scaler, position and RNG from ``last.pt`` when there is one."""
+def resume(session: Session, model: RunModel, optimizer, scaler, ckpt: CheckpointManager,
+           criterion: nn.Module | None = None) -> Progress:
+    """Restore model, optimizer, scaler, the objective's state (GroupDRO's weights), position and RNG from
+    ``last.pt`` when there is one."""
     info = session.info
     state = ckpt.resume_state()
     if state is None:
@@ -91,9 +104,13 @@ def resume(session: Session, model: RunModel, optimizer, scaler, ckpt: Checkpoin
     optimizer.load_state_dict(state["optimizer"])
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
+    if criterion is not None and state.get("criterion"):
+        criterion.load_state_dict(state["criterion"])
     progress = Progress(epoch=state["epoch"], step=state.get("step", 0), best_top1=state["best_top1"],
                         best_epoch=state["best_epoch"], best_metrics=state.get("best_metrics"),
-                        best_probes=state.get("best_probes"))
+                        best_probes=state.get("best_probes"),
+                        best_key=tuple(state["best_key"]) if state.get("best_key") is not None else None,
+                        history=list(state.get("history") or []))
     rng = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
     if len(rng) == info.world_size:
         set_rng_state(rng[info.rank])
@@ -123,6 +140,7 @@ class EpochLoop:
     loader: DataLoader
     logger: RunLogger
     updates_per_epoch: int
+    with_groups: bool = False  # batches end with each image's training group (the objective weights groups)
 
     def run(self, progress: Progress) -> dict:
         cfg = self.session.cfg
@@ -142,7 +160,14 @@ class EpochLoop:
         if last_metrics is None:  # resumed after the final epoch: evaluate the final weights again
             last_metrics = evaluate_sets(self.session, self.model, self.data.eval_sets)
         best = {"epoch": progress.best_epoch, self.data.selection_metric: progress.best_top1,
-                "selected_on": self.selected_on}
+                "selected_on": self.selected_on,
+                "history": [{"epoch": h["epoch"], self.data.selection_metric: h["score"], "trained": h["trained"]}
+                            for h in progress.history]}
+        note = selection_note(progress.history, self.data.selection_metric)
+        if note is not None:
+            best["note"] = note
+            if self.session.info.is_main:
+                print(f"model selection: {note} (epoch {progress.best_epoch})", flush=True)
         if progress.best_probes is not None:
             best["probes"] = progress.best_probes
         if self.data.validation_selection and progress.best_probes is None:
@@ -169,13 +194,15 @@ class EpochLoop:
         cfg, info = self.session.cfg, self.session.info
         self.loader.sampler.set_epoch(epoch)  # the epoch travels with each index to the (persistent) workers
         self.loader.sampler.set_start(skip * cfg.data.batch_size)
+        self.epoch_max_lr = max(g["lr"] for g in self.optimizer.param_groups)
         max_batches = max(0, cfg.run.max_train_batches - skip) if cfg.run.max_train_batches else 0
         try:
             stats = train_one_epoch(self.model.ddp, self.loader, self.optimizer, self.criterion, info.device,
                                     self.session.amp, self.scaler, self.mixup, cfg.optim.grad_norm_clip, max_batches,
                                     progress=info.is_main, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
                                     should_stop=preemption.requested, on_update=self.on_update,
-                                    sync_every=cfg.run.log_interval, input_tail=self.data.train_tail)
+                                    sync_every=cfg.run.log_interval, input_tail=self.data.train_tail,
+                                    with_groups=self.with_groups)
         except NonFiniteLossError as e:
             self.logger.close()
             raise SystemExit(f"error: {e} ({self.ckpt.last_path} holds the last completed epoch)") from None
@@ -187,6 +214,8 @@ class EpochLoop:
         return stats
 
     def on_update(self) -> None:
+        # the learning rate this update used (a per-update schedule changes it within the epoch)
+        self.epoch_max_lr = max(self.epoch_max_lr, max(g["lr"] for g in self.optimizer.param_groups))
         self.num_updates += 1
         self.scheduler.step_update(self.num_updates)
 
@@ -204,16 +233,21 @@ class EpochLoop:
             sets = self.data.sets_to_score(done == cfg.optim.epochs, cfg.data.eval_mode, cfg.run.eval_ood_each_time)
             metrics = evaluate_sets(self.session, self.model, sets)
             selected_on, metric = self.selected_on, self.data.selection_metric
-            top1 = metrics[selected_on][metric]
-            is_best = top1 > progress.best_top1
+            # An epoch trained at lr 0 is never selected (bgmask.selection), unless nothing else can be: the last.
+            trained = self.epoch_max_lr > 0
+            key = selection_key(metrics[selected_on], metric)
+            progress.history.append({"epoch": done, "score": key[0], "trained": trained})
+            is_best = (trained and is_better(key, progress.best_key)) or (
+                done == cfg.optim.epochs and progress.best_key is None)
             if is_best:
-                progress.best_top1, progress.best_epoch, progress.best_metrics = top1, done, metrics
+                progress.best_top1, progress.best_epoch, progress.best_metrics = key[0], done, metrics
+                progress.best_key = key
             if "probes" in metrics:
                 # Each head has its own best epoch, so no one best.pt can stand for the run: probe runs keep last.pt.
                 progress.best_probes = progress.best_probes or {}
                 for head, head_metrics in metrics["probes"].items():
                     previous = progress.best_probes.get(head, {"top1": -1.0})
-                    if head_metrics[selected_on][metric] > previous["top1"]:
+                    if trained and head_metrics[selected_on][metric] > previous["top1"]:
                         progress.best_probes[head] = {"epoch": done, "top1": head_metrics[selected_on][metric]}
                 is_best = False
             record.update({name: brief(m) for name, m in metrics.items() if name != "probes"})
@@ -234,7 +268,8 @@ class EpochLoop:
     def stop_preempted(self, epoch: int, steps: int, progress: Progress, preemption: PreemptionFlag) -> None:
         """Save the exact position (``steps`` optimizer steps into ``epoch``) and exit asking to be requeued."""
         self.ckpt.save_last(self.training_state(Progress(epoch, steps, progress.best_top1, progress.best_epoch,
-                                                         progress.best_metrics, progress.best_probes)))
+                                                         progress.best_metrics, progress.best_probes,
+                                                         progress.best_key, progress.history)))
         distributed.barrier()
         if self.session.info.is_main:
             print(f"Preempted (signal {preemption.signal_received}) in epoch {epoch + 1} after {steps} steps: saved "
@@ -249,14 +284,19 @@ class EpochLoop:
         return {"model": self.model.state(), "weights_identity": self.model.weights_identity,
                 "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler else None,
+                "criterion": self.criterion.state_dict() if isinstance(self.criterion, nn.Module) else None,
                 "epoch": progress.epoch, "step": progress.step, "best_top1": progress.best_top1,
                 "best_epoch": progress.best_epoch, "best_metrics": progress.best_metrics,
-                "best_probes": progress.best_probes,
+                "best_probes": progress.best_probes, "best_key": progress.best_key, "history": progress.history,
                 "rng": gather_rng_states(self.session.info), "args": cfg.flat(),
                 "model_arch": cfg.model.model_arch, "num_classes": self.data.num_classes}
 
 
-def build_criterion(smoothing: float, mixup_active: bool) -> nn.Module:
+def build_criterion(smoothing: float, mixup_active: bool, class_weights=None) -> nn.Module:
+    """The loss every strategy shares: timm's label-smoothing or soft-target cross-entropy; with ``class_weights``
+    (``--class_balance loss``) the class-weighted mean of the same per-sample losses (:mod:`bgmask.losses`)."""
+    if class_weights is not None:
+        return TrainingLoss(0.0 if mixup_active else smoothing, class_weights)
     if mixup_active:
         return SoftTargetCrossEntropy()  # mixup targets already carry the label smoothing
     if smoothing > 0:

@@ -37,7 +37,13 @@ def refit(session: Session, data: BenchmarkData, model: RunModel, ckpt: Checkpoi
         save_args(cfg.flat(), session.snapshot_dir / "args.yaml")
     source = load_source(cfg.strategy_options.dfr_from, model)
     features, labels = embed(session, model.module, selection.dataset)
-    weight, bias, report = strategy.refit_last_layer(cfg, features, labels, selection.groups.ids, data.num_classes)
+    train_features = embed(session, model.module, data.train_plain)[0] if data.train_plain is not None else None
+    weight, bias, report = strategy.refit_last_layer(cfg, features, labels, selection.groups.ids, data.num_classes,
+                                                     train_features)
+    if report.get("degenerate_c_grid") and info.is_main:
+        print(f"{strategy.name}: warning: every C of the grid scored the same worst group on the tuning half "
+              f"({next(iter(report['tuning_worst_group'].values())):.1f} %): the grid cannot choose, the first C "
+              f"({report['c']}) is kept. results.json records it (refit.degenerate_c_grid).", flush=True)
     head = model.module.head
     with torch.no_grad():
         head.weight.copy_(torch.as_tensor(weight, dtype=head.weight.dtype))
@@ -55,12 +61,13 @@ def refit(session: Session, data: BenchmarkData, model: RunModel, ckpt: Checkpoi
 
 
 def load_source(run_dir: str | None, model: RunModel) -> str:
-    """Load the weights of a finished run (its best.pt, else last.pt); without one the model keeps the weights it
-    was built with. Returns where the weights came from."""
+    """Load the final weights of a finished run (its last.pt, as the DFR code takes the ERM run's final checkpoint;
+    best.pt when there is no last.pt); without one the model keeps the weights it was built with. Returns where the
+    weights came from."""
     if run_dir is None:
         return "the weights the model was built with"
     folder = Path(run_dir)
-    path = next((p for p in (folder / "best.pt", folder / "last.pt") if p.is_file()), None)
+    path = next((p for p in (folder / "last.pt", folder / "best.pt") if p.is_file()), None)
     if path is None:
         raise ConfigError(f"--dfr_from {folder} holds neither best.pt nor last.pt: point it at a finished run "
                           f"folder (e.g. the baseline's --snapshot_dir).")

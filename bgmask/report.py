@@ -8,17 +8,23 @@ import os
 from pathlib import Path
 
 from bgmask.diagnostics import VIEWS, gallery_path
-from bgmask.results import (
+from bgmask.group_results import (
     GROUP_FIGURES,
-    Accuracy,
     GroupRunResult,
+    chance,
+    collapsed_onto,
+    group_class,
+    group_markdown,
+    group_table,
+)
+from bgmask.results import (
+    Accuracy,
     RunResult,
     accuracy,
     build_table,
     column_label,
     diagnostics_table,
     group_cells,
-    group_table,
     strategy_columns,
     to_markdown,
 )
@@ -68,11 +74,7 @@ def write_group_outputs(runs: list[GroupRunResult], out_dir: str | os.PathLike) 
     header, table = group_table(runs)
     paths = {"group_md": out_dir / "group_results.md", "group_csv": out_dir / "group_results.csv",
              "group_png": out_dir / "group_results.png"}
-    paths["group_md"].write_text(
-        "Group protocol (group_DRO): top-1 (%) on the test split: the worst (y, attribute) group, the adjusted average "
-        "(each group's accuracy weighted by its size in training, as group_DRO / WILDS / DFR report it) and the "
-        "average over all test images, each with its 95 % Wilson interval; the best epoch was selected on the named "
-        "set and metric.\n\n" + to_markdown(header, table))
+    paths["group_md"].write_text(group_markdown(runs))
     with open(paths["group_csv"], "w", newline="") as f:
         csv.writer(f).writerows([header, *table])
     plot_group_protocol(runs, paths["group_png"])
@@ -80,30 +82,49 @@ def write_group_outputs(runs: list[GroupRunResult], out_dir: str | os.PathLike) 
 
 
 def plot_group_protocol(runs: list[GroupRunResult], path: Path) -> None:
-    """Per dataset/architecture/head/regime: worst group and both averages per strategy, with intervals."""
+    """Per dataset/architecture/head/regime: worst group and both averages per strategy (the mean over seeds with
+    the min–max as error bars, or one run's Wilson intervals); collapsed runs hatched; chance as a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     keys = sorted({r.row_key for r in runs})
-    fig, axes = panel_grid(plt, len(keys), 5.0, 3.6)
+    fig, axes = panel_grid(plt, len(keys), 6.5, 3.8, per_row=2)
     colors = {"worst_group": "#d65f5f", "adjusted_average": "#4878d0", "average": "#6acc64"}
+    order = [header_row[4] for header_row in group_table(runs)[1]]
     for ax, key in zip(axes, keys):
-        cell = sorted((r for r in runs if r.row_key == key), key=lambda r: (r.masking, r.seed or 0))
+        block = [r for r in runs if r.row_key == key]
+        labels = [lab for lab in dict.fromkeys(order) if any(r.label == lab for r in block)]
         width = 0.8 / len(GROUP_FIGURES)
         for k, figure in enumerate(GROUP_FIGURES):
-            xs = [i + (k - 1) * width for i in range(len(cell))]
-            values = [r.sets.get("test", {}).get(figure) or 0.0 for r in cell]
-            intervals = [(r.sets.get("test", {}).get("intervals") or {}).get(figure) for r in cell]
-            errors = [[v - (iv[0] if iv else v) for v, iv in zip(values, intervals)],
-                      [(iv[1] if iv else v) - v for v, iv in zip(values, intervals)]]
-            ax.bar(xs, values, width=width, color=colors[figure], yerr=errors, capsize=2,
-                   label=figure.replace("_", " "))
-        ax.set_xticks(range(len(cell)), [column_label(r.masking) for r in cell], fontsize=8)
-        ax.set_ylim(0, 100)
+            for i, lab in enumerate(labels):
+                cell = [r for r in block if r.label == lab]
+                values = [r.figure(figure) or 0.0 for r in cell]
+                mean = sum(values) / len(values)
+                if len(cell) > 1:
+                    err = [[mean - min(values)], [max(values) - mean]]
+                else:
+                    iv = (cell[0].sets.get("test", {}).get("intervals") or {}).get(figure)
+                    err = [[mean - iv[0]], [iv[1] - mean]] if iv else None
+                test = [r.sets.get("test", {}) for r in cell]
+                collapsed = sum(collapsed_onto(m, sorted({group_class(g) for g in m.get("groups", {})})) is not None
+                                for m in test if m.get("groups"))
+                x = i + (k - 1) * width
+                ax.bar(x, mean, width=width, color=colors[figure], yerr=err, capsize=2,
+                       hatch="//" if collapsed else None, edgecolor="black" if collapsed else None,
+                       label=figure.replace("_", " ") if i == 0 else None)
+                ax.text(x, mean + 1.5, f"{mean:.0f}", ha="center", fontsize=6)
+        num_classes = len({group_class(g) for r in block for g in r.sets.get("test", {}).get("groups", {})}) or 2
+        ax.axhline(chance(num_classes)["worst_group"], color="grey", ls="--", lw=0.8, label="chance")
+        ax.set_xticks(range(len(labels)), [lab.replace(" + ", "\n+ ") for lab in labels], fontsize=7)
+        ax.set_ylim(0, 105)
         ax.set_ylabel("test top-1 (%)")
-        ax.set_title(" / ".join(key), fontsize=9)
+        seeds = max(sum(r.label == lab for r in block) for lab in labels)
+        dataset, arch, head, regime = key
+        ax.set_title(f"{dataset}: {arch}{'' if head == '-' else f' ({head})'}, {regime}"
+                     f"{f', mean of {seeds} seeds (bars: min-max)' if seeds > 1 else ''}; hatched: collapsed",
+                     fontsize=8)
     axes[0].legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

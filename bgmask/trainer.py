@@ -10,6 +10,8 @@ The phases live in their own modules: :mod:`bgmask.session` (processes, device, 
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from bgmask import benchmarks, distributed
@@ -30,6 +32,7 @@ def run(cfg: TrainConfig, strategy: Strategy) -> dict | None:
     cfg.check(torch.cuda.is_available())
     strategy.check(cfg)
     benchmark, needs = benchmarks.get(cfg.data.dataset)(), strategy.needs(cfg)
+    cfg = resolve_head_init(cfg, benchmark)
     benchmark.check(cfg, needs)
     check_probe_masks(cfg, needs)
     session = start_session(cfg)
@@ -42,11 +45,11 @@ def run(cfg: TrainConfig, strategy: Strategy) -> dict | None:
     elif strategy.refits_last_layer:
         outcome = refit(session, data, model, ckpt, strategy)
     else:
-        outcome = train(session, data, model, ckpt, strategy.name)
+        outcome = train(session, data, model, ckpt, strategy)
     results = {**outcome, "model_arch": cfg.model.model_arch, "masking": strategy.name, "image_size": image_size,
                "num_classes": data.num_classes, "world_size": session.info.world_size, "weights": weights,
                "precision": session.amp.name, "device_tail": session.device_tail,
-               "fast_augment": cfg.aug.fast_augment, "dataset": benchmark.name,
+               "fast_augment": cfg.aug.fast_augment, "dataset": benchmark.name, "head_init": cfg.model.head_init,
                **benchmark.results_info(cfg, needs), **strategy.results_info(cfg),
                "diagnostics": {"pending": "computed after the metrics are written"}}
     # The metrics are on disk before anything optional runs: a failure in the diagnostics never loses them.
@@ -55,6 +58,14 @@ def run(cfg: TrainConfig, strategy: Strategy) -> dict | None:
     write_results(session, results)
     distributed.cleanup()
     return results if session.info.is_main else None
+
+
+def resolve_head_init(cfg: TrainConfig, benchmark) -> TrainConfig:
+    """``--head_init auto``: the benchmark's default (the paper's CUB protocol: upstream's; the group benchmarks:
+    timm's). The resolved name is what args.yaml and results.json record."""
+    if cfg.model.head_init != "auto":
+        return cfg
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, head_init=benchmark.default_head_init))
 
 
 def write_results(session: Session, results: dict) -> None:

@@ -11,8 +11,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from bgmask.group_results import is_group_protocol, load_group_run
 from bgmask.report import write_group_outputs, write_outputs
-from bgmask.results import is_group_protocol, load_group_run, load_runs
+from bgmask.results import load_runs
 
 
 def main(argv=None) -> int:

@@ -26,12 +26,17 @@ def main(argv=None) -> int:
                         "species on every habitat equally often, independent of species (--bias unused)")
     p.add_argument("--train_fraction", type=float, default=defaults.train_fraction,
                    help="fraction of each class's images in the train split")
+    p.add_argument("--waterbirds_extra_val", type=int, default=24,
+                   help="extra Waterbirds validation images per class (split 1, every habitat alike; Waterbirds "
+                        "folder only): 24 gives every (y, habitat) validation group of the default benchmark >= 30 "
+                        "images, so the group protocol's model selection can rank epochs")
     p.add_argument("--overwrite", action="store_true", help="replace an existing CUB_200_2011/ in --out")
     p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     args = p.parse_args(argv)
     config = SyntheticConfig(num_classes=args.num_classes, images_per_class=args.images_per_class,
                              image_size=args.image_size, habitats=args.habitats, bias=args.bias, seed=args.seed,
-                             backgrounds=args.backgrounds, train_fraction=args.train_fraction)
+                             backgrounds=args.backgrounds, train_fraction=args.train_fraction,
+                             waterbirds_extra_val=args.waterbirds_extra_val)
     try:
         summary = generate(args.out, config, progress=not args.no_progress, overwrite=args.overwrite)
     except (ValueError, FileExistsError) as e:

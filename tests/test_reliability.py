@@ -35,7 +35,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_cub_root, tmp
             loss = torch.nn.functional.cross_entropy(logits, targets)
             return loss * float("nan") if calls["n"] > 3 else loss  # 12 images / batch 4 = 3 steps per epoch
 
-    monkeypatch.setattr(fit, "build_criterion", lambda args, mixup: NaNAfterOneEpoch())
+    monkeypatch.setattr(fit, "build_criterion", lambda *args: NaNAfterOneEpoch())
     run = tmp_path / "nan"
     with pytest.raises(SystemExit, match=r"training loss is nan .*last.pt holds the last completed epoch"):
         early_main(train_argv(tiny_cub_root, run, "--epochs", "3"))
@@ -82,8 +82,8 @@ def test_failing_worker_does_not_hang_the_others(tiny_cub_root, tmp_path):
         import bgmask.fit as fit
         sys.path.insert(0, {str(REPO)!r})
         real = fit.build_criterion
-        def faulty(args, mixup):
-            crit, calls = real(args, mixup), [0]
+        def faulty(*args):
+            crit, calls = real(*args), [0]
             def loss(logits, targets):
                 calls[0] += 1
                 if os.environ["RANK"] == "1" and calls[0] == 2:

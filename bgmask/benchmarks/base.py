@@ -53,6 +53,9 @@ class BenchmarkData:
     validation_selection: bool = False
     val: Dataset | None = None
     train_tail: DeviceTail | None = None  # finishes the training images on the device (--device_tail)
+    train_groups: Groups | None = None  # the group of every training item (--reweight_groups, GroupDRO)
+    # The training split with the evaluation transform (no augmentation): DFR fits its feature scaler on it.
+    train_plain: Dataset | None = None
 
     def sets_to_score(self, final: bool, eval_mode: str, all_each_time: bool) -> dict[str, EvalSet]:
         """What an evaluation scores: every set at the end; before it, the selection set only (the validation part
@@ -68,6 +71,10 @@ class Benchmark:
     label: ClassVar[str] = ""
     summary: ClassVar[str] = ""  # one line for --help
     selection: ClassVar[str]  # the evaluation set that selects the best epoch (with --eval_mode test)
+    # How a new linear head starts under --head_init auto: the paper's CUB-200 protocol keeps upstream's kaiming init
+    # (std sqrt(2 / K): 0.1 for 200 classes); the group benchmarks have 2 classes (std 1.0), so they start their heads
+    # as group_DRO, DFR and SubpopBench do (timm's trunc_normal_(0.02)).
+    default_head_init: ClassVar[str] = "timm"
 
     def resolve(self, cfg: TrainConfig, needs: DataNeeds) -> TrainConfig:
         """Fill in settings whose default depends on what the strategy needs (e.g. the masked image folders)."""

@@ -159,7 +159,9 @@ class CSVBenchmark(Benchmark):
         return BenchmarkData(train=table.dataset("train", train_tf, needs), eval_sets=sets,
                              num_classes=table.num_classes, image_size=image_size, selection=selection,
                              selection_metric=metric, validation_selection=selection == "val",
-                             train_tail=train_tf.device_tail)
+                             train_tail=train_tf.device_tail,
+                             train_groups=table.groups("train", sizes) if table.attributes is not None else None,
+                             train_plain=table.dataset("train", eval_tf, needs))
 
     def diagnostics_images(self, cfg: TrainConfig):
         table = self.table(cfg)

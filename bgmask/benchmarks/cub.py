@@ -63,6 +63,7 @@ class CUBWithWaterbirds(Benchmark):
     label = "CUB-200-2011 + Waterbirds"
     summary = "train on CUB, test on CUB and on Waterbirds (per place and (y, place) group)"
     selection = "cub_test"
+    default_head_init = "upstream"  # the paper's protocol: upstream's kaiming init (docs/fidelity.md)
 
     def resolve(self, cfg: TrainConfig, needs: DataNeeds) -> TrainConfig:
         """Masked images: image folders left at their defaults switch to the masked folders of generate_masks.py."""

@@ -136,7 +136,8 @@ class Waterbirds(Benchmark):
         return BenchmarkData(train=layout.dataset("train", train_tf, masks), eval_sets=sets, num_classes=2,
                              image_size=image_size, selection=self.selection,
                              selection_metric=selection_metric(cfg, grouped=True), validation_selection=True,
-                             train_tail=train_tf.device_tail)
+                             train_tail=train_tf.device_tail, train_groups=layout.groups("train", sizes),
+                             train_plain=layout.dataset("train", eval_tf, masks))
 
     def diagnostics_images(self, cfg: TrainConfig):
         """The test split's original Waterbirds images with CUB's soft segmentations (each bird's mask: Waterbirds

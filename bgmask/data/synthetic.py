@@ -90,6 +90,12 @@ class SyntheticConfig:
     backgrounds: str = "home"  # "home": home habitat with probability ``bias``; "balanced": independent of species
     train_fraction: float = 0.5  # of each class's images in the train split (rounded down)
     waterbirds_train_bias: float = 0.95  # Waterbirds train split: birds on a habitat of their own type (the release)
+    # Extra Waterbirds validation images per class (split 1), in the Waterbirds folder only (not in images.txt), each
+    # habitat equally often, as the release's validation split puts each class on both place types alike. The CUB
+    # splits and the Waterbirds train and test splits are untouched by them. make_synthetic_cub.py's default (24)
+    # gives every (y, habitat) validation group of the default benchmark >= 30 images, enough to rank epochs (the
+    # release's smallest validation group: 133 images).
+    waterbirds_extra_val: int = 0
 
     @property
     def train_per_class(self) -> int:
@@ -372,6 +378,31 @@ def own_type_place(y: int, place: int, rng: np.random.Generator, config: Synthet
     return place if place != WATER_HABITAT else int(rng.choice(land))
 
 
+def _write_extra_validation(root: Path, config: SyntheticConfig, species: list[Species], last_id: int) -> list[list]:
+    """The extra Waterbirds validation images (``waterbirds_extra_val`` per class): drawn from their own random
+    streams (keys that no CUB image uses), with ids after the last CUB image, written to the Waterbirds folder with
+    their soft masks in ``segmentations/``; their metadata rows."""
+    wb_root, rows, image_id = root / WATERBIRDS_SUB_PATH, [], last_id
+    for c, sp in enumerate(species):
+        class_dir = f"{c + 1:03d}.{sp.name}"
+        y = int(sp.home_habitat == WATER_HABITAT)
+        for j in range(config.waterbirds_extra_val):
+            image_id += 1
+            rng = np.random.default_rng([config.seed, 7919, c, j])
+            h, w = config.image_size, (config.image_size if rng.random() < 0.5 else round(config.image_size * 1.25))
+            bird = render_bird(sp, rng, h, w)
+            place = (c + j) % config.habitats  # every habitat equally often per class
+            background = render_habitat(place, np.random.default_rng([config.seed, 7919, c, j, 2]), h, w)
+            image = bird.colour + background * (1.0 - bird.alpha[..., None])
+            stem = f"{sp.name}_{config.images_per_class + j + 1:04d}_{image_id}"
+            rel = f"{class_dir}/{stem}.jpg"
+            (wb_root / rel).write_bytes(_encode_jpeg(image))
+            mask = np.clip(bird.alpha * 255.0 + 0.5, 0, 255).astype(np.uint8)
+            (root / GT_MASK_SUB_PATH / class_dir / f"{stem}.png").write_bytes(_encode_png(mask))
+            rows.append([image_id, rel, y, 1, place, f"/synthetic/{HABITAT_NAMES[place]}/{image_id:08d}.jpg"])
+    return rows
+
+
 def composite(foreground: np.ndarray, alpha: np.ndarray, background: np.ndarray) -> np.ndarray:
     """``foreground * alpha + background * (1 - alpha)`` for straight (non-premultiplied) colours."""
     a = alpha[..., None]
@@ -542,6 +573,7 @@ def _write_tree(root: Path, config: SyntheticConfig, species: list[Species], pro
     write_lines(root / "parts" / "part_locs.txt", part_lines)
     write_lines(root / "habitats.txt",  # synthetic-only extra: the ground truth behind the bias
                 [f"{c + 1} {HABITAT_NAMES[sp.home_habitat]}" for c, sp in enumerate(species)])
+    wb_rows += _write_extra_validation(root, config, species, image_id)
     with open(wb_root / "metadata.csv", "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["img_id", "img_filename", "y", "split", "place", "place_filename"])

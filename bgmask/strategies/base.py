@@ -27,6 +27,7 @@ from bgmask.registry import Registry
 
 if TYPE_CHECKING:
     from bgmask.config import TrainConfig
+    from bgmask.data.groups import Groups
 
 
 class ModelInput(enum.Enum):
@@ -59,6 +60,12 @@ class Strategy:
     def wrap_model(self, cfg: TrainConfig, classifier: nn.Module) -> nn.Module:
         return classifier
 
+    def training_loss(self, cfg: TrainConfig, loss: nn.Module, train_groups: Groups | None) -> nn.Module:
+        """The training objective, called ``loss(logits, targets)``, or ``loss(logits, targets, groups)`` when this
+        returns a module with ``needs_groups = True`` (the batches then carry each image's training group). Default:
+        the loss every strategy shares (:mod:`bgmask.losses`)."""
+        return loss
+
     def mask_grid(self, cfg: TrainConfig) -> MaskGrid:
         """How masks reach a feature grid, for the late probe heads of a ``--probe_heads`` run (nearest-exact)."""
         return NEAREST
@@ -67,9 +74,10 @@ class Strategy:
         """Extra keys for results.json (e.g. where the masks came from)."""
         return {}
 
-    def refit_last_layer(self, cfg: TrainConfig, features, labels, groups, num_classes: int):
+    def refit_last_layer(self, cfg: TrainConfig, features, labels, groups, num_classes: int, train_features=None):
         """With ``refits_last_layer``: the new last layer ``(weight num_classes x d, bias, report)`` from the
-        selection set's embeddings, labels and group ids (numpy arrays); see :mod:`bgmask.refit`."""
+        selection set's embeddings, labels and group ids (numpy arrays), and the training split's embeddings
+        without augmentation where the benchmark has them; see :mod:`bgmask.refit`."""
         raise NotImplementedError
 
 

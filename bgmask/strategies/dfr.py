@@ -5,11 +5,15 @@ The backbone is not trained: a model whose last layer learned the background —
 its features, and only the last layer is fitted again, on the benchmark's validation split where the groups are
 balanced, as the DFR paper does it (its ``dfr_evaluate_spurious.py``):
 
-* embeddings (the head's input) of the validation images, without augmentation, standardised;
-* an L1-regularised logistic regression (scikit-learn, liblinear); its strength ``C`` is chosen on the first half
-  of the validation split by the worst-group accuracy on the second half;
+* the base model is a trained baseline's *final* weights (``last.pt``), as the DFR code loads the ERM run's final
+  checkpoint; a frozen probe's features are the pretrained ones, so DFR on it is a probe refitted, not DFR;
+* embeddings (the head's input) of the validation images, without augmentation;
+* an L1-regularised logistic regression (scikit-learn, liblinear); its strength ``C`` is chosen on one half of the
+  validation split (one group-balanced subset shared by every ``C``, standardised on its own statistics) by the
+  worst-group accuracy on the other half; a grid on which every ``C`` scores the same is flagged;
 * the final layer is the average of ``--dfr_retrains`` fits with that ``C``, each on a group-balanced subset of the
-  whole validation split (every group cut to the smallest one's size).
+  whole validation split (every group cut to the smallest one's size), standardised with the statistics of the
+  training split's embeddings (no augmentation), as the reference does.
 
 The fitted layer replaces the model's head (the standardisation folded into it), and the run is evaluated as any
 other: the same sets, groups and results.json.
@@ -32,9 +36,10 @@ from bgmask.strategies.base import ModelInput, Strategy, register
 @dataclass
 class DFROptions:
     section: ClassVar[str] = "DFR (deep feature reweighting)"
-    dfr_from: str | None = option(None, "run folder of a trained baseline (its best.pt, else last.pt) whose features "
-                                        "are reweighted; default: the weights --pretrained_path / --start_weights "
-                                        "load")
+    dfr_from: str | None = option(None, "run folder of a trained baseline whose features are reweighted: its final "
+                                        "weights (last.pt, as the DFR code takes the ERM run's final checkpoint; "
+                                        "best.pt when there is no last.pt); default: the weights --pretrained_path / "
+                                        "--start_weights load")
     dfr_c_grid: str = option("1.0,0.7,0.3,0.1,0.07,0.03,0.01", "inverse L1 strengths tried (the DFR paper's grid)")
     dfr_tune_retrains: int = option(1, "balanced subsets per C while tuning (the DFR paper: 1)")
     dfr_retrains: int = option(20, "balanced subsets whose fits are averaged into the final layer (the DFR paper: "
@@ -70,10 +75,11 @@ class DeepFeatureReweighting(Strategy):
             raise ConfigError(f"--dfr_c_grid takes positive numbers separated by commas, got {opts.dfr_c_grid!r}.")
 
     def refit_last_layer(self, cfg: TrainConfig, features: np.ndarray, labels: np.ndarray, groups: np.ndarray,
-                         num_classes: int) -> tuple[np.ndarray, np.ndarray, dict]:
+                         num_classes: int, train_features: np.ndarray | None = None
+                         ) -> tuple[np.ndarray, np.ndarray, dict]:
         opts: DFROptions = cfg.strategy_options
         return reweight(features, labels, groups, num_classes, c_grid(opts.dfr_c_grid), opts.dfr_tune_retrains,
-                        opts.dfr_retrains, cfg.run.seed)
+                        opts.dfr_retrains, cfg.run.seed, train_features)
 
     def results_info(self, cfg: TrainConfig) -> dict:
         opts: DFROptions = cfg.strategy_options
@@ -123,25 +129,43 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, c: float, num_classes: int, seed:
     return weight, bias
 
 
+def standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's ``StandardScaler`` statistics (mean, population std; a constant feature keeps std 1)."""
+    mean, std = x.mean(0), x.std(0)
+    return mean, np.where(std > 0, std, 1.0)
+
+
 def reweight(features: np.ndarray, labels: np.ndarray, groups: np.ndarray, num_classes: int, grid: list[float],
-             tune_retrains: int, retrains: int, seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
+             tune_retrains: int, retrains: int, seed: int,
+             train_features: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """The DFR last layer on (unstandardised) validation features: ``(weight, bias, report)``, weight
-    ``num_classes x d`` acting on the raw features (the standardisation is folded in)."""
-    mean, std = features.mean(0), features.std(0) + 1e-8
-    x = (features - mean) / std
+    ``num_classes x d`` acting on the raw features (the standardisation is folded in).
+
+    As ``dfr_evaluate_spurious.py``: the validation split is halved at random; per tuning round one group-balanced
+    subset of the first half (shared by every ``C``) is standardised on its own statistics and fitted, and each ``C``
+    is scored by the worst group of the other half. The final layer is the mean of ``retrains`` fits on balanced
+    subsets of the whole split, standardised with the statistics of the training split's embeddings
+    (``train_features``; without them, the validation split's). A grid on which every ``C`` scores the same cannot
+    choose: the report says so (``degenerate_c_grid``) and the first ``C`` of the grid is kept.
+    """
     rng = np.random.default_rng(seed)
-    half = len(x) // 2
-    order = rng.permutation(len(x))
+    order = rng.permutation(len(features))
+    half = len(features) // 2
     tune, held = order[:half], order[half:]
-    scores = {}
-    for c in grid:
-        accs = []
-        for _ in range(tune_retrains):
-            sub = tune[balanced_subset(groups[tune], rng)]
-            w, b = fit_logistic(x[sub], labels[sub], c, num_classes, seed)
-            accs.append(worst_group_accuracy((x[held] @ w.T + b).argmax(1), labels[held], groups[held]))
-        scores[c] = float(np.mean(accs))
+    totals = {c: 0.0 for c in grid}
+    for _ in range(tune_retrains):
+        sub = tune[balanced_subset(groups[tune], rng)]
+        mean, std = standardise(features[sub])
+        x_sub, x_held = (features[sub] - mean) / std, (features[held] - mean) / std
+        for c in grid:
+            w, b = fit_logistic(x_sub, labels[sub], c, num_classes, seed)
+            totals[c] += worst_group_accuracy((x_held @ w.T + b).argmax(1), labels[held], groups[held])
+    scores = {c: totals[c] / tune_retrains for c in grid}
     best_c = max(grid, key=lambda c: (scores[c], -grid.index(c)))  # ties: the first in the grid
+    degenerate = len(set(scores.values())) == 1
+    scaler_source = "training split" if train_features is not None and len(train_features) else "validation split"
+    mean, std = standardise(train_features if scaler_source == "training split" else features)
+    x = (features - mean) / std
     weights, biases = [], []
     for _ in range(retrains):
         sub = balanced_subset(groups, rng)
@@ -150,5 +174,7 @@ def reweight(features: np.ndarray, labels: np.ndarray, groups: np.ndarray, num_c
         biases.append(b)
     w, b = np.mean(weights, 0), np.mean(biases, 0)
     report = {"c": best_c, "tuning_worst_group": {str(c): 100.0 * s for c, s in scores.items()},
+              "degenerate_c_grid": degenerate, "scaler_fitted_on": scaler_source,
+              "nonzero_weights": int((np.abs(w) > 0).any(0).sum()), "features": int(w.shape[1]),
               "balanced_subset_size": int(len(balanced_subset(groups, rng))), "validation_images": int(len(x))}
     return w / std, b - (w / std) @ mean, report

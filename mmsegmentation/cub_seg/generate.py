@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bgmask.data.cub import CUBIndex, DatasetError, load_rgb, mask_path_for
+from bgmask.data.cub import CUBIndex, DatasetError, WaterbirdsMetadata, load_rgb, mask_path_for
 from bgmask.data.masks import (
     MASK_FOLDERS,
     PROVENANCE_FILE,
@@ -55,12 +55,13 @@ def plan_folders(cub_root: Path, rank: int = 0, world_size: int = 1, overwrite: 
             if image_dir == "images":
                 raise DatasetError(f"{cub_root / 'images'} does not exist; is {cub_root} a CUB_200_2011 folder?")
             continue
-        missing = [p for p in index.paths if not (cub_root / image_dir / p).is_file()]
+        paths = folder_paths(cub_root, image_dir, index)
+        missing = [p for p in paths if not (cub_root / image_dir / p).is_file()]
         if missing:
-            raise DatasetError(f"{len(missing)} images listed in images.txt are missing under "
-                               f"{cub_root / image_dir}: {listing(missing)}. Re-extract the dataset.")
+            raise DatasetError(f"{len(missing)} images listed in images.txt (or the folder's metadata.csv) are "
+                               f"missing under {cub_root / image_dir}: {listing(missing)}. Re-extract the dataset.")
         plan = FolderPlan(image_dir, mask_dir, masked_dir)
-        for rel in index.paths[rank::world_size]:
+        for rel in paths[rank::world_size]:
             finished = (cub_root / mask_dir / mask_path_for(rel)).is_file() and (cub_root / masked_dir / rel).is_file()
             if finished and not overwrite:
                 plan.done += 1
@@ -70,6 +71,17 @@ def plan_folders(cub_root: Path, rank: int = 0, world_size: int = 1, overwrite: 
     return plans
 
 
+def folder_paths(cub_root: Path, image_dir: str, index: CUBIndex) -> list[str]:
+    """The images of a folder: images.txt's, and for a Waterbirds folder also those only its metadata.csv lists (the
+    release lists the same images; the synthetic twin adds validation images there)."""
+    paths = list(index.paths)
+    metadata = cub_root / image_dir / "metadata.csv"
+    if image_dir != "images" and metadata.is_file():
+        known = set(paths)
+        paths += sorted(p for p in WaterbirdsMetadata.load(metadata).split if p not in known)
+    return paths
+
+
 def remove_stale_temporary_files(cub_root: Path, plans: list[FolderPlan], rank: int = 0, world_size: int = 1) -> int:
     """Delete what a killed earlier run left half-written for this process's images (``atomic_write``'s
     ``.<name>.<random>.tmp`` files); the count removed.
@@ -77,11 +89,10 @@ def remove_stale_temporary_files(cub_root: Path, plans: list[FolderPlan], rank: 
     Only this shard's names: another shard running now never writes them, so its files in progress stay.
     """
     index = CUBIndex.load(cub_root)
-    mine = index.paths[rank::world_size]
     removed = 0
     for plan in plans:
         targets: dict[Path, set[str]] = {}
-        for rel in mine:
+        for rel in folder_paths(cub_root, plan.image_dir, index)[rank::world_size]:
             for path in (cub_root / plan.mask_dir / mask_path_for(rel), cub_root / plan.masked_dir / rel):
                 targets.setdefault(path.parent, set()).add(path.name)
         for folder, names in targets.items():
