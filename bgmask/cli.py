@@ -142,7 +142,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, strategies.
                           f"strategy; drop them or pick that strategy with --masking.")
     values = {k: v for k, v in values.items() if k not in other_defaults}
     cfg = TrainConfig.from_flat({**values, "masking": name}, strategy.Options)
-    return benchmarks.get(cfg.data.dataset)().resolve(cfg, strategy.needs(cfg)), strategy
+    benchmark = benchmarks.get(cfg.data.dataset)()
+    return benchmarks.resolve_head_init(benchmark.resolve(cfg, strategy.needs(cfg)), benchmark), strategy
 
 
 def parse_config(strategy_names: Sequence[str], argv=None, description: str | None = None):

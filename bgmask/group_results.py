@@ -186,7 +186,7 @@ def reference_rows(key: tuple, run: GroupRunResult, split: str) -> list[list[str
     label = majority_class(sizes) if sizes else classes[0]
     const = constant_predictor(metrics, label, sizes)
     rand = chance(len(classes))
-    blank = ["–", "–", "–", "reference", "–"]
+    blank = ["–", "–", "–", "reference"]  # last epoch, selection, epoch; the collapsed column names the row
     return [[*key, f"constant (always class {label})", "–", *(_fmt(const[f]) for f in GROUP_FIGURES), *blank],
             [*key, f"chance (1/{len(classes)})", "–", *(_fmt(rand[f]) for f in GROUP_FIGURES), *blank]]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import textwrap
 from pathlib import Path
 
 from bgmask.diagnostics import VIEWS, gallery_path
@@ -16,6 +17,7 @@ from bgmask.group_results import (
     group_class,
     group_markdown,
     group_table,
+    reference_rows,
 )
 from bgmask.results import (
     Accuracy,
@@ -90,7 +92,7 @@ def plot_group_protocol(runs: list[GroupRunResult], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     keys = sorted({r.row_key for r in runs})
-    fig, axes = panel_grid(plt, len(keys), 6.5, 3.8, per_row=2)
+    fig, axes = panel_grid(plt, len(keys), 8.0, 4.2, per_row=2)
     colors = {"worst_group": "#d65f5f", "adjusted_average": "#4878d0", "average": "#6acc64"}
     order = [header_row[4] for header_row in group_table(runs)[1]]
     for ax, key in zip(axes, keys):
@@ -115,20 +117,31 @@ def plot_group_protocol(runs: list[GroupRunResult], path: Path) -> None:
                        hatch="//" if collapsed else None, edgecolor="black" if collapsed else None,
                        label=figure.replace("_", " ") if i == 0 else None)
                 ax.text(x, mean + 1.5, f"{mean:.0f}", ha="center", fontsize=6)
+                if collapsed and k == 0:
+                    ax.text(i, 98, f"{collapsed}/{len(cell)} collapsed", ha="center", fontsize=6)
         num_classes = len({group_class(g) for r in block for g in r.sets.get("test", {}).get("groups", {})}) or 2
         ax.axhline(chance(num_classes)["worst_group"], color="grey", ls="--", lw=0.8, label="chance")
-        ax.set_xticks(range(len(labels)), [lab.replace(" + ", "\n+ ") for lab in labels], fontsize=7)
+        reference = constant_reference(block)
+        if reference is not None:
+            ax.axhline(reference, color="#4878d0", ls=":", lw=1.0, label="constant predictor, adjusted average")
+        ax.set_xticks(range(len(labels)), [textwrap.fill(lab, 16) for lab in labels], fontsize=7)
         ax.set_ylim(0, 105)
         ax.set_ylabel("test top-1 (%)")
         seeds = max(sum(r.label == lab for r in block) for lab in labels)
         dataset, arch, head, regime = key
         ax.set_title(f"{dataset}: {arch}{'' if head == '-' else f' ({head})'}, {regime}"
-                     f"{f', mean of {seeds} seeds (bars: min-max)' if seeds > 1 else ''}; hatched: collapsed",
-                     fontsize=8)
+                     f"{f', mean of {seeds} seeds (bars: min-max)' if seeds > 1 else ''}; hatched: a run collapsed "
+                     f"onto one class", fontsize=8)
     axes[0].legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def constant_reference(block: list[GroupRunResult]) -> float | None:
+    """The adjusted average of the constant majority-class predictor on the block's test split (its table row)."""
+    row = reference_rows(block[0].row_key, block[0], "test")
+    return float(row[0][7]) if row else None
 
 
 def plot_diagnostics(runs: list[RunResult], path: Path) -> None:

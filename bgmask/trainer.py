@@ -10,11 +10,10 @@ The phases live in their own modules: :mod:`bgmask.session` (processes, device, 
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
 from bgmask import benchmarks, distributed
+from bgmask.benchmarks import resolve_head_init
 from bgmask.checkpoint import CheckpointManager
 from bgmask.config import TrainConfig
 from bgmask.diagnose import add_diagnostics, safe_diagnostics
@@ -58,14 +57,6 @@ def run(cfg: TrainConfig, strategy: Strategy) -> dict | None:
     write_results(session, results)
     distributed.cleanup()
     return results if session.info.is_main else None
-
-
-def resolve_head_init(cfg: TrainConfig, benchmark) -> TrainConfig:
-    """``--head_init auto``: the benchmark's default (the paper's CUB protocol: upstream's; the group benchmarks:
-    timm's). The resolved name is what args.yaml and results.json record."""
-    if cfg.model.head_init != "auto":
-        return cfg
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, head_init=benchmark.default_head_init))
 
 
 def write_results(session: Session, results: dict) -> None:

@@ -63,7 +63,8 @@ EXPECTED = {
 
 
 def assert_expected(metrics: dict) -> None:
-    assert metrics.keys() == EXPECTED.keys()
+    # "loss" (the mean validation cross-entropy, a tie-break of model selection) depends on the stub's logits
+    assert metrics.keys() == EXPECTED.keys() | {"loss"} and metrics["loss"] >= 0
     assert (metrics["correct"], metrics["num_images"]) == (14, 20)
     assert metrics["top1"] == pytest.approx(EXPECTED["top1"], abs=1e-12)
     assert metrics["per_place"] == pytest.approx(EXPECTED["per_place"], abs=1e-12)

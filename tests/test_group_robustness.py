@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from bgmask import benchmarks, cli
+from bgmask.benchmarks import resolve_head_init
 from bgmask.config import TrainConfig
 from bgmask.data.sampling import WeightedResumableSampler, balancing_weights
 from bgmask.data.synthetic import SyntheticConfig, generate
@@ -21,7 +22,6 @@ from bgmask.losses import GroupDROLoss, TrainingLoss, balanced_class_weights
 from bgmask.models import ModelSpec, create_classifier
 from bgmask.selection import ZERO_WORST_GROUP_NOTE, is_better, selection_key, selection_note
 from bgmask.strategies import dfr
-from bgmask.trainer import resolve_head_init
 from tests.test_classifier import train_argv
 
 STRATEGIES = ["none", "early", "late", "dfr", "groupdro"]
@@ -268,6 +268,7 @@ def test_constant_predictor_and_collapsed_marking():
     header, table = group_table(runs)
     col = header.index("collapsed")
     assert [row[4] for row in table[:2]] == ["constant (always class 0)", "chance (1/2)"]
+    assert all(len(row) == len(header) for row in table)
     assert table[2][col] == "collapsed (class 0)" and table[3][col] == "–"
     assert table[4][5] == "mean of 2" and table[4][col] == "1/2 collapsed"
 

@@ -117,6 +117,7 @@ def test_paper_runs_resolve_to_the_golden_settings():
     regime (checked here, then left out of the comparison)."""
     golden = json.loads(GOLDEN.read_text())
     defaults = TrainConfig().flat() | {f.name: f.default for f in dataclasses.fields(LateOptions)}
+    defaults["head_init"] = "upstream"  # --head_init auto, resolved by the paper's cub benchmark
     expected = sorted(canonical(g.pop("entry_point"), {k: v for k, v in g.items() if k not in PAPER_SCALE})
                       for g in golden.values())
     found = []

@@ -18,7 +18,8 @@ from tests.toy_strategy import NoiseBackground, NoiseBackgroundModel
 
 def test_every_module_of_the_package_is_a_registered_strategy():
     modules = {m.name for m in pkgutil.iter_modules(bgmask.strategies.__path__)} - {"base"}
-    assert {strategies.get(n).__module__.rsplit(".", 1)[1] for n in ("none", "early", "late", "dfr")} == modules
+    builtin = ("none", "early", "late", "dfr", "groupdro")
+    assert {strategies.get(n).__module__.rsplit(".", 1)[1] for n in builtin} == modules
     with pytest.raises(ConfigError, match="unknown masking strategy 'nope'"):
         strategies.get("nope")
 

@@ -13,6 +13,7 @@ and, optionally, the images and bird masks the background diagnostics are built 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
@@ -104,6 +105,15 @@ class Benchmark:
     def results_info(self, cfg: TrainConfig, needs: DataNeeds) -> dict:
         """Extra keys for results.json (e.g. which folders were read)."""
         return {}
+
+
+def resolve_head_init(cfg: TrainConfig, benchmark: Benchmark) -> TrainConfig:
+    """``--head_init auto``: the benchmark's default (the paper's CUB protocol: upstream's; the group benchmarks:
+    timm's). The resolved name is what args.yaml and results.json record; the command line and ``run`` both
+    resolve it, so a config built either way reaches the model with a concrete init."""
+    if cfg.model.head_init != "auto":
+        return cfg
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, head_init=benchmark.default_head_init))
 
 
 def split_train_val(dataset, labels: np.ndarray, fraction: float, seed: int):
