@@ -9,6 +9,7 @@ from bgmask import diagnostics, heads
 from bgmask.benchmarks import Benchmark, BenchmarkData
 from bgmask.checkpoint import atomic_torch_save
 from bgmask.config import TrainConfig
+from bgmask.distributed import PeerFailure, agree
 from bgmask.engine import evaluate
 from bgmask.heads import LATE
 from bgmask.run_model import RunModel
@@ -63,7 +64,8 @@ def run_diagnostics(session: Session, model: RunModel, strategy: Strategy, bench
         skipped = {"skipped": "--diagnostics none"}
     elif strategy.diagnostics_input is None:
         skipped = {"skipped": f"the {strategy.name!r} strategy declares no diagnostics input"}
-    base = benchmark.diagnostics_images(cfg) if skipped is None else None
+    # Every step from here on is agreed by all processes: one that fails alone would leave the others waiting.
+    base = agreed(lambda: benchmark.diagnostics_images(cfg), info.device) if skipped is None else None
     if isinstance(base, str):
         skipped = {"skipped": base}
     if skipped is not None:
@@ -75,29 +77,62 @@ def run_diagnostics(session: Session, model: RunModel, strategy: Strategy, bench
     views_input = next(k for k in (ModelInput.IMAGE_AND_MASK, ModelInput.MASKED_IMAGE, ModelInput.IMAGE)
                        if k in kinds or k is ModelInput.IMAGE)
     seed, eval_tf = cfg.run.seed, data.eval_sets[data.selection].dataset.transform
+    stages = [*diagnostics.VIEWS, *(f"attribution {head}" for head in per_head)]
+    done: list[str] = []
+    try:
+        out = scored_views(session, model, base, views_input, eval_tf, seed, names, done)
+        ds = agreed(lambda: diagnostics.DiagnosticViews(base, "original", views_input, eval_tf, seed, with_mask=True),
+                    info.device)
+        for k, (head, kind) in enumerate(per_head.items()):
+            head_model = model.module.single_head_model(head) if model.probes else model.module
+            keep = GALLERY_IMAGES if info.is_main and k == 0 else 0
+            share, counted, gallery = diagnostics.fg_attribution(
+                head_model, session.eval_loader(ds, attribution_batch_size(cfg)), info.device, kind, gallery=keep,
+                progress=info.is_main, autocast=session.amp.autocast, agree_first=True)
+            done.append(f"attribution {head}")
+            result = out[head]
+            result["bg_gap"] = result["mixed_same"]["top1"] - result["mixed_rand"]["top1"]
+            result.update(fg_attribution=share, fg_attribution_images=counted,
+                          attribution=diagnostics.attribution_method(head_model),
+                          model=f"{strategy.name}, probe head {head}" if model.probes else strategy.name)
+            if keep:
+                gallery["paths"] = [ds.base.paths[i] for i in gallery["index"]]
+                atomic_torch_save(gallery, diagnostics.gallery_path(session.snapshot_dir))
+    except PeerFailure as e:
+        # Every process gets here at the same stage: the run goes on to write results.json, none waits.
+        failure = {"failed": str(e)[:500], "completed": list(done), "skipped": [s for s in stages if s not in done]}
+        warnings.warn(f"background diagnostics stopped at {failure['skipped'][0]!r} on every process ({e}); "
+                      f"results.json names the skipped views.", stacklevel=2)
+        return {head: dict(failure) for head in names} if model.probes else failure
+    return out if model.probes else out[names[0]]
+
+
+def scored_views(session: Session, model: RunModel, base, views_input, eval_tf, seed: int, names: list[str],
+                 done: list[str]) -> dict:
+    """Top-1 of every head on every view; each view a stage the processes agree on (``done`` grows per view)."""
     out = {head: {} for head in names}
     for view in diagnostics.VIEWS:
-        ds = diagnostics.DiagnosticViews(base, view, views_input, eval_tf, seed)
-        metrics = evaluate(model.module, session.eval_loader(ds), info.device, session.amp, progress=info.is_main,
-                           desc=f"diagnostics {view}")
+        ds = agreed(lambda v=view: diagnostics.DiagnosticViews(base, v, views_input, eval_tf, seed),
+                    session.info.device)
+        metrics = evaluate(model.module, session.eval_loader(ds), session.info.device, session.amp,
+                           progress=session.info.is_main, desc=f"diagnostics {view}", agree_first=True)
         for head, m in metrics.items():
             out[head][view] = {"top1": m["top1"], "correct": m["correct"], "num_images": m["num_images"]}
-    ds = diagnostics.DiagnosticViews(base, "original", views_input, eval_tf, seed, with_mask=True)
-    for k, (head, kind) in enumerate(per_head.items()):
-        head_model = model.module.single_head_model(head) if model.probes else model.module
-        keep = GALLERY_IMAGES if info.is_main and k == 0 else 0
-        share, counted, gallery = diagnostics.fg_attribution(
-            head_model, session.eval_loader(ds, attribution_batch_size(cfg)), info.device, kind, gallery=keep,
-            progress=info.is_main, autocast=session.amp.autocast)
-        result = out[head]
-        result["bg_gap"] = result["mixed_same"]["top1"] - result["mixed_rand"]["top1"]
-        result.update(fg_attribution=share, fg_attribution_images=counted,
-                      attribution=diagnostics.attribution_method(head_model),
-                      model=f"{strategy.name}, probe head {head}" if model.probes else strategy.name)
-        if keep:
-            gallery["paths"] = [ds.base.paths[i] for i in gallery["index"]]
-            atomic_torch_save(gallery, diagnostics.gallery_path(session.snapshot_dir))
-    return out if model.probes else out[names[0]]
+        done.append(view)
+    return out
+
+
+def agreed(build, device):
+    """``build()`` on every process, then agree: a failure on any process raises PeerFailure on all."""
+    error, value = None, None
+    try:
+        value = build()
+    except PeerFailure:
+        raise
+    except Exception as e:  # noqa: BLE001 - re-raised on every process by agree
+        error = e
+    agree(error, device)
+    return value
 
 
 def attribution_batch_size(cfg: TrainConfig) -> int:

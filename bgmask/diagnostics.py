@@ -20,7 +20,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from bgmask.data.cub import load_mask, load_rgb
-from bgmask.distributed import all_reduce_sum
+from bgmask.distributed import agree, all_reduce_sum
 from bgmask.progress import progress_bar
 from bgmask.strategies.base import ModelInput
 
@@ -211,10 +211,12 @@ def attribution_in_chunks(model, images, masks, labels, model_input: ModelInput,
     except torch.OutOfMemoryError:
         if len(images) == 1:
             raise
-        torch.cuda.empty_cache()
-        half = len(images) // 2
-        return torch.cat([attribution_in_chunks(model, images[sl], masks[sl], labels[sl], model_input, autocast)
-                          for sl in (slice(0, half), slice(half, None))])
+    # The retry runs after the except block: inside it, the exception's traceback would keep the failed attempt's
+    # frames, and with them its activations, alive through the retry (pytorch#18853).
+    torch.cuda.empty_cache()
+    half = len(images) // 2
+    return torch.cat([attribution_in_chunks(model, images[sl], masks[sl], labels[sl], model_input, autocast)
+                      for sl in (slice(0, half), slice(half, None))])
 
 
 def _model_inputs(images, masks, model_input: ModelInput) -> list[torch.Tensor]:
@@ -231,24 +233,33 @@ def fg_share(maps: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, tor
 
 
 def fg_attribution(model, loader, device, model_input: ModelInput, gallery: int = 0, progress: bool = False,
-                   autocast=contextlib.nullcontext):
+                   autocast=contextlib.nullcontext, agree_first: bool = False):
     """Mean share of the attribution inside the bird over a loader of ``(image, mask, label, index)`` batches,
     exact across processes. Returns ``(mean share, images counted, gallery)`` with ``gallery`` the first
-    ``gallery`` maps this process saw (``{"index": [...], "maps": B,H,W float16}``)."""
+    ``gallery`` maps this process saw (``{"index": [...], "maps": B,H,W float16}``). With ``agree_first`` a failure
+    on any process raises :class:`~bgmask.distributed.PeerFailure` on every process before the sums are reduced."""
     was_training = model.training
     model.eval()
     sums = torch.zeros(2, dtype=torch.float64)
-    kept_index, kept_maps = [], []
-    for images, masks, labels, index in progress_bar(loader, desc="attribution", disable=not progress):
-        images, masks, labels = images.to(device), masks.to(device), labels.to(device)
-        maps = attribution_in_chunks(model, images, masks, labels, model_input, autocast)
-        shares, valid = fg_share(maps, masks)
-        sums += torch.stack([shares[valid].sum(), valid.sum()]).double().cpu()
-        if len(kept_index) < gallery:
-            take = gallery - len(kept_index)
-            kept_index += index[:take].tolist()
-            kept_maps.append(maps[:take].cpu().half())
-    model.train(was_training)
+    kept_index, kept_maps, error = [], [], None
+    try:
+        for images, masks, labels, index in progress_bar(loader, desc="attribution", disable=not progress):
+            images, masks, labels = images.to(device), masks.to(device), labels.to(device)
+            maps = attribution_in_chunks(model, images, masks, labels, model_input, autocast)
+            shares, valid = fg_share(maps, masks)
+            sums += torch.stack([shares[valid].sum(), valid.sum()]).double().cpu()
+            if len(kept_index) < gallery:
+                take = gallery - len(kept_index)
+                kept_index += index[:take].tolist()
+                kept_maps.append(maps[:take].cpu().half())
+    except Exception as e:  # noqa: BLE001 - re-raised below, on every process at once when agreeing
+        if not agree_first:
+            raise
+        error = e
+    finally:
+        model.train(was_training)
+    if agree_first:
+        agree(error, device)
     sums = all_reduce_sum(sums.to(device)).cpu()
     mean = float(sums[0] / sums[1]) if sums[1] > 0 else float("nan")
     maps = torch.cat(kept_maps) if kept_maps else torch.zeros(0)

@@ -82,6 +82,21 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+class PeerFailure(RuntimeError):
+    """A stage failed on at least one process; every process raises it at the same point (see :func:`agree`)."""
+
+
+def agree(error: BaseException | None, device: torch.device | str = "cpu") -> None:
+    """After a stage's local work and before its collectives: every process learns whether any process failed, and
+    all raise :class:`PeerFailure` together. Without it, a process that fails skips the stage's all-reduce while the
+    others wait in it until the process group's timeout (NCCL: 30 minutes)."""
+    flag = torch.tensor([0.0 if error is None else 1.0], device=device)
+    failed = int(all_reduce_sum(flag).item())
+    if failed:
+        reason = f": {type(error).__name__}: {error}" if error is not None else " (on another process)"
+        raise PeerFailure(f"{failed} process(es) failed{reason}") from error
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()

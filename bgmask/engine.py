@@ -21,7 +21,7 @@ from torch.utils.data import Dataset, Sampler
 
 from bgmask import heads
 from bgmask.data.groups import Groups, group_metrics
-from bgmask.distributed import all_reduce_sum
+from bgmask.distributed import agree, all_reduce_sum
 from bgmask.progress import progress_bar
 
 
@@ -165,19 +165,35 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device, amp: AmpSettings, groups: Groups | None = None,
-             progress: bool = True, desc: str = "eval") -> dict[str, dict]:
+             progress: bool = True, desc: str = "eval", agree_first: bool = False) -> dict[str, dict]:
     """Top-1 of every head over a loader of ``(*inputs, labels, index)`` batches, summed exactly across processes:
     ``{head: metrics}`` (:func:`bgmask.heads.outputs`; one entry for a single-head model).
 
     Each process must see a disjoint shard (:class:`ShardSampler`); correct/total counts are all-reduced, so every
     image counts once whatever the number of processes or batch size. With ``groups`` (a group id per dataset
     position) it also reports top-1 per group, the worst group and the group unions the benchmark names
-    (:func:`bgmask.data.groups.group_metrics`).
+    (:func:`bgmask.data.groups.group_metrics`). With ``agree_first`` a failure on any process raises
+    :class:`~bgmask.distributed.PeerFailure` on every process before the counts are reduced (optional stages).
     """
     model.eval()
     names = heads.names_of(model)
+    error, counts = None, None
+    try:
+        counts = _count(model, names, loader, device, amp, groups, progress, desc)
+    except Exception as e:  # noqa: BLE001 - re-raised below, on every process at once when agreeing
+        if not agree_first:
+            raise
+        error = e
+    if agree_first:
+        agree(error, device)
+    counts = all_reduce_sum(counts).cpu()
+    return {name: _metrics(row, groups) for name, row in zip(names, counts)}
+
+
+def _count(model, names, loader, device, amp: AmpSettings, groups: Groups | None, progress: bool,
+           desc: str) -> torch.Tensor:
+    """This process's counts per head: ``[correct, total, summed cross-entropy, group correct..., group n...]``."""
     num_groups = len(groups.names) if groups is not None else 0
-    # per head: [correct, total, summed cross-entropy, group correct..., group n...]
     # Counts stay on the device until the end: no host sync per batch.
     counts = torch.zeros(len(names), 3 + 2 * num_groups, dtype=torch.float64, device=device)
     group_t = torch.as_tensor(groups.ids).to(device) if groups is not None else None
@@ -191,11 +207,10 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: AmpSettings, g
             row[0] += hits.sum()
             row[1] += hits.numel()
             row[2] += nn.functional.cross_entropy(out[name].float(), labels, reduction="sum").double()
-            if group is not None:
-                row[3:3 + num_groups] += torch.bincount(group, weights=hits, minlength=num_groups)
-                row[3 + num_groups:] += torch.bincount(group, minlength=num_groups).to(torch.float64)
-    counts = all_reduce_sum(counts).cpu()
-    return {name: _metrics(row, groups) for name, row in zip(names, counts)}
+            if group is not None:  # index_add_, not bincount: bincount on CUDA reads its maximum back to the host
+                row[3:3 + num_groups].index_add_(0, group, hits)
+                row[3 + num_groups:].index_add_(0, group, torch.ones_like(hits))
+    return counts
 
 
 def _metrics(counts: torch.Tensor, groups: Groups | None) -> dict:

@@ -18,8 +18,9 @@ def evaluate_sets(session: Session, model: RunModel, sets: dict[str, EvalSet]) -
     head's metrics; a probe-heads run adds every head's under ``probes``: ``{head: {set: metrics}}``."""
     per_set = {}
     for name, eval_set in sets.items():
-        per_set[name] = evaluate(model.ddp, session.eval_loader(eval_set.dataset), session.info.device, session.amp,
-                                 groups=eval_set.groups, progress=session.info.is_main, desc=f"eval {name}")
+        per_set[name] = evaluate(model.for_eval, session.eval_loader(eval_set.dataset), session.info.device,
+                                 session.amp, groups=eval_set.groups, progress=session.info.is_main,
+                                 desc=f"eval {name}")
         for metrics in per_set[name].values():
             metrics.update(eval_set.notes)
     heads = list(next(iter(per_set.values()))) if per_set else []

@@ -52,7 +52,7 @@ def train(session: Session, data: BenchmarkData, model: RunModel, ckpt: Checkpoi
     """Train from scratch or from ``last.pt``; the final metrics, the epoch count and the best epoch."""
     cfg, info = session.cfg, session.info
     scaler = NativeScaler(info.device.type) if session.amp.dtype == torch.float16 else None
-    optimizer = build_optimizer(model.module, cfg.optim)
+    optimizer = build_optimizer(model.module, cfg.optim, fused=info.device.type == "cuda")
     if info.is_main:
         check_same_run(cfg.flat(), session.snapshot_dir)
     criterion = strategy.training_loss(cfg, build_criterion(cfg.optim.smoothing, cfg.aug.turn_on_mixup_or_cutmix,

@@ -53,15 +53,14 @@ def mask_to_feature_grid(mask: torch.Tensor, size: tuple[int, int], to_grid: Mas
 def mask_features(feats: torch.Tensor, masks: torch.Tensor, to_grid: MaskGrid = NEAREST) -> torch.Tensor:
     """Late masking: zero the background positions of a ``B,C,h,w`` feature map and block their gradient.
 
-    The mask reaches the feature grid by ``to_grid`` (default nearest-exact). The product is a new tensor (nothing is
-    modified in place), and a backward hook multiplies the incoming gradient by the same mask, so background
-    features receive exactly zero gradient.
+    The mask reaches the feature grid by ``to_grid`` (default nearest-exact) as {0, 1}. The product is a new tensor
+    (nothing is modified in place) whose gradient with respect to ``feats`` is the incoming gradient times the same
+    mask, so background features receive exactly zero gradient. Upstream also registers a backward hook that
+    multiplies by the mask once more; with a {0, 1} mask that changes no value (mask x mask = mask), and a hook breaks
+    the compiled graph on torch < 2.6, so there is none here (docs/fidelity.md).
     """
     grid = to_grid(masks, tuple(feats.shape[-2:])).to(feats.dtype)
-    masked = feats * grid
-    if masked.requires_grad:
-        masked.register_hook(lambda grad: grad * grid)
-    return masked
+    return feats * grid
 
 
 def grid_statistics(masks: torch.Tensor, size: tuple[int, int], to_grid: MaskGrid = NEAREST) -> dict[str, float]:

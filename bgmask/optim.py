@@ -12,15 +12,17 @@ from bgmask.errors import ConfigError
 from bgmask.models import param_groups
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig):
-    """timm's ``create_optimizer_v2`` on our parameter groups (backbone at lr, new layers at lr x scratch factor)."""
+def build_optimizer(model: nn.Module, cfg: OptimConfig, fused: bool = False):
+    """timm's ``create_optimizer_v2`` on our parameter groups (backbone at lr, new layers at lr x scratch factor);
+    ``fused``: torch's fused Adam/AdamW kernel (one launch per step instead of one per tensor; on CUDA)."""
     if cfg.optimizer_type not in OPTIMIZERS:
         raise ConfigError(f"--optimizer_type must be one of {OPTIMIZERS}, got {cfg.optimizer_type!r}")
     groups = param_groups(model, cfg.lr, cfg.weight_decay, cfg.scratch_lr_factor, cfg.weight_decay_rule)
     if not groups:
         raise ConfigError("the model has no trainable parameters")
+    extra = {"fused": True} if fused and cfg.optimizer_type in ("adam", "adamw") else {}
     return create_optimizer_v2(groups, opt=cfg.optimizer_type, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                               momentum=cfg.momentum, betas=(cfg.betas1, cfg.betas2))
+                               momentum=cfg.momentum, betas=(cfg.betas1, cfg.betas2), **extra)
 
 
 class LinearFactorLRScheduler(Scheduler):

@@ -8,6 +8,7 @@ templates in ``scripts/slurm/`` turn into ``scontrol requeue``; the next allocat
 from __future__ import annotations
 
 import signal
+import time
 
 import torch
 
@@ -15,6 +16,22 @@ from bgmask.distributed import all_reduce_sum
 
 REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: "temporary failure, try again"
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# A repeat within this many seconds is the same request fanned out (SLURM signals every process of the job step and
+# torchrun forwards its own SIGTERM to the trainers it started), not an impatient user.
+REPEAT_WINDOW_S = 10.0
+
+
+def ignore_preemption_signals(worker_id: int = 0) -> None:
+    """``worker_init_fn`` of every data loader: the workers ignore SIGTERM, SIGUSR1 and SIGINT.
+
+    SLURM signals every process of a job step and torchrun the whole process group of each trainer, so the loader
+    workers get the preemption signal too; PyTorch's workers only ignore a SIGTERM from their own parent, and one that
+    dies makes the trainer raise "DataLoader worker ... is killed by signal" before it can save ``last.pt``. Workers
+    that ignore it keep serving batches until the trainer stops at its next poll, and still exit with the trainer
+    (PyTorch's watchdog ends a worker whose parent is gone; SIGKILL ends it in any case).
+    """
+    for sig in (*PREEMPTION_SIGNALS, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 class PreemptionFlag:
@@ -29,10 +46,13 @@ class PreemptionFlag:
             self._previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, _frame) -> None:
-        if self.signal_received is not None:  # a second signal: stop waiting for the step to finish
-            self.restore()
+        now = time.monotonic()
+        if self.signal_received is not None:
+            if now - self._received_at < REPEAT_WINDOW_S:
+                return  # the same request reaching this process twice (job-wide signal + torchrun's forward)
+            self.restore()  # a later second signal: stop waiting for the step to finish
             raise KeyboardInterrupt(f"second signal {signal.Signals(signum).name} while saving")
-        self.signal_received = signum
+        self.signal_received, self._received_at = signum, now
 
     def requested(self) -> bool:
         local = torch.tensor([1.0 if self.signal_received is not None else 0.0], device=self.device)

@@ -31,6 +31,13 @@ class RunModel:
     weights_identity: dict | None = None  # with a frozen backbone: what checkpoints (which omit it) build on
     probes: bool = False  # probe heads (bgmask.probes): results.json reports every head under "probes"
 
+    @property
+    def for_eval(self) -> nn.Module:
+        """What evaluation runs: the forward without the DDP wrapper, whose forward may broadcast buffers (a
+        collective that ranks with different numbers of evaluation batches would not all join)."""
+        inner = getattr(self.ddp, "_orig_mod", self.ddp)
+        return self.module if isinstance(inner, nn.parallel.DistributedDataParallel) else self.ddp
+
     def state(self) -> dict:
         """The model part of a checkpoint (without the frozen backbone, when there is one)."""
         return model_state(self.module, self.frozen_backbone)
@@ -71,8 +78,11 @@ def build_model(session: Session, strategy: Strategy, num_classes: int, image_si
         model = model.to(memory_format=torch.channels_last)
     ddp = model
     if info.distributed and any(p.requires_grad for p in model.parameters()):
+        # Gradients as views of the all-reduce buckets (no second copy of every gradient); a frozen backbone's
+        # buffers never change, so there is nothing to broadcast before each forward.
         ddp = nn.parallel.DistributedDataParallel(
-            model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+            model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
+            gradient_as_bucket_view=True, broadcast_buffers=not session.cfg.model.freeze_backbone)
     if run_cfg.compile:
         ddp = torch.compile(ddp)
     frozen = session.cfg.model.freeze_backbone

@@ -19,6 +19,7 @@ from bgmask.config import RUN_ONLY_SETTINGS, ModelConfig, TrainConfig
 from bgmask.distributed import DistInfo
 from bgmask.engine import AmpSettings, IndexedDataset, ShardSampler
 from bgmask.errors import ConfigError
+from bgmask.preemption import ignore_preemption_signals
 
 AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -57,7 +58,7 @@ def start_session(cfg: TrainConfig) -> Session:
     # A private generator: creating a loader iterator must not consume the global RNG (exact resume). Evaluation
     # loaders are built per evaluation and do not keep their workers; the training loader does (see train()).
     loader_kwargs = {"batch_size": cfg.data.batch_size, "num_workers": cfg.data.num_workers,
-                     "pin_memory": info.device.type == "cuda",
+                     "pin_memory": info.device.type == "cuda", "worker_init_fn": ignore_preemption_signals,
                      "generator": torch.Generator().manual_seed(cfg.run.seed)}
     device_tail = cfg.aug.device_tail == "on" or (cfg.aug.device_tail == "auto" and info.device.type == "cuda")
     return Session(cfg, info, snapshot_dir, amp, loader_kwargs, device_tail)

@@ -353,3 +353,7 @@ def test_the_twins_extra_validation_images_fill_every_group_and_leave_cub_alone(
     for r in added:
         assert (extra / wb / r["img_filename"]).is_file()
         assert (extra / "segmentations" / r["img_filename"].replace(".jpg", ".png")).is_file()
+    from bgmask.data.masks import write_gt_masked_folders  # the masked twin covers them too (early masking reads it)
+
+    write_gt_masked_folders(extra, progress=False)
+    assert all((extra / f"{wb}_masked" / r["img_filename"]).is_file() for r in added)

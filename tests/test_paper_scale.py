@@ -242,3 +242,25 @@ def test_checkpoint_every_writes_last_pt_every_n_epochs_and_at_the_end(tiny_cub_
     run = tmp_path / "run"
     assert early_main(argv(tiny_cub_root, run, "--epochs", "3", "--checkpoint_every", "2", "--eval_every", "3")) == 0
     assert [epoch for name, epoch in written if name == "last.pt"] == [2, 3]
+
+
+def test_projected_hours_use_the_runs_own_gpus_and_memory_adds_the_stated_overheads():
+    """A 4-process run's hours divide by 4, not by a node's 8; the reserved estimate adds the CUDA context,
+    workspaces, communication buffers, optimiser temporaries and fragmentation to the traced peak."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts/bench/paper_scale.py"
+    spec = importlib.util.spec_from_file_location("paper_scale", path)
+    paper_scale = importlib.util.module_from_spec(spec)
+    sys.modules["paper_scale"] = paper_scale  # its dataclasses look their module up there
+    spec.loader.exec_module(paper_scale)
+    row = {"total_flops": 4 * 989e12 * 0.35 * 3600, "gpus": 4, "arch": "vit_large_patch14_dinov2",
+           "regime": "fine-tuned", "train_peak_gib": 24.5, "trainable": 304.8e6}
+    assert paper_scale.hours(row, 989.0) == pytest.approx(1.0)
+    assert paper_scale.hours({**row, "gpus": 8}, 989.0) == pytest.approx(0.5)
+    assert paper_scale.hours({**row, "arch": "convnext_base"}, 989.0) == pytest.approx(0.35 / 0.20)
+    reserved = paper_scale.reserved_estimate_gib(row)
+    assert reserved == pytest.approx(24.5 * 1.15 + 0.6 + 1.0 + 0.5 + 4 * 304.8e6 / 2 ** 30)
+    assert 29 <= reserved <= 32

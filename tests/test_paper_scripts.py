@@ -194,3 +194,25 @@ def test_torchrun_waits_for_the_save_as_long_as_the_signal_lead_allows():
     for nnodes in ("1", "2"):
         cmd = dry_run(REPO / "scripts/paper/frozen_grid.sh", NNODES=nnodes, MASTER_ADDR="node001")[0]
         assert cmd[cmd.index("--shutdown_timeout") + 1] == str(lead - 20)
+
+
+@pytest.mark.parametrize("cpus, gpus, workers", [("32", "4", "7"), ("48", "4", "11"), ("8", "8", "1")])
+def test_sbatch_templates_give_each_gpu_the_workers_its_cpus_afford(cpus, gpus, workers, tmp_path):
+    """32 CPUs for 4 GPUs x 8 workers left none to the trainers: workers per GPU = cpus / GPUs - 1 (at least 1)."""
+    env = {**os.environ, "BGMASK_DRY_RUN": "1", "SLURM_CPUS_PER_TASK": cpus, "SLURM_GPUS_ON_NODE": gpus,
+           "SLURM_NNODES": "2", "SLURM_JOB_ID": "1", "SLURM_ARRAY_TASK_ID": "0"}
+    grid = tmp_path / "grid.txt"
+    grid.write_text("echo train.py --epochs 1\n")
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "scontrol").write_text("#!/bin/sh\necho node001\n")
+    (fake_bin / "scontrol").chmod(0o755)
+    env["PATH"] = f"{fake_bin}:{env['PATH']}"
+    for template, args in (("train_classifier.sbatch", ["t.py", "frozen", "vit_base", "run"]),
+                           ("train_classifier_multinode.sbatch", ["t.py", "frozen", "vit_base", "run"]),
+                           ("grid_array.sbatch", [str(grid)])):
+        out = subprocess.run(["bash", str(REPO / "scripts/slurm" / template), *args], capture_output=True, text=True,
+                             env=env, cwd=REPO, timeout=60)
+        assert out.returncode == 0, out.stderr
+        words = out.stdout.split()
+        assert words[len(words) - 1 - words[::-1].index("--num_workers") + 1] == workers, (template, out.stdout)

@@ -9,7 +9,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bgmask.data.cub import GT_MASK_SUB_PATH, WATERBIRDS_SUB_PATH, CUBDataset, load_mask, load_rgb, mask_path_for
+from bgmask.data.cub import (
+    GT_MASK_SUB_PATH,
+    WATERBIRDS_SUB_PATH,
+    CUBDataset,
+    WaterbirdsMetadata,
+    load_mask,
+    load_rgb,
+    mask_path_for,
+)
 from bgmask.io import atomic_write
 from bgmask.progress import progress_bar
 
@@ -67,19 +75,29 @@ def write_gt_masked_folders(cub_root: str | os.PathLike, progress: bool = True, 
             continue
         ds = CUBDataset(root, "all", image_sub_path=image_sub_path, mask_sub_path=GT_MASK_SUB_PATH,
                         with_metadata=False)
+        paths = [*ds.paths, *metadata_only_paths(root, image_sub_path, ds.paths)]
         count = 0
-        for i in progress_bar(range(len(ds)), desc=f"GT masks -> {masked_dir}", disable=not progress):
-            rel = ds.paths[i]
+        for rel in progress_bar(paths, desc=f"GT masks -> {masked_dir}", disable=not progress):
             mask_path, masked_path = root / mask_dir / mask_path_for(rel), root / masked_dir / rel
             if mask_path.is_file() and masked_path.is_file() and not overwrite:
                 continue
-            image = load_rgb(ds.image_path(i))
-            mask = np.asarray(load_mask(ds.mask_path(i), image.size, threshold=0))
+            image = load_rgb(root / image_sub_path / rel)
+            mask = np.asarray(load_mask(root / GT_MASK_SUB_PATH / mask_path_for(rel), image.size, threshold=0))
             write_mask_and_masked_image(image, mask, mask_path, masked_path)
             count += 1
         copy_metadata(root / image_sub_path, root / masked_dir)
         written[masked_dir] = count
     return written
+
+
+def metadata_only_paths(root: Path, image_dir: str, known) -> list[str]:
+    """Images a Waterbirds folder's metadata.csv lists beyond images.txt's (``known``): none in the release, the
+    synthetic twin's extra validation images."""
+    metadata = Path(root) / image_dir / "metadata.csv"
+    if image_dir == "images" or not metadata.is_file():
+        return []
+    known = set(known)
+    return sorted(p for p in WaterbirdsMetadata.load(metadata).split if p not in known)
 
 
 def copy_metadata(image_dir: Path, masked_dir: Path) -> None:

@@ -129,6 +129,19 @@ class DeviceTail:
     def __init__(self, mean, std, erasing: RandomErasing | None = None):
         self.mean, self.std, self.erasing = tuple(mean), tuple(std), erasing
         self.max_boxes = erasing.max_count if erasing is not None else 0
+        self._constants: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # per device: built once (no copy per step)
+
+    def constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """mean and std as ``3,1,1`` tensors on ``device``, made once per device as timm's ``PrefetchLoader`` does:
+        a ``torch.tensor(..., device=cuda)`` per batch is a pageable copy and a host synchronisation."""
+        key = str(device)
+        if key not in self._constants:
+            self._constants[key] = (torch.tensor(self.mean, device=device).view(-1, 1, 1),
+                                    torch.tensor(self.std, device=device).view(-1, 1, 1))
+        return self._constants[key]
+
+    def __getstate__(self):  # loader workers never need the device constants
+        return {**self.__dict__, "_constants": {}}
 
     @classmethod
     def from_ops(cls, ops: list) -> DeviceTail:
@@ -160,8 +173,7 @@ class DeviceTail:
     def __call__(self, raw: RawImage, device: torch.device) -> torch.Tensor:
         """Normalised, erased float ``B,3,H,W`` images on ``device`` from a batched :class:`RawImage`."""
         images = raw.pixels.to(device, non_blocking=True).float().div_(255)
-        mean = torch.tensor(self.mean, device=device).view(-1, 1, 1)
-        std = torch.tensor(self.std, device=device).view(-1, 1, 1)
+        mean, std = self.constants(device)
         images = images.sub_(mean).div_(std)
         boxes = raw.erasing.tolist() if self.max_boxes else []  # a few ints per image
         for i, rows in enumerate(boxes):

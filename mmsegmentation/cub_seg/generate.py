@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bgmask.data.cub import CUBIndex, DatasetError, WaterbirdsMetadata, load_rgb, mask_path_for
+from bgmask.data.cub import CUBIndex, DatasetError, load_rgb, mask_path_for
 from bgmask.data.masks import (
     MASK_FOLDERS,
     PROVENANCE_FILE,
     copy_metadata,
+    metadata_only_paths,
     write_gt_masked_folders,
     write_mask_and_masked_image,
 )
@@ -74,12 +75,7 @@ def plan_folders(cub_root: Path, rank: int = 0, world_size: int = 1, overwrite: 
 def folder_paths(cub_root: Path, image_dir: str, index: CUBIndex) -> list[str]:
     """The images of a folder: images.txt's, and for a Waterbirds folder also those only its metadata.csv lists (the
     release lists the same images; the synthetic twin adds validation images there)."""
-    paths = list(index.paths)
-    metadata = cub_root / image_dir / "metadata.csv"
-    if image_dir != "images" and metadata.is_file():
-        known = set(paths)
-        paths += sorted(p for p in WaterbirdsMetadata.load(metadata).split if p not in known)
-    return paths
+    return [*index.paths, *metadata_only_paths(cub_root, image_dir, index.paths)]
 
 
 def remove_stale_temporary_files(cub_root: Path, plans: list[FolderPlan], rank: int = 0, world_size: int = 1) -> int:

@@ -14,6 +14,14 @@ BGMASK_SHUTDOWN_TIMEOUT_S=$(( BGMASK_SIGNAL_LEAD_S - 20 ))
 _bgmask_child=""
 _bgmask_signalled=0
 
+# Loader workers per GPU process, from the allocation: the task's CPUs shared by its GPU processes, one core left to
+# each trainer (32 CPUs for 4 GPUs: 7 workers + the trainer per GPU). BGMASK_WORKERS overrides it.
+workers_per_gpu() {  # GPUS
+  local n=$(( ${SLURM_CPUS_PER_TASK:-32} / $1 - 1 ))
+  (( n >= 1 )) || n=1
+  echo "${BGMASK_WORKERS:-$n}"
+}
+
 _bgmask_forward() {
   _bgmask_signalled=1
   echo "[$(date +%T)] preemption signal received: asking the training step to save and stop"
@@ -21,6 +29,10 @@ _bgmask_forward() {
 }
 
 preemptible() {
+  if [[ -n "${BGMASK_DRY_RUN:-}" ]]; then  # print the command instead of running it (tests, a check before sbatch)
+    printf '%q ' "$@"; echo
+    return 0
+  fi
   trap _bgmask_forward USR1 TERM
   "$@" &
   _bgmask_child=$!
