@@ -200,7 +200,7 @@ def test_torchrun_waits_for_the_save_as_long_as_the_signal_lead_allows():
 def test_sbatch_templates_give_each_gpu_the_workers_its_cpus_afford(cpus, gpus, workers, tmp_path):
     """32 CPUs for 4 GPUs x 8 workers left none to the trainers: workers per GPU = cpus / GPUs - 1 (at least 1)."""
     env = {**os.environ, "BGMASK_DRY_RUN": "1", "SLURM_CPUS_PER_TASK": cpus, "SLURM_GPUS_ON_NODE": gpus,
-           "SLURM_NNODES": "2", "SLURM_JOB_ID": "1", "SLURM_ARRAY_TASK_ID": "0"}
+           "SLURM_NNODES": "2", "SLURM_JOB_ID": "1", "SLURM_ARRAY_TASK_ID": "0", "SLURM_JOB_NODELIST": "node[001-002]"}
     grid = tmp_path / "grid.txt"
     grid.write_text("echo train.py --epochs 1\n")
     fake_bin = tmp_path / "bin"
