@@ -109,7 +109,9 @@ def resume(session: Session, model: RunModel, optimizer, scaler, ckpt: Checkpoin
     progress = Progress(epoch=state["epoch"], step=state.get("step", 0), best_top1=state["best_top1"],
                         best_epoch=state["best_epoch"], best_metrics=state.get("best_metrics"),
                         best_probes=state.get("best_probes"),
-                        best_key=tuple(state["best_key"]) if state.get("best_key") is not None else None,
+                        best_key=tuple(state["best_key"]) if state.get("best_key") is not None else (
+                            # a checkpoint written before the tie-breaks: a later epoch must beat its metric
+                            (state["best_top1"], float("inf"), float("inf")) if state["best_top1"] >= 0 else None),
                         history=list(state.get("history") or []))
     rng = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
     if len(rng) == info.world_size:

@@ -357,3 +357,30 @@ def test_the_twins_extra_validation_images_fill_every_group_and_leave_cub_alone(
 
     write_gt_masked_folders(extra, progress=False)
     assert all((extra / f"{wb}_masked" / r["img_filename"]).is_file() for r in added)
+
+
+def test_a_checkpoint_from_before_the_tie_breaks_keeps_its_best_epoch(tiny_cub_root, tmp_path, monkeypatch):
+    """A last.pt written without best_key (older runs) resumes with its best epoch intact: a later epoch must beat
+    the recorded metric, as the old strict rule required."""
+    import bgmask.fit as fit
+
+    run = tmp_path / "old"
+    argv = wb_argv(tiny_cub_root, run, "--epochs", "2")
+    real, calls = fit.train_one_epoch, [0]
+
+    def stop_in_epoch_2(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 2:
+            raise KeyboardInterrupt("stopped in epoch 2")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fit, "train_one_epoch", stop_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(STRATEGIES, argv)
+    monkeypatch.undo()
+    state = torch.load(run / "last.pt", weights_only=False)
+    state.pop("best_key"), state.pop("history")
+    state["best_top1"], state["best_epoch"] = 100.0, 1  # an old checkpoint whose epoch 1 scored 100 %
+    torch.save(state, run / "last.pt")
+    assert cli.main(STRATEGIES, argv) == 0
+    assert json.loads((run / "results.json").read_text())["best"]["epoch"] == 1
