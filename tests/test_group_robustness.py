@@ -203,27 +203,33 @@ def test_groupdro_trains_through_the_trainer_and_resumes_its_weights(tiny_cub_ro
     assert out["masking"] == "groupdro" and out["robust_step_size"] == 0.01
 
 
-def test_groupdro_resumes_its_group_weights(tiny_cub_root, tmp_path, monkeypatch):
-    """A GroupDRO run that crashes after epoch 1 resumes from last.pt with its group weights: the same weights and q
-    as the uninterrupted run."""
+def stop_in_epoch_2(argv, monkeypatch) -> None:
+    """Run ``argv`` and interrupt it at the start of epoch 2 (last.pt then holds epoch 1)."""
     import bgmask.fit as fit
 
-    def argv(run):
-        return ["--masking", "groupdro", *wb_argv(tiny_cub_root, run, "--epochs", "2")]
-
-    assert cli.main(STRATEGIES, argv(tmp_path / "whole")) == 0
     real, calls = fit.train_one_epoch, [0]
 
-    def crash_in_epoch_2(*args, **kwargs):
+    def interrupted(*args, **kwargs):
         calls[0] += 1
         if calls[0] == 2:
             raise KeyboardInterrupt("stopped in epoch 2")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(fit, "train_one_epoch", crash_in_epoch_2)
+    monkeypatch.setattr(fit, "train_one_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        cli.main(STRATEGIES, argv(tmp_path / "resumed"))
+        cli.main(STRATEGIES, argv)
     monkeypatch.undo()
+
+
+def test_groupdro_resumes_its_group_weights(tiny_cub_root, tmp_path, monkeypatch):
+    """A GroupDRO run that crashes after epoch 1 resumes from last.pt with its group weights: the same weights and q
+    as the uninterrupted run."""
+
+    def argv(run):
+        return ["--masking", "groupdro", *wb_argv(tiny_cub_root, run, "--epochs", "2")]
+
+    assert cli.main(STRATEGIES, argv(tmp_path / "whole")) == 0
+    stop_in_epoch_2(argv(tmp_path / "resumed"), monkeypatch)
     assert torch.load(tmp_path / "resumed" / "last.pt", weights_only=False)["epoch"] == 1
     assert cli.main(STRATEGIES, argv(tmp_path / "resumed")) == 0
     whole, resumed = (torch.load(tmp_path / r / "last.pt", weights_only=False) for r in ("whole", "resumed"))
@@ -362,22 +368,10 @@ def test_the_twins_extra_validation_images_fill_every_group_and_leave_cub_alone(
 def test_a_checkpoint_from_before_the_tie_breaks_keeps_its_best_epoch(tiny_cub_root, tmp_path, monkeypatch):
     """A last.pt written without best_key (older runs) resumes with its best epoch intact: a later epoch must beat
     the recorded metric, as the old strict rule required."""
-    import bgmask.fit as fit
 
     run = tmp_path / "old"
     argv = wb_argv(tiny_cub_root, run, "--epochs", "2")
-    real, calls = fit.train_one_epoch, [0]
-
-    def stop_in_epoch_2(*args, **kwargs):
-        calls[0] += 1
-        if calls[0] == 2:
-            raise KeyboardInterrupt("stopped in epoch 2")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(fit, "train_one_epoch", stop_in_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        cli.main(STRATEGIES, argv)
-    monkeypatch.undo()
+    stop_in_epoch_2(argv, monkeypatch)
     state = torch.load(run / "last.pt", weights_only=False)
     state.pop("best_key"), state.pop("history")
     state["best_top1"], state["best_epoch"] = 100.0, 1  # an old checkpoint whose epoch 1 scored 100 %
