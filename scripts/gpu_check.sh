@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# The GPU code paths, checked in a few minutes wherever CUDA exists (the test suite runs on CPU):
-#   every strategy 2 steps in bf16 and fp16 (late masking with precomputed masks and with the online segmenter),
-#   probe heads in bf16, gradient checkpointing, --fast_augment workers, channels-last + torch.compile, evaluation
-#   (--eval_only), resume, and with >= 2 GPUs a 2-rank nccl run. One PASS/FAIL line per check; exit code 1 if any
-#   check fails.
-# Without CUDA it says so and exits 0.
+# The GPU code paths, checked wherever CUDA exists (the test suite runs on CPU). Two parts:
+#   functional: every strategy 2 steps in bf16 and fp16 (late masking with precomputed masks and with the online
+#     segmenter), probe heads in bf16, gradient checkpointing, --fast_augment workers, channels-last + torch.compile,
+#     evaluation (--eval_only), resume, and with >= 2 GPUs a 2-rank nccl run;
+#   acceptance (scripts/bench/gpu_acceptance.py): 20 late-masking steps with no host sync, CPU/device tail parity,
+#     compiled late masking (graph breaks, logits, background gradients), a paper-size step (MFU / the projection's
+#     0.35, reserved memory / the table's estimate, compiled / eager, channels_last on / off), loader images/s / each
+#     model's demand, and 2 ranks preempted with 2 loader workers each. Its figures go to one JSON file.
+# One PASS/FAIL line per check; exit code 1 if any check fails. Without CUDA it says so and exits 0.
 # Usage: bash scripts/gpu_check.sh            (logs in $WORK/logs, default a temporary folder; kept on failure)
-#        GPU_CHECK_ON_CPU=1 bash scripts/gpu_check.sh   the same checks on CPU (bf16 autocast only), to test the script
+#        GPU_CHECK_ON_CPU=1 bash scripts/gpu_check.sh   every check on CPU (bf16 autocast, toy sizes): tests the script
+#        GPU_CHECK_PARTS=functional|acceptance|all      (default all)
+#        GPU_CHECK_JSON=PATH                            the acceptance figures (default runs/gpu_check/gpu_check.json)
 set -uo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO_ROOT"
@@ -31,6 +36,12 @@ else
 fi
 FAILED=0
 START=$SECONDS
+PARTS="${GPU_CHECK_PARTS:-all}"
+JSON="${GPU_CHECK_JSON:-$REPO_ROOT/runs/gpu_check/gpu_check.json}"
+case "$PARTS" in
+  all|functional|acceptance) ;;
+  *) echo "gpu_check: GPU_CHECK_PARTS must be functional, acceptance or all, got '$PARTS'" >&2; exit 2 ;;
+esac
 
 check() {  # NAME COMMAND...: run it, print PASS/FAIL with its time, keep its log
   local name="$1" start=$SECONDS; shift
@@ -43,6 +54,7 @@ check() {  # NAME COMMAND...: run it, print PASS/FAIL with its time, keep its lo
   fi
 }
 
+if [[ "$PARTS" != acceptance ]]; then
 # Tiny synthetic benchmark with ground-truth masks and masked folders (early masking, precomputed late masks).
 DATA="$WORK/data"
 "$PY" scripts/make_synthetic_cub.py --out "$DATA" --num_classes 4 --images_per_class 8 --image_size 64 \
@@ -105,6 +117,15 @@ if [[ "$GPUS" -ge 2 ]]; then
     early_masking_and_baseline/train.py "${COMMON[@]}" "${VIT[@]}" "${BF16[@]}" --snapshot_dir "$WORK/runs/nccl"
 else
   echo "SKIP  nccl_two_ranks                        (one GPU)"
+fi
+fi
+
+if [[ "$PARTS" != functional ]]; then
+  echo "gpu_check: acceptance (figures in $JSON)"
+  ACCEPT=("$PY" scripts/bench/gpu_acceptance.py --json "$JSON")
+  [[ "$DEVICE" == cpu ]] && ACCEPT+=(--cpu)
+  # Its own PASS/FAIL line per check; the whole part has the same 10-minute limit as a functional check.
+  timeout 600 "${ACCEPT[@]}" 2> "$WORK/logs/acceptance.log" || { FAILED=1; tail -n 5 "$WORK/logs/acceptance.log"; }
 fi
 
 echo "gpu_check: $((SECONDS - START)) s"

@@ -228,6 +228,39 @@ def test_gpu_check_says_so_and_passes_without_cuda():
     assert proc.returncode == 0 and "no CUDA device" in proc.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_gpu_check_acceptance_runs_every_check_on_cpu_and_writes_its_figures(tmp_path):
+    """GPU_CHECK_ON_CPU=1: the acceptance part of scripts/gpu_check.sh at toy sizes (so it cannot rot without a
+    GPU): one PASS line per check, every figure in one JSON file, and the checks' own guards hold on CPU."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts/gpu_check.sh"
+    report_path = tmp_path / "gpu_check.json"
+    env = {**os.environ, "GPU_CHECK_ON_CPU": "1", "GPU_CHECK_PARTS": "acceptance",
+           "GPU_CHECK_JSON": str(report_path), "WORK": str(tmp_path / "work")}
+    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    checks = json.loads(report_path.read_text())["checks"]
+    assert list(checks) == ["sync_free_steps", "tail_parity", "compiled_late_vit", "compiled_late_convnext",
+                            "paper_step", "loader", "preemption_two_ranks"]
+    assert all(c["ok"] for c in checks.values()) and proc.stdout.count("PASS  ") == len(checks)
+    assert checks["sync_free_steps"]["steps"] == 20
+    tail = checks["tail_parity"]
+    assert tail["boxes"] > 0 and tail["cpu_changed_outside_boxes"] == 0 and tail["cpu_box_pixels_changed"] > 0.99
+    for family in ("vit", "convnext"):
+        compiled = checks[f"compiled_late_{family}"]
+        assert compiled["graph_breaks"] == 0 and compiled["background_grad_max"] == 0.0
+        assert compiled["foreground_grad_max"] > 0 and compiled["logits_max_rel_diff"] < 0.05
+    step = checks["paper_step"]
+    assert step["train_gflops_per_image"] > 0 and step["reserved_estimate_gib"] > 0 and step["compiled_over_eager"] > 0
+    assert checks["loader"]["convnext_atto"]["loader_over_demand"] > 0
+    preempted = checks["preemption_two_ranks"]
+    assert preempted["saved_at"]["step"] > 0 and preempted["resumed_exit_code"] == 0
+
+
 def test_checkpoint_every_writes_last_pt_every_n_epochs_and_at_the_end(tiny_cub_root, tmp_path, monkeypatch):
     import bgmask.checkpoint as checkpoint
 
