@@ -108,8 +108,9 @@ def run_model(cfg, strategy, state: dict, path: Path, head: str | None) -> nn.Mo
     spec = cfg.model.spec(num_classes, cfg.model.image_size)
     if not frozen:  # every weight is in the checkpoint
         spec = dataclasses.replace(spec, pretrained=False, pretrained_path=None)
-    torch.manual_seed(cfg.run.seed)  # a frozen random backbone is rebuilt from the run's seed
-    classifier = create_classifier(spec)
+    with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
+        torch.manual_seed(cfg.run.seed)  # a frozen random backbone is rebuilt from the run's seed
+        classifier = create_classifier(spec)
     if frozen:
         identity = weights_identity(spec, classifier.backbone.weights_source, cfg.run.seed)
         if identity != state["weights_identity"]:
