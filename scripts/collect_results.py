@@ -4,16 +4,23 @@
 Example: python scripts/collect_results.py runs/demo/classifiers/* --out runs/demo
 Writes OUT/results.md, results.csv, results.json and results.png (CUB vs Waterbirds accuracy per strategy) for runs
 of the paper's benchmark, and OUT/group_results.md, .csv and .png (worst group, adjusted and plain average) for runs
-of a group-protocol benchmark (--dataset waterbirds or csv).
+of a group-protocol benchmark (--dataset waterbirds or csv). Also OUT/claims.md and claims.json: every comparison the
+result paragraphs rest on (the paper's three claims per table row, each method against the baseline in the group
+protocol), with its 95 % interval and a verdict from one fixed rule (bgmask/claims.py). A single-seed difference is
+judged against the seed spread of its regime, read from --seed_spread (default docs/seed_spread.json, measured by
+scripts/study/seeds.sh).
 """
 
 import argparse
 import sys
 from pathlib import Path
 
+from bgmask.claims import group_claims, load_spread, number, paper_claims, write_claims
 from bgmask.group_results import is_group_protocol, load_group_run
 from bgmask.report import write_group_outputs, write_outputs
 from bgmask.results import load_runs
+
+DEFAULT_SPREAD = Path(__file__).resolve().parents[1] / "docs" / "seed_spread.json"
 
 
 def main(argv=None) -> int:
@@ -21,6 +28,8 @@ def main(argv=None) -> int:
     p.add_argument("run_dirs", nargs="+", help="run folders (each with results.json)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--note", default="", help="a line printed above the table (e.g. data set and date)")
+    p.add_argument("--seed_spread", default=str(DEFAULT_SPREAD),
+                   help="seed spread per regime for single-seed verdicts (default: %(default)s; none: no file)")
     args = p.parse_args(argv)
     runs, group_runs, skipped = [], [], []
     for run_dir in args.run_dirs:
@@ -44,10 +53,13 @@ def main(argv=None) -> int:
             paths.update(write_outputs(runs, args.out, note=args.note))
         if group_runs:
             paths.update(write_group_outputs(group_runs, args.out))
+        spread = load_spread(None if args.seed_spread == "none" else args.seed_spread)
+        evidence = number(paper_claims(runs, spread) + group_claims(group_runs))
+        paths.update(write_claims(evidence, args.out, "Claims, computed from the run folders", note=args.note))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for key in ("md", "group_md"):
+    for key in ("md", "group_md", "claims_md"):
         if key in paths:
             print(paths[key].read_text())
     print("Wrote " + ", ".join(str(p) for p in paths.values()))
