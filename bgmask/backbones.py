@@ -113,27 +113,36 @@ class BackboneAdapter:
         the masks to the feature grid."""
         return mask_features(feats, masks, to_grid)
 
-    def before_last(self, x: torch.Tensor) -> torch.Tensor:
-        """Features after every stage but the last (native layout)."""
-        self._check_second_last()
+    def before_last(self, x: torch.Tensor, after: int = 1) -> torch.Tensor:
+        """Features after every stage but the last ``after`` (native layout)."""
+        self._check_second_last(after)
         x = self.backbone.stem(x)
-        for stage in self.backbone.stages[:-1]:
+        for stage in self.backbone.stages[:-after]:
             x = stage(x)
         return x
 
-    def last(self, x: torch.Tensor) -> torch.Tensor:
-        """The last stage and the final norm, on features from :meth:`before_last`."""
-        x = self.backbone.stages[-1](x)
+    def last(self, x: torch.Tensor, after: int = 1) -> torch.Tensor:
+        """The last ``after`` stages and the final norm, on features from :meth:`before_last`."""
+        for stage in self.backbone.stages[-after:]:
+            x = stage(x)
         return self.backbone.norm_pre(x) if hasattr(self.backbone, "norm_pre") else x
 
-    def last_modules(self) -> list[nn.Module]:
-        """What :meth:`last` runs (it learns on masked features in the second-last variant)."""
-        return [self.backbone.stages[-1], *([self.backbone.norm_pre] if hasattr(self.backbone, "norm_pre") else [])]
+    def last_modules(self, after: int = 1) -> list[nn.Module]:
+        """What :meth:`last` runs (it learns on masked features when the mask comes before it)."""
+        return [*self.backbone.stages[-after:], *([self.backbone.norm_pre] if hasattr(self.backbone, "norm_pre")
+                                                 else [])]
 
-    def _check_second_last(self) -> None:
+    def _stages(self) -> nn.Module:
+        return self.backbone.stages
+
+    def _check_second_last(self, after: int = 1) -> None:
         if not self.supports_second_last:
             raise UnsupportedBackbone(f"{type(self.backbone).__name__} has no stages to split; the second-last "
                                       f"variant needs a staged CNN (ConvNeXt), a Swin or a ViT.")
+        count = len(self._stages())
+        if not 1 <= after < count:
+            raise UnsupportedBackbone(f"{type(self.backbone).__name__} has {count} stages/blocks: the mask can come "
+                                      f"before 1 to {count - 1} of them, not {after}.")
 
 
 register(BackboneAdapter)  # the generic CNN adapter: registered first, asked last
@@ -158,18 +167,23 @@ class NHWCAdapter(BackboneAdapter):
     def mask(self, feats, masks, to_grid=NEAREST):
         return mask_features(feats.permute(0, 3, 1, 2), masks, to_grid).permute(0, 2, 3, 1)
 
-    def before_last(self, x):
-        self._check_second_last()
+    def before_last(self, x, after=1):
+        self._check_second_last(after)
         x = self.backbone.patch_embed(x)
-        for layer in self.backbone.layers[:-1]:
+        for layer in self.backbone.layers[:-after]:
             x = layer(x)
         return x
 
-    def last(self, x):
-        return self.backbone.norm(self.backbone.layers[-1](x))
+    def last(self, x, after=1):
+        for layer in self.backbone.layers[-after:]:
+            x = layer(x)
+        return self.backbone.norm(x)
 
-    def last_modules(self):
-        return [self.backbone.layers[-1], self.backbone.norm]
+    def last_modules(self, after=1):
+        return [*self.backbone.layers[-after:], self.backbone.norm]
+
+    def _stages(self):
+        return self.backbone.layers
 
 
 @register
@@ -209,23 +223,29 @@ class TokenAdapter(BackboneAdapter):
         masked = mask_features(grid, masks, to_grid).reshape(b, d, n).transpose(1, 2)
         return torch.cat([prefix, masked], dim=1)
 
-    def before_last(self, x):
+    def before_last(self, x, after=1):
+        self._check_second_last(after)
         backbone = self.backbone
         x = backbone.patch_embed(x)
         x = backbone._pos_embed(x)
         x = backbone.patch_drop(x)
         x = backbone.norm_pre(x)
         if getattr(backbone, "grad_checkpointing", False) and torch.is_grad_enabled():
-            return checkpoint_seq(backbone.blocks[:-1], x)  # as timm's forward_features does
-        for block in backbone.blocks[:-1]:
+            return checkpoint_seq(backbone.blocks[:-after], x)  # as timm's forward_features does
+        for block in backbone.blocks[:-after]:
             x = block(x)
         return x
 
-    def last(self, x):
-        return self.backbone.norm(self.backbone.blocks[-1](x))
+    def last(self, x, after=1):
+        for block in self.backbone.blocks[-after:]:
+            x = block(x)
+        return self.backbone.norm(x)
 
-    def last_modules(self):
-        return [self.backbone.blocks[-1], self.backbone.norm]
+    def last_modules(self, after=1):
+        return [*self.backbone.blocks[-after:], self.backbone.norm]
+
+    def _stages(self):
+        return self.backbone.blocks
 
 
 def adapter_for(backbone: nn.Module) -> BackboneAdapter:

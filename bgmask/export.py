@@ -204,7 +204,8 @@ def _write(folder: Path, model, cfg, strategy, state, results, path: Path, head:
             "spec": {"arch": cfg.model.model_arch, "num_classes": state["num_classes"],
                      "image_size": cfg.model.image_size, "vit_head": base.head_kind,
                      "head_norm": cfg.model.head_norm, "pool_module": base.pool_module is not None},
-            "late": ({"second_last": model.second_last, "masked_mean": model.masked_mean,
+            "late": ({"second_last": model.second_last, "blocks_after_mask": model.after,
+                      "masked_mean": model.masked_mean,
                       "mask_downsample": model.to_grid.downsample, "mask_area_threshold": model.to_grid.threshold}
                      if late_model else None),
             "transform": {"image_size": cfg.model.image_size, "crop_pct": cfg.aug.crop_pct,
@@ -295,8 +296,9 @@ def load_classifier(folder) -> nn.Module:
         model = classifier
         if export.late is not None:
             late = export.late
-            model = LateMaskedClassifier(classifier, second_last=late["second_last"], masked_mean=late["masked_mean"],
-                                         to_grid=MaskGrid(late["mask_downsample"], late["mask_area_threshold"]))
+            model = LateMaskedClassifier(classifier, masked_mean=late["masked_mean"],
+                                         to_grid=MaskGrid(late["mask_downsample"], late["mask_area_threshold"]),
+                                         after=late["blocks_after_mask"])
         model.load_state_dict(load_file(folder / "model.safetensors"), strict=True)
     model.eval()
     model.export = export

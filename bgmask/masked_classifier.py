@@ -2,7 +2,8 @@
 
 Any backbone with an adapter (:mod:`bgmask.backbones`): CNNs (NCHW), Swin-style models (NHWC) and ViTs (tokens).
 The final features are masked; with ``second_last`` the features after the second-last stage/block are masked and
-the last stage/block and the final norm run on them (ViTs first pass them through a new LayerNorm). ViT CLS and
+the last stage/block and the final norm run on them (ViTs first pass them through a new LayerNorm); ``after=k``
+masks before the last ``k`` stages/blocks (a finer grid at the same input, for CNNs). ViT CLS and
 register tokens are never masked. Masks are binary ``B,H,W`` (1 = bird) at input resolution.
 """
 
@@ -27,7 +28,8 @@ class LateMaskedClassifier(nn.Module):
     Args:
         classifier: the plain classifier (its ``head`` stays the only part trained from scratch, besides the
             ViT second-last LayerNorm).
-        second_last: mask after the second-last stage/block instead of after the last.
+        second_last: mask after the second-last stage/block instead of after the last (``after=1``).
+        after: how many stages/blocks run after the mask (0: mask the final features; overrides ``second_last``).
         masked_mean: ViT mean pooling over foreground patch tokens only (default: over all patch tokens, zeros
             included, as upstream).
         mask_provider: ``images -> masks`` used when ``forward`` gets no masks (online segmenter). It is frozen and
@@ -36,11 +38,16 @@ class LateMaskedClassifier(nn.Module):
     """
 
     def __init__(self, classifier: Classifier, second_last: bool = False, masked_mean: bool = False,
-                 mask_provider: Callable[[torch.Tensor], torch.Tensor] | None = None, to_grid: MaskGrid = NEAREST):
+                 mask_provider: Callable[[torch.Tensor], torch.Tensor] | None = None, to_grid: MaskGrid = NEAREST,
+                 after: int | None = None):
         super().__init__()
         self.to_grid = to_grid
         self.classifier = classifier
-        self.second_last = second_last
+        self.after = int(second_last) if after is None else after
+        self.second_last = self.after > 0  # the features pass stages/blocks after the mask
+        # An adapter written for the second-last split alone takes no count: it is passed only when it is not 1.
+        self._split = () if self.after == 1 else (self.after,)
+        second_last = self.second_last
         self.masked_mean = masked_mean
         self.head_kind = FOREGROUND_MEAN.get(classifier.head_kind, classifier.head_kind) if masked_mean \
             else classifier.head_kind
@@ -48,7 +55,7 @@ class LateMaskedClassifier(nn.Module):
         self.__dict__["mask_provider"] = mask_provider
         adapter = classifier.adapter
         if second_last:
-            adapter._check_second_last()
+            adapter._check_second_last(*self._split)
         self.pre_mask_norm = nn.LayerNorm(adapter.width) if second_last and adapter.is_vit else None
         if second_last and classifier.freeze_backbone:  # upstream trains what runs on the masked features
             for p in self._after_mask_parameters():
@@ -68,7 +75,7 @@ class LateMaskedClassifier(nn.Module):
 
     def _after_mask_modules(self) -> list[nn.Module]:
         """What runs on the masked features in the second-last variant: the last stage/block and the final norm."""
-        return self.classifier.adapter.last_modules() if self.second_last else []
+        return self.classifier.adapter.last_modules(*self._split) if self.second_last else []
 
     def _after_mask_parameters(self) -> list[nn.Parameter]:
         return [p for m in self._after_mask_modules() for p in m.parameters()]
@@ -100,10 +107,10 @@ class LateMaskedClassifier(nn.Module):
         adapter = self.classifier.adapter
         if not self.second_last:
             return adapter.mask(adapter.features(images), masks, self.to_grid)
-        x = adapter.before_last(images)
+        x = adapter.before_last(images, *self._split)
         if self.pre_mask_norm is not None:
             x = self.pre_mask_norm(x)
-        return adapter.last(adapter.mask(x, masks, self.to_grid))
+        return adapter.last(adapter.mask(x, masks, self.to_grid), *self._split)
 
     def pool(self, feats: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """Masked features -> head input (:func:`bgmask.heads.pool` with this model's head)."""

@@ -97,7 +97,9 @@ def model_card(info: dict, cfg, results: dict, head: str | None) -> str:
               f"- head `{spec['vit_head']}`, head init {results.get('head_init', model.head_init)}"]
     if info.get("late"):
         late = info["late"]
-        lines.append(f"- late masking after the {'second-last' if late['second_last'] else 'last'} stage/block, "
+        where = {0: "last", 1: "second-last", 2: "third-last"}.get(late["blocks_after_mask"],
+                                                                   f"{late['blocks_after_mask']}-from-last")
+        lines.append(f"- late masking after the {where} stage/block, "
                      f"masks to the grid by {late['mask_downsample']}"
                      + (", mean over foreground tokens" if late["masked_mean"] else ""))
     lines += ["", f"Implementation follows upstream commit `{UPSTREAM_COMMIT}` of the paper's code where "

@@ -103,3 +103,22 @@ def test_collect_results_writes_the_claims_next_to_the_tables(tmp_path):
     assert rows["convnext_atto frozen: early − baseline"]["id"] == "C1.1"
     md = (out / "claims.md").read_text()
     assert "| C1.1 | convnext_atto frozen: early − baseline | +20.0 [" in md and "**holds**" in md
+
+
+def test_the_grid_control_compares_grids_at_one_input_with_paired_seeds(tmp_path):
+    folders = []
+    for seed in (0, 1, 2):
+        folders.append(run_folder(tmp_path, f"base_s{seed}", 80 + seed, seed=seed))
+        for variant, wb in (("last", 40), ("second_last", 70), ("third_last", 100)):
+            folder = run_folder(tmp_path, f"late_{variant}_s{seed}", wb + 2 * seed, "late", seed=seed)
+            results = json.loads((folder / "results.json").read_text())
+            (folder / "results.json").write_text(json.dumps({**results, "variant": variant}))
+            folders.append(folder)
+    proc = subprocess.run([sys.executable, str(REPO / "scripts/study/grid_control.py"), *map(str, folders), "--out",
+                           str(tmp_path / "out")], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    rows = {c["label"]: c for c in json.loads((tmp_path / "out/claims.json").read_text())["comparisons"]}
+    finer = rows["frozen: late 8x8 − late 2x2"]
+    assert finer["seeds"] == 3 and finer["difference"] == pytest.approx(15.0) and finer["verdict"] == "holds"
+    assert rows["frozen: late 8x8 − baseline"]["difference"] == pytest.approx(5.25)  # 25 + 0.5 s vs 20 + 0.25 s
+    assert rows["frozen: late 2x2 − baseline"]["verdict"] == "does not hold" and finer["id"].startswith("G6.")

@@ -180,3 +180,29 @@ def test_study_driver_refuses_bad_settings_before_any_work(env, message, tmp_pat
     help_text = subprocess.run(["bash", str(REPO / "scripts/study/grid_resolution.sh"), "--help"], capture_output=True,
                                text=True, check=True).stdout
     assert "GRIDS" in help_text and "SEEDS" in help_text and sys.executable
+
+
+def test_masking_before_the_last_two_stages_masks_a_finer_grid_at_the_same_input(tiny_cub_root, tmp_path):
+    """The grid study's control: at 64 px ConvNeXt-atto's third-last stage gives an 8x8 grid (the second-last 4x4,
+    the last 2x2); what runs after the mask trains, and background features get no gradient."""
+    cfg, strategy = config(["--fm_blocks_after_mask", "2", "--freeze_backbone"], tiny_cub_root, tmp_path)
+    torch.manual_seed(0)
+    clf = create_classifier(ModelSpec(arch="convnext_atto", num_classes=3, freeze_backbone=True))
+    model = strategy.wrap_model(cfg, clf)
+    assert model.after == 2 and strategy.results_info(cfg)["variant"] == "third_last"
+    trained = {n.split(".")[3] for n, p in model.named_parameters() if p.requires_grad and ".stages." in n}
+    assert trained == {"2", "3"}  # the two stages after the mask, not the ones before it
+    images, masks = torch.randn(2, 3, 64, 64), torch.zeros(2, 64, 64)
+    masks[:, :32] = 1  # the top half is bird
+    feats = clf.adapter.before_last(images, 2).detach().requires_grad_(True)
+    assert feats.shape[-2:] == (8, 8)
+    model.head_from_features(clf.adapter.last(clf.adapter.mask(feats, masks), 2)).sum().backward()
+    assert feats.grad[:, :, 4:].abs().max() == 0 and feats.grad[:, :, :4].abs().max() > 0
+    for argv, message in ((["--fm_blocks_after_mask", "-1"], "count >= 0"),
+                          (["--fm_blocks_after_mask", "2", "--fm_second_last_block"], "not with")):
+        bad, bad_strategy = config(argv, tiny_cub_root, tmp_path)
+        with pytest.raises(cli.ConfigError, match=message):
+            bad_strategy.check(bad)
+    too_deep, deep_strategy = config(["--fm_blocks_after_mask", "4"], tiny_cub_root, tmp_path)
+    with pytest.raises(ValueError, match="before 1 to 3 of them, not 4"):
+        deep_strategy.wrap_model(too_deep, create_classifier(ModelSpec(arch="convnext_atto", num_classes=3)))

@@ -31,6 +31,10 @@ class LateOptions:
                                              "gt: CUB's segmentations (oracle); segmenter: an MMSeg model run on "
                                              "every batch (upstream)", MASK_SOURCES)
     fm_second_last_block: bool = option(False, "mask after the second-last stage/block")
+    fm_blocks_after_mask: int = option(0, "stages/blocks that run after the mask: 0 masks the final features "
+                                          "(default), 1 is --fm_second_last_block, 2 masks after the third-last "
+                                          "stage (ConvNeXt at 64 px: an 8x8 grid), ...; what runs after the mask "
+                                          "trains, as in the second-last variant")
     feature_masking_last_layer: bool = option(False, "upstream's ConvNeXt switch to mask after the last stage; that "
                                                      "is the default here (upstream's ConvNeXt default was the "
                                                      "second-last)")
@@ -65,16 +69,19 @@ class LateMasking(Strategy):
             self.mask_grid(cfg)
         except ValueError as e:
             raise ConfigError(f"--mask_downsample/--mask_area_threshold: {e}.") from None
-        if opts.feature_masking_last_layer and opts.fm_second_last_block:
+        if opts.fm_blocks_after_mask < 0 or (opts.fm_second_last_block and opts.fm_blocks_after_mask not in (0, 1)):
+            raise ConfigError(f"--fm_blocks_after_mask {opts.fm_blocks_after_mask}: give a count >= 0, and not with "
+                              f"--fm_second_last_block (which is --fm_blocks_after_mask 1).")
+        if opts.feature_masking_last_layer and self.blocks_after_mask(cfg):
             raise ConfigError("--feature_masking_last_layer (mask after the last stage) contradicts "
-                              "--fm_second_last_block; pick one.")
-        if cfg.model.probe_heads is not None and (opts.fm_second_last_block or opts.masked_mean
+                              "--fm_second_last_block / --fm_blocks_after_mask; pick one.")
+        if cfg.model.probe_heads is not None and (self.blocks_after_mask(cfg) or opts.masked_mean
                                                   or opts.mask_source == "segmenter"):
             raise ConfigError("--probe_heads masks after the last stage/block, with masks loaded with the images: it "
                               "takes neither --fm_second_last_block (a separate run: it trains the last block) nor "
                               "--mask_source segmenter nor --masked_mean (list the head late:masked_mean instead: "
                               "the GAP head over foreground tokens, as --patch_tokens_only --masked_mean).")
-        if cfg.model.class_token_only and not opts.fm_second_last_block:
+        if cfg.model.class_token_only and not self.blocks_after_mask(cfg):
             raise ConfigError("--class_token_only with masking after the last block cannot differ from the baseline: "
                               "the head reads the CLS token, which zeroing patch tokens after the last block never "
                               "reaches. Add --fm_second_last_block (the last block then mixes the masked tokens into "
@@ -92,8 +99,14 @@ class LateMasking(Strategy):
             from cub_seg.inference import SegmenterMaskProvider
 
             provider = SegmenterMaskProvider(opts.seg_model_config_path, opts.seg_model_checkpoint_path)
-        return LateMaskedClassifier(classifier, second_last=opts.fm_second_last_block, masked_mean=opts.masked_mean,
-                                    mask_provider=provider, to_grid=self.mask_grid(cfg))
+        return LateMaskedClassifier(classifier, masked_mean=opts.masked_mean, mask_provider=provider,
+                                    to_grid=self.mask_grid(cfg), after=self.blocks_after_mask(cfg))
+
+    @staticmethod
+    def blocks_after_mask(cfg: TrainConfig) -> int:
+        """Stages/blocks between the mask and the pooling (``--fm_second_last_block`` is 1)."""
+        opts: LateOptions = cfg.strategy_options
+        return 1 if opts.fm_second_last_block else opts.fm_blocks_after_mask
 
     def mask_grid(self, cfg: TrainConfig) -> MaskGrid:
         opts: LateOptions = cfg.strategy_options
@@ -101,6 +114,14 @@ class LateMasking(Strategy):
 
     def results_info(self, cfg: TrainConfig) -> dict:
         opts: LateOptions = cfg.strategy_options
-        return {"mask_source": opts.mask_source, "variant": "second_last" if opts.fm_second_last_block else "last",
+        return {"mask_source": opts.mask_source, "variant": variant_name(self.blocks_after_mask(cfg)),
                 "masked_mean": opts.masked_mean, "mask_downsample": opts.mask_downsample,
                 **({"mask_area_threshold": opts.mask_area_threshold} if opts.mask_downsample == "area" else {})}
+
+
+VARIANTS = ("last", "second_last", "third_last", "fourth_last")
+
+
+def variant_name(after: int) -> str:
+    """results.json's ``variant``: where the features are masked (``last``, ``second_last``, ``third_last``, ...)."""
+    return VARIANTS[after] if after < len(VARIANTS) else f"last_minus_{after}"
