@@ -97,6 +97,25 @@ def check_masks(items: list[tuple[Path, Path | None]]) -> None:
                                f"images).")
 
 
+def settle_masks(items, needs: str, segmenter: bool, model: str):
+    """Every image with a mask, or none: a late-masking model without masks (or a segmenter) is refused, as is an
+    early-masking model given masks for some images only; other models ignore a partial set (with a note)."""
+    without = [image for image, mask in items if mask is None]
+    if needs == "images and masks" and without and not segmenter:
+        raise PredictError(f"{model} is a late-masking model: it needs a bird mask per image ({len(without)} of "
+                           f"{len(items)} have none, e.g. {without[0]}); pass --masks DIR, a 'mask' column in the "
+                           f"CSV, or --segmenter CONFIG CHECKPOINT.")
+    if 0 < len(without) < len(items):
+        if needs == "masked images":
+            raise PredictError(f"masks for some images only ({len(without)} of {len(items)} have none, e.g. "
+                               f"{without[0]}): an early-masking model needs every image masked, or none "
+                               f"(pre-masked images).")
+        print(f"note: {len(without)} of {len(items)} images have no mask: masks are ignored (this model does not "
+              f"use them).")
+        return [(image, None) for image, _ in items]
+    return items
+
+
 class Images(Dataset):
     """``(image tensor, mask H,W uint8 or an empty tensor, index, ok)``; an unreadable image gives ``ok=False``."""
 
@@ -202,10 +221,10 @@ def main(argv=None) -> int:
         export = read_export(args.model)
         if args.masks and args.segmenter:
             raise PredictError("give masks from a folder (--masks) or from a segmenter (--segmenter), not both.")
-        if export.needs == "images and masks" and not (args.masks or args.segmenter):
-            raise PredictError(f"{args.model} is a late-masking model: it needs a bird mask per image; pass --masks "
-                               f"DIR or --segmenter CONFIG CHECKPOINT.")
         items = collect(args.inputs, args.masks)
+        if args.segmenter:  # the segmenter gives every image its mask
+            items = [(image, None) for image, _ in items]
+        items = settle_masks(items, export.needs, bool(args.segmenter), args.model)
         check_masks(items)
         segmenter = None
         if args.segmenter:

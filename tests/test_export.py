@@ -201,3 +201,24 @@ def test_predict_skips_a_corrupt_image_by_name_and_refuses_a_mask_of_another_siz
     assert not late_out.exists()
     assert predict_main(["--model", str(tmp_path), str(folder), "--out", str(late_out)]) == 2
     assert "is not an export" in capsys.readouterr().err
+
+
+def test_predict_takes_each_images_mask_from_a_csv_column_and_refuses_a_partial_set(runs, tmp_path, capsys):
+    root, base = runs
+    export_run(base / "late", tmp_path / "late")
+    sources = sorted((root / "images").rglob("*.jpg"))[:2]
+    rows = ["path,mask"]
+    for k, src in enumerate(sources):
+        (tmp_path / f"b{k}.jpg").write_bytes(src.read_bytes())
+        mask = root / GT_MASK_SUB_PATH / src.relative_to(root / "images").with_suffix(".png")
+        (tmp_path / f"b{k}.png").write_bytes(mask.read_bytes())
+        rows.append(f"b{k}.jpg,b{k}.png")
+    table = tmp_path / "mine.csv"
+    table.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    assert predict_main(["--model", str(tmp_path / "late"), str(table), "--out", str(out)]) == 0
+    lines = (out / "predictions.csv").read_text().splitlines()
+    assert len(lines) == 3 and all(line.rsplit(",", 1)[1] for line in lines[1:])  # a foreground share per image
+    table.write_text("\n".join([*rows[:2], "b1.jpg,"]) + "\n")
+    assert predict_main(["--model", str(tmp_path / "late"), str(table), "--out", str(tmp_path / "o2")]) == 2
+    assert "1 of 2 have none, e.g." in capsys.readouterr().err
