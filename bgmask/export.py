@@ -31,6 +31,8 @@ import tempfile
 from pathlib import Path
 
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN
+from timm.data import IMAGENET_DEFAULT_STD as IMAGENET_STD
 from torch import nn
 
 from bgmask.errors import BgmaskError
@@ -234,10 +236,6 @@ def _write(folder: Path, model, cfg, strategy, state, results, path: Path, head:
                   "pretrained_cfg": {**data_config, "num_classes": state["num_classes"]}, "bgmask": info}
         (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (folder / "README.md").write_text(model_card(info, cfg, results, head))
-
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _write_atomically(out: Path, overwrite: bool, write) -> None:

@@ -33,3 +33,11 @@ parse_pipeline_args() {
     esac
   done
 }
+
+# check_seeds SEEDS...: each a non-negative integer, or exit 2 naming the first that is not (before any work).
+check_seeds() {
+  local s
+  for s in "$@"; do
+    [[ "$s" =~ ^[0-9]+$ ]] || { echo "SEEDS: '$s' is not a seed (a non-negative integer)" >&2; exit 2; }
+  done
+}

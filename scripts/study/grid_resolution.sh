@@ -26,9 +26,7 @@ parse_pipeline_args 15 "$@"
 for g in $GRIDS; do
   [[ "$g" =~ ^[0-9]+$ && "$g" -ge 2 ]] || { echo "GRIDS: '$g' is not a grid size (an integer >= 2)" >&2; exit 2; }
 done
-for s in $SEEDS; do
-  [[ "$s" =~ ^[0-9]+$ ]] || { echo "SEEDS: '$s' is not a seed (a non-negative integer)" >&2; exit 2; }
-done
+check_seeds $SEEDS
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"  # as the demo: spinning OpenMP threads slow CPU training
 
 bash scripts/setup_env.sh

@@ -16,9 +16,7 @@ SEEDS="${SEEDS:-0 1 2 3 4}"
 source scripts/lib/stage.sh
 source scripts/lib/demo_recipe.sh
 parse_pipeline_args 8 "$@"
-for s in $SEEDS; do
-  [[ "$s" =~ ^[0-9]+$ ]] || { echo "SEEDS: '$s' is not a seed (a non-negative integer)" >&2; exit 2; }
-done
+check_seeds $SEEDS
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 bash scripts/setup_env.sh
 PY="$VENV/bin/python"
