@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from bgmask import benchmarks, strategies
+from bgmask.argparsing import BoolFlag, parser_from_doc, plain
 from bgmask.config import GROUPS, TrainConfig
 from bgmask.errors import BgmaskError, ConfigError
 from bgmask.trainer import run
@@ -25,33 +26,31 @@ from bgmask.trainer import run
 BASE_KEY = "_base_"
 
 
-def str2bool(value: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if value.lower() in ("1", "true", "yes", "y"):
-        return True
-    if value.lower() in ("0", "false", "no", "n"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean, got {value!r}")
-
-
 def add_options(parser: argparse.ArgumentParser, options_cls: type) -> None:
     """One argument group from a config dataclass: a flag per field, with its default, type, choices and help.
 
-    Booleans also accept an explicit value (``--flag``, ``--flag True``, ``--flag 0``).
+    On/off fields become ``--name`` / ``--no_name``.
     """
     group = parser.add_argument_group(getattr(options_cls, "section", options_cls.__name__))
     hints = typing.get_type_hints(options_cls)
     for f in dataclasses.fields(options_cls):
         kind = _flag_type(hints[f.name])
-        text = f.metadata.get("help")
+        text = plain(f.metadata.get("help"))
         meta = {"default": f.default, "help": text.replace("%", "%%") if text else None}  # argparse formats help
         if kind is bool:
-            group.add_argument(f"--{f.name}", type=str2bool, nargs="?", const=True, **meta)
+            group.add_argument(f"--{f.name}", action=BoolFlag, **meta)
         elif kind is tuple:
             group.add_argument(f"--{f.name}", type=float, nargs=2, metavar=f.metadata.get("metavar"), **meta)
         else:
-            group.add_argument(f"--{f.name}", type=kind, choices=f.metadata.get("choices"), **meta)
+            choices = f.metadata.get("choices")
+            group.add_argument(f"--{f.name}", type=kind, choices=choices, **meta,
+                               metavar=None if choices else _metavar(f.name, kind))
+
+
+def _metavar(name: str, kind: type) -> str:
+    if "_path" in name or name.endswith("_dir") or name == "checkpoint":
+        return "PATH"
+    return {int: "N", float: "X"}.get(kind, "NAME")
 
 
 def _flag_type(hint) -> type:
@@ -63,9 +62,16 @@ def _flag_type(hint) -> type:
     return hint
 
 
-def build_parser(strategy_names: Sequence[str], description: str | None = None) -> argparse.ArgumentParser:
-    """The parser of an entry point that trains the given strategies (``--masking`` picks one when several)."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+USAGE = "%(prog)s --data_path PATH --snapshot_dir DIR [--config YAML ...]{masking} [flags below]"
+
+
+def build_parser(strategy_names: Sequence[str], description: str | None = None,
+                 prog: str | None = None) -> argparse.ArgumentParser:
+    """The parser of an entry point that trains the given strategies (``--masking`` picks one when several).
+    ``description``'s first paragraph heads the help; the rest (examples) follows the flags."""
+    masking = f" [--masking {{{','.join(strategy_names)}}}]" if len(strategy_names) > 1 else ""
+    p = parser_from_doc(description, prog, USAGE.format(masking=masking))
+    p.epilog = f"examples:\n{p.epilog}" if p.epilog else None
     p.add_argument("--config", action="append", default=None, metavar="YAML",
                    help="YAML file whose keys (flag names without --) set defaults; may be repeated (later files "
                         "win) and may inherit with _base_: FILE. Command-line flags still win")
@@ -151,10 +157,10 @@ def parse_config(strategy_names: Sequence[str], argv=None, description: str | No
     return config_from_args(parse_with_config(build_parser(strategy_names, description), argv))
 
 
-def main(strategy_names: Sequence[str], argv=None, description: str | None = None) -> int:
+def main(strategy_names: Sequence[str], argv=None, description: str | None = None, prog: str | None = None) -> int:
     """A classifier entry point: parse, check, train. Exit code 2 with a message for anything the user can fix."""
-    args = parse_with_config(build_parser(strategy_names, description), argv)
-    return main_guard(lambda: run(*config_from_args(args)))
+    args = parse_with_config(build_parser(strategy_names, description, prog), argv)
+    return main_guard(lambda: run(*config_from_args(args), config_files=args.config or []))
 
 
 def main_guard(fn: Callable[[], object]) -> int:

@@ -61,7 +61,7 @@ class DataConfig:
     reweight_groups: bool = option(False, "draw training images with probability ~ 1 / (their training group's size), "
                                           "with replacement (group_DRO's --reweight_groups); needs training groups "
                                           "(--dataset waterbirds, a CSV with an a column)")
-    num_workers: int = option(4)
+    num_workers: int = option(4, "data-loader worker processes per process (0: load in the training process)")
     batch_size: int = option(32, "per process; total = batch_size x processes")
 
 
@@ -76,7 +76,7 @@ class ModelConfig:
     freeze_backbone: bool = option(False, "train the head only (linear probe)")
     class_token_only: bool = option(False, "ViT head on the CLS token only")
     patch_tokens_only: bool = option(False, "ViT head on the mean of the patch tokens only (GAP)")
-    drop_path: float = option(0.0)
+    drop_path: float = option(0.0, "stochastic depth rate of the backbone (timm drop_path_rate)")
     head_norm: str = option("head", "CNNs whose timm head holds a norm before the classifier (ConvNeXt): 'head' "
                                     "trains that norm with the new linear layer, at the scratch lr and with a frozen "
                                     "backbone too (upstream); 'backbone' counts it as frozen/pretrained backbone",
@@ -110,18 +110,18 @@ class ModelConfig:
 @dataclass
 class OptimConfig:
     section: ClassVar[str] = "optimisation"
-    epochs: int = option(90)
-    lr: float = option(1e-3)
-    min_lr: float = option(1e-8)
+    epochs: int = option(90, "training epochs")
+    lr: float = option(1e-3, "base learning rate of the backbone (the head gets lr x --scratch_lr_factor)")
+    min_lr: float = option(1e-8, "learning rate the cosine schedules end at")
     scratch_lr_factor: float = option(1.0, "head lr = lr x this")
-    optimizer_type: str = option("adamw", choices=OPTIMIZERS)
-    weight_decay: float = option(1e-2)
+    optimizer_type: str = option("adamw", "the timm optimizer (sgd: with Nesterov momentum, as upstream)", OPTIMIZERS)
+    weight_decay: float = option(1e-2, "decoupled weight decay (adamw), L2 otherwise")
     weight_decay_rule: str = option("all", "all: decay every parameter (upstream); timm: exempt biases, norms and "
                                            "the backbone's no_weight_decay() set (pos_embed, cls/register tokens), "
                                            "as timm and DeiT do", WEIGHT_DECAY_RULES)
-    momentum: float = option(0.9)
-    betas1: float = option(0.9)
-    betas2: float = option(0.999)
+    momentum: float = option(0.9, "sgd: momentum")
+    betas1: float = option(0.9, "adam/adamw: beta1")
+    betas2: float = option(0.999, "adam/adamw: beta2")
     scheduler_type: str = option("cosine", "upstream's schedule names, built on timm schedulers (see "
                                            "docs/fidelity.md)", SCHEDULERS)
     scheduler_warmup_epochs: int = option(0, "cosine_with_warmup: linear warm-up epochs; cosine_warmup_restart: the "
@@ -137,7 +137,7 @@ class OptimConfig:
     grad_norm_clip: float = option(0.0, "0 disables clipping")
     use_amp: bool = option(False, "mixed precision on CUDA: autocast in --amp_dtype (float16 with timm's loss scaler, "
                                   "as upstream, or bfloat16 without one). CPU runs stay fp32 unless --amp_on_cpu")
-    amp_dtype: str = option("float16", choices=("float16", "bfloat16"))
+    amp_dtype: str = option("float16", "autocast dtype of --use_amp", ("float16", "bfloat16"))
     amp_on_cpu: bool = option(False, "apply --use_amp on CPU too (bfloat16 autocast only)")
     tf32: bool = option(False, "CUDA: TF32 for the fp32 matmuls and convolutions left outside autocast")
     smoothing: float = option(0.1, "label smoothing")
@@ -146,12 +146,13 @@ class OptimConfig:
 @dataclass
 class AugConfig:
     section: ClassVar[str] = "augmentation"
-    augmentations_to_use: str = option("timm", choices=AUGMENTATIONS)
+    augmentations_to_use: str = option("timm", "training augmentation: timm = create_transform (RandAugment, random "
+                                               "erasing); cub_original = upstream's own recipe", AUGMENTATIONS)
     aa: str = option("rand-m9-mstd0.5-inc1", "timm RandAugment policy ('' disables)")
-    color_jitter: float = option(0.4)
+    color_jitter: float = option(0.4, "timm colour jitter strength (used when --aa is '')")
     reprob: float = option(0.25, "random erasing probability")
-    remode: str = option("pixel")
-    recount: int = option(1)
+    remode: str = option("pixel", "random erasing fill: pixel (per-pixel noise), rand (per-channel) or const")
+    recount: int = option(1, "random erasing: boxes per image")
     device_tail: str = option("auto", "where the end of the training pipeline runs (uint8 to float, normalisation, "
                                       "random erasing): 'on' the device for whole batches, timm's GPU-loader "
                                       "convention (workers send uint8); 'off' in the loader workers; 'auto': on with "
@@ -171,13 +172,13 @@ class AugConfig:
     eval_interpolation: str = option("bilinear", "eval resize interpolation (default: bilinear, torchvision's and "
                                                  "upstream's)", tuple(i for i in INTERPOLATIONS if i != "random"))
     turn_on_mixup_or_cutmix: bool = option(False, "enable mixup/cutmix")
-    mixup: float = option(0.8)
-    cutmix: float = option(1.0)
+    mixup: float = option(0.8, "mixup alpha (with --turn_on_mixup_or_cutmix)")
+    cutmix: float = option(1.0, "cutmix alpha (with --turn_on_mixup_or_cutmix)")
     cutmix_minmax: tuple[float, float] | None = option(None, "cutmix box ratio range; overrides --cutmix alpha "
                                                              "(timm)", metavar=("MIN", "MAX"))
-    mixup_prob: float = option(1.0)
-    mixup_switch_prob: float = option(0.5)
-    mixup_mode: str = option("batch", choices=("batch", "pair", "elem"))
+    mixup_prob: float = option(1.0, "probability of mixup or cutmix per batch")
+    mixup_switch_prob: float = option(0.5, "probability of cutmix instead of mixup when both are on")
+    mixup_mode: str = option("batch", "mix per batch, per pair or per element (timm)", ("batch", "pair", "elem"))
 
 
 @dataclass
@@ -207,8 +208,8 @@ class RunConfig:
     eval_only: bool = option(False, "evaluate <snapshot_dir>/best.pt (or --checkpoint; a --probe_heads run: "
                                     "last.pt) and write results.json")
     checkpoint: str | None = option(None, "checkpoint for --eval_only")
-    seed: int = option(42)
-    device: str = option("auto", choices=("auto", "cuda", "cpu"))
+    seed: int = option(42, "seed of the data order, augmentation draws and head initialisation")
+    device: str = option("auto", "auto: CUDA when available, else CPU", ("auto", "cuda", "cpu"))
     log_interval: int = option(10, "training steps between host synchronisations: loss check, progress line and "
                                    "preemption poll (metrics are logged once per epoch: log.jsonl, wandb)")
     max_train_batches: int = option(0, "cap batches per epoch (smoke tests; 0: all)")
@@ -218,10 +219,10 @@ class RunConfig:
                                         "follow from the first convolution; faster on GPUs with tensor cores)")
     compile: bool = option(False, "torch.compile the model's forward")
     wandb: bool = option(False, "log to Weights & Biases (offline when no credentials are configured)")
-    wandb_project: str = option("bgmask")
-    wandb_entity: str | None = option(None)
-    job_type: str | None = option(None)
-    group: str | None = option(None)
+    wandb_project: str = option("bgmask", "W&B project (with --wandb)")
+    wandb_entity: str | None = option(None, "W&B entity (with --wandb; default: your W&B default)")
+    job_type: str | None = option(None, "W&B job type (with --wandb)")
+    group: str | None = option(None, "W&B run group (with --wandb)")
 
 
 GROUPS = (DataConfig, ModelConfig, OptimConfig, AugConfig, DiagnosticsConfig, RunConfig)

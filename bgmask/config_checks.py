@@ -9,6 +9,7 @@ import os
 from typing import TYPE_CHECKING
 
 from bgmask.backbones import arch_layout
+from bgmask.errors import timm_name_hint
 from bgmask.heads import head_errors, parse_heads
 
 if TYPE_CHECKING:
@@ -95,6 +96,9 @@ def _model_errors(model: ModelConfig) -> list[str]:
         errors.append("--class_token_only and --patch_tokens_only are mutually exclusive: pick one head, or neither "
                       "for the default concat(CLS, mean patch tokens).")
     layout = arch_layout(model.model_arch)
+    if layout is None:
+        errors.append(f"--model_arch {model.model_arch!r} is not a timm model.{timm_name_hint(model.model_arch)} See "
+                      f"timm.list_models('convnext*') or timm.list_models('*dinov2*').")
     if (model.class_token_only or model.patch_tokens_only) and layout not in (None, "tokens"):
         errors.append(f"--class_token_only/--patch_tokens_only select a ViT head; {model.model_arch} is not a ViT "
                       f"({layout} features).")

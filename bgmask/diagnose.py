@@ -53,8 +53,9 @@ def run_diagnostics(session: Session, model: RunModel, strategy: Strategy, bench
                     data: BenchmarkData) -> dict:
     """Background-reliance diagnostics of the final weights, or why they are absent.
 
-    Every test image is scored once per view on any number of processes; rank 0 keeps a few attribution maps in
-    ``attribution_gallery.pt`` for ``collect_results`` (of the first head, with probe heads). With probe heads the
+    Every test image is scored once per view on any number of processes; rank 0 keeps a few attribution maps, with
+    their true and predicted classes, in ``attribution_gallery.pt`` for ``collect_results`` (of every head, with
+    probe heads: :func:`~bgmask.diagnostics.gallery_path`). With probe heads the
     result is ``{head: diagnostics}``: each head is scored as its single-head run's model would be.
     """
     cfg, info = session.cfg, session.info
@@ -83,9 +84,10 @@ def run_diagnostics(session: Session, model: RunModel, strategy: Strategy, bench
         out = scored_views(session, model, base, views_input, eval_tf, seed, names, done)
         ds = agreed(lambda: diagnostics.DiagnosticViews(base, "original", views_input, eval_tf, seed, with_mask=True),
                     info.device)
-        for k, (head, kind) in enumerate(per_head.items()):
+        galleries = {}
+        for head, kind in per_head.items():
             head_model = model.module.single_head_model(head) if model.probes else model.module
-            keep = GALLERY_IMAGES if info.is_main and k == 0 else 0
+            keep = GALLERY_IMAGES if info.is_main else 0
             share, counted, gallery = diagnostics.fg_attribution(
                 head_model, session.eval_loader(ds, attribution_batch_size(cfg)), info.device, kind, gallery=keep,
                 progress=info.is_main, autocast=session.amp.autocast, agree_first=True)
@@ -96,8 +98,12 @@ def run_diagnostics(session: Session, model: RunModel, strategy: Strategy, bench
                           attribution=diagnostics.attribution_method(head_model),
                           model=f"{strategy.name}, probe head {head}" if model.probes else strategy.name)
             if keep:
-                gallery["paths"] = [ds.base.paths[i] for i in gallery["index"]]
-                atomic_torch_save(gallery, diagnostics.gallery_path(session.snapshot_dir))
+                galleries[head] = {**gallery, "paths": [ds.base.paths[i] for i in gallery["index"]]}
+        if galleries:  # the first head's maps at the top level; every head's (same images) under "heads"
+            first = galleries[next(iter(galleries))]
+            heads_maps = {h: {k: g[k] for k in ("maps", "labels", "predictions")} for h, g in galleries.items()}
+            atomic_torch_save({**first, **({"heads": heads_maps} if model.probes else {})},
+                              diagnostics.gallery_path(session.snapshot_dir))
     except PeerFailure as e:
         # Every process gets here at the same stage: the run goes on to write results.json, none waits.
         failure = {"failed": str(e)[:500], "completed": list(done), "skipped": [s for s in stages if s not in done]}

@@ -236,12 +236,13 @@ def fg_attribution(model, loader, device, model_input: ModelInput, gallery: int 
                    autocast=contextlib.nullcontext, agree_first: bool = False):
     """Mean share of the attribution inside the bird over a loader of ``(image, mask, label, index)`` batches,
     exact across processes. Returns ``(mean share, images counted, gallery)`` with ``gallery`` the first
-    ``gallery`` maps this process saw (``{"index": [...], "maps": B,H,W float16}``). With ``agree_first`` a failure
-    on any process raises :class:`~bgmask.distributed.PeerFailure` on every process before the sums are reduced."""
+    ``gallery`` maps this process saw, with their true and predicted classes (``{"index": [...], "maps": B,H,W
+    float16, "labels": [...], "predictions": [...]}``). With ``agree_first`` a failure on any process raises
+    :class:`~bgmask.distributed.PeerFailure` on every process before the sums are reduced."""
     was_training = model.training
     model.eval()
     sums = torch.zeros(2, dtype=torch.float64)
-    kept_index, kept_maps, error = [], [], None
+    kept_index, kept_maps, kept_labels, kept_predictions, error = [], [], [], [], None
     try:
         for images, masks, labels, index in progress_bar(loader, desc="attribution", disable=not progress):
             images, masks, labels = images.to(device), masks.to(device), labels.to(device)
@@ -252,6 +253,10 @@ def fg_attribution(model, loader, device, model_input: ModelInput, gallery: int 
                 take = gallery - len(kept_index)
                 kept_index += index[:take].tolist()
                 kept_maps.append(maps[:take].cpu().half())
+                kept_labels += labels[:take].tolist()
+                with torch.no_grad(), autocast():
+                    logits = model(*_model_inputs(images[:take], masks[:take], model_input))
+                kept_predictions += logits.argmax(1).tolist()
     except Exception as e:  # noqa: BLE001 - re-raised below, on every process at once when agreeing
         if not agree_first:
             raise
@@ -263,8 +268,12 @@ def fg_attribution(model, loader, device, model_input: ModelInput, gallery: int 
     sums = all_reduce_sum(sums.to(device)).cpu()
     mean = float(sums[0] / sums[1]) if sums[1] > 0 else float("nan")
     maps = torch.cat(kept_maps) if kept_maps else torch.zeros(0)
-    return mean, int(sums[1]), {"index": kept_index, "maps": maps}
+    return mean, int(sums[1]), {"index": kept_index, "maps": maps, "labels": kept_labels,
+                                "predictions": kept_predictions}
 
 
 def gallery_path(run_dir: str | Path) -> Path:
+    """The run's few attribution maps: ``paths`` (test images, relative to ``images/``), ``maps``, ``labels`` and
+    ``predictions`` of the first head; with probe heads also ``heads``: ``{head: {"maps", "labels",
+    "predictions"}}`` for every head. Files of older runs hold ``paths`` and ``maps`` (the first head's) only."""
     return Path(run_dir) / "attribution_gallery.pt"

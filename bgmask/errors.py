@@ -12,3 +12,27 @@ class ConfigError(BgmaskError, ValueError):
 
     Settings are named by their command-line flags (``--lr``), which are also their YAML keys and config field names.
     """
+
+
+def did_you_mean(name: str, known, what: str = "") -> str:
+    """`` Did you mean 'x'?`` for the known names closest to a mistyped ``name`` (difflib's ratio), else ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), list(known), n=3, cutoff=0.6)
+    if not close:
+        return ""
+    return f" Did you mean {' or '.join(repr(c) for c in close)}{f' ({what})' if what else ''}?"
+
+
+def timm_name_hint(arch: str) -> str:
+    """The suggestion for an unknown timm model name: upstream's DINOv2 short names translated, else the closest names
+    timm knows, with or without a pretrained tag (``convnext_tiny``, ``vit_base_patch14_dinov2.lvd142m``)."""
+    import timm
+
+    if arch in ("vit_small", "vit_base", "vit_large", "vit_giant"):
+        return f" Upstream's short name {arch!r} is {arch}_patch14_dinov2.lvd142m here."
+    base, dot, _ = str(arch).partition(".")
+    names = timm.list_models()
+    if dot and base in names:  # a known model with an unknown pretrained tag
+        return did_you_mean(arch, [n for n in timm.list_models(pretrained=True) if n.startswith(base + ".")])
+    return did_you_mean(base, names)

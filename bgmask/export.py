@@ -35,6 +35,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN
 from timm.data import IMAGENET_DEFAULT_STD as IMAGENET_STD
 from torch import nn
 
+from bgmask.argparsing import parser_from_doc
 from bgmask.errors import BgmaskError
 
 FORMAT = "bgmask-export"
@@ -304,13 +305,11 @@ def load_classifier(folder) -> nn.Module:
 
 
 def main(argv=None) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m bgmask.export", description=__doc__.split("\n\n")[0])
+    p = parser_from_doc(__doc__.split("\n\n")[0], prog="python -m bgmask.export")
     p.add_argument("run_dir", type=Path, help="a finished run folder (its --snapshot_dir)")
     p.add_argument("--out", type=Path, required=True, help="the export folder to create")
     p.add_argument("--checkpoint", choices=CHECKPOINTS, default="best",
-                   help="best.pt, the selected epoch (default; last.pt when the run keeps only that), or last.pt")
+                   help="best.pt, the selected epoch (last.pt when the run keeps only that), or last.pt")
     p.add_argument("--head", help="probe-head runs: the head to export, or 'all' (one folder per head)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     args = p.parse_args(argv)

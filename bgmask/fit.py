@@ -29,7 +29,7 @@ from bgmask.optim import build_optimizer, build_scheduler, set_schedule_position
 from bgmask.preemption import REQUEUE_EXIT_CODE, PreemptionFlag
 from bgmask.run_model import RunModel
 from bgmask.selection import is_better, selection_key, selection_note
-from bgmask.session import Session, check_same_run
+from bgmask.session import Session
 from bgmask.strategies import Strategy
 
 
@@ -53,8 +53,6 @@ def train(session: Session, data: BenchmarkData, model: RunModel, ckpt: Checkpoi
     cfg, info = session.cfg, session.info
     scaler = NativeScaler(info.device.type) if session.amp.dtype == torch.float16 else None
     optimizer = build_optimizer(model.module, cfg.optim, fused=info.device.type == "cuda")
-    if info.is_main:
-        check_same_run(cfg.flat(), session.snapshot_dir)
     criterion = strategy.training_loss(cfg, build_criterion(cfg.optim.smoothing, cfg.aug.turn_on_mixup_or_cutmix,
                                                             class_weights(cfg, data)), data.train_groups)
     if isinstance(criterion, nn.Module):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bgmask import strategies
 from bgmask.data.groups import wilson_interval
-from bgmask.results import _fmt, _head_of, _regime_of, to_markdown
+from bgmask.results import _data_root, _fmt, _head_of, _regime_of, is_synthetic_cub, to_markdown, weights_label
 
 GROUP_FIGURES = ("worst_group", "adjusted_average", "average")
 
@@ -39,6 +39,8 @@ class GroupRunResult:
     best: dict
     balance: str = ""  # the imbalance options the run used ("class-balanced sampler", "group reweighting")
     last_epoch: dict | None = None  # the last epoch's sets when the selected epoch is reported
+    synthetic: bool = False  # the data is the synthetic benchmark (:func:`bgmask.results.is_synthetic_cub`)
+    weights: str = "random init"  # where the backbone's weights came from (:func:`bgmask.results.weights_label`)
 
     @property
     def row_key(self) -> tuple[str, str, str, str]:
@@ -77,15 +79,16 @@ def load_group_run(run_dir: str | os.PathLike) -> GroupRunResult:
 
         args = yaml.safe_load((run_dir / "args.yaml").read_text()) or {}
     sets = {name: m for name, m in results.items() if isinstance(m, dict) and "worst_group" in m}
-    regime = _regime_of(args)
+    model_args = args
     source = Path(args["dfr_from"]) / "args.yaml" if args.get("dfr_from") else None
     if source is not None and source.is_file():  # DFR stands in the block of the model it refits
         import yaml
 
-        regime = _regime_of(yaml.safe_load(source.read_text()) or {})
+        model_args = yaml.safe_load(source.read_text()) or {}
     return GroupRunResult(str(run_dir), results["dataset"], results["model_arch"], _head_of(args, results),
-                          regime, results["masking"], args.get("seed"), sets, results.get("best", {}),
-                          balance_of(args), results.get("last_epoch"))
+                          _regime_of(model_args), results["masking"], args.get("seed"), sets, results.get("best", {}),
+                          balance_of(args), results.get("last_epoch"), is_synthetic_cub(_data_root(args, run_dir)),
+                          weights_label(model_args))
 
 
 # ------------------------------------------------------------------------------------------- reference rows

@@ -17,7 +17,6 @@ from bgmask.backbones import adapter_for
 from bgmask.masking import NEAREST, MaskGrid
 from bgmask.weights import ModelSpec, create_backbone
 
-VIT_HEADS = ("cls_mean", "cls", "mean")
 HEAD_NORM_RULES = ("head", "backbone")
 HEAD_INITS = ("upstream", "timm", "torch")
 
@@ -45,8 +44,8 @@ class Classifier(nn.Module):
                  freeze_backbone: bool = False, head_norm: str = "head", head_init: str = "upstream",
                  pool_module: nn.Module | None = None):
         super().__init__()
-        if vit_head not in VIT_HEADS:
-            raise ValueError(f"vit_head must be one of {VIT_HEADS}, got {vit_head!r}")
+        if vit_head not in heads.VIT_HEADS:
+            raise ValueError(f"vit_head must be one of {heads.VIT_HEADS}, got {vit_head!r}")
         if head_norm not in HEAD_NORM_RULES:
             raise ValueError(f"head_norm must be one of {HEAD_NORM_RULES}, got {head_norm!r}")
         self.backbone = backbone

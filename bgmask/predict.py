@@ -17,7 +17,6 @@ by name and skipped, listed at the end, and the exit code is 1 when any was skip
 
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 import sys
@@ -28,6 +27,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from bgmask.argparsing import parser_from_doc
 from bgmask.data.cub import DatasetError, load_mask, load_rgb
 from bgmask.data.masks import apply_mask
 from bgmask.data.transforms import build_eval_transform
@@ -201,18 +201,18 @@ GALLERY_SIZE = 8
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bgmask.predict", description=__doc__.split("\n\n")[0])
+    p = parser_from_doc(__doc__.split("\n\n")[0], prog="python -m bgmask.predict")
     p.add_argument("inputs", nargs="+", help="image files, folders (recursive) or CSV files with a 'path' column")
     p.add_argument("--model", required=True, help="an export folder (python -m bgmask.export RUN --out DIR)")
     p.add_argument("--out", type=Path, required=True, help="folder for predictions.csv (and gallery.png)")
     p.add_argument("--masks", help="folder of masks: <image path relative to its input>.png, pixels > 0 are bird")
     p.add_argument("--segmenter", nargs=2, metavar=("CONFIG", "CHECKPOINT"),
                    help="an MMSeg bird segmenter run on every batch (as late masking's online source)")
-    p.add_argument("--batch_size", type=int, default=16, help="images per forward (default: 16)")
-    p.add_argument("--topk", type=int, default=5, help="classes per image in the CSV (default: 5)")
+    p.add_argument("--batch_size", type=int, default=16, help="images per forward")
+    p.add_argument("--topk", type=int, default=5, help="classes per image in the CSV")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--num_workers", type=int, default=0, help="loader workers (default: 0)")
+                   help="cpu or cuda")
+    p.add_argument("--num_workers", type=int, default=0, help="loader workers")
     p.add_argument("--figure", action="store_true", help=f"also write gallery.png (the first {GALLERY_SIZE} images)")
     args = p.parse_args(argv)
     try:

@@ -40,7 +40,7 @@ from pathlib import Path
 
 from bgmask.data.synthetic import HABITAT_NAMES, SyntheticConfig, disjoint_species, generate
 from bgmask.data.transforms import AUGMENTATIONS
-from bgmask.errors import BgmaskError
+from bgmask.errors import BgmaskError, timm_name_hint
 from bgmask.io import atomic_write_text
 from bgmask.pretrain_cache import (
     _locked,
@@ -117,7 +117,7 @@ class Recipe:
         errors = []
         if arch_layout(self.arch) is None:
             errors.append(f"{self.arch!r} is not a timm model (see timm.list_models('convnext*') or "
-                          f"timm.list_models('*dinov2*'))")
+                          f"timm.list_models('*dinov2*')).{timm_name_hint(self.arch)}")
         if self.image_size < 32:  # a CNN's last stage has stride 32
             errors.append(f"image size must be >= 32 pixels, got {self.image_size}")
         if self.epochs < 1:

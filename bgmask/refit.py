@@ -4,8 +4,6 @@ evaluate as any run."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
@@ -17,8 +15,9 @@ from bgmask.evaluation import evaluate_sets
 from bgmask.logging import save_args
 from bgmask.progress import progress_bar
 from bgmask.run_model import RunModel
-from bgmask.session import Session, check_same_run
+from bgmask.session import Session
 from bgmask.strategies import Strategy
+from bgmask.strategies.dfr import source_checkpoint
 
 
 def refit(session: Session, data: BenchmarkData, model: RunModel, ckpt: CheckpointManager, strategy: Strategy) -> dict:
@@ -33,7 +32,6 @@ def refit(session: Session, data: BenchmarkData, model: RunModel, ckpt: Checkpoi
                           f"benchmark's {data.selection!r} set has none: use --dataset waterbirds, or a CSV with an "
                           f"a column.")
     if info.is_main:
-        check_same_run(cfg.flat(), session.snapshot_dir)
         save_args(cfg.flat(), session.snapshot_dir / "args.yaml")
     source = load_source(cfg.strategy_options.dfr_from, model)
     features, labels = embed(session, model.module, selection.dataset)
@@ -61,16 +59,11 @@ def refit(session: Session, data: BenchmarkData, model: RunModel, ckpt: Checkpoi
 
 
 def load_source(run_dir: str | None, model: RunModel) -> str:
-    """Load the final weights of a finished run (its last.pt, as the DFR code takes the ERM run's final checkpoint;
-    best.pt when there is no last.pt); without one the model keeps the weights it was built with. Returns where the
-    weights came from."""
+    """Load the final weights of a finished run (:func:`bgmask.strategies.dfr.source_checkpoint`); without one the
+    model keeps the weights it was built with. Returns where the weights came from."""
     if run_dir is None:
         return "the weights the model was built with"
-    folder = Path(run_dir)
-    path = next((p for p in (folder / "last.pt", folder / "best.pt") if p.is_file()), None)
-    if path is None:
-        raise ConfigError(f"--dfr_from {folder} holds neither best.pt nor last.pt: point it at a finished run "
-                          f"folder (e.g. the baseline's --snapshot_dir).")
+    path = source_checkpoint(run_dir)
     state = load_checkpoint(path)
     model.load(state["model"], path, state.get("weights_identity"))
     return str(path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Generic, TypeVar
 
-from bgmask.errors import ConfigError
+from bgmask.errors import ConfigError, did_you_mean
 
 T = TypeVar("T")
 
@@ -15,7 +15,8 @@ class Registry(Generic[T]):
 
     Args:
         kind: what an entry is, for messages ("masking strategy", "benchmark").
-        unknown: how an unknown name is reported, with ``{name}`` and ``{known}`` (the registered names).
+        unknown: how an unknown name is reported, with ``{name}``, ``{known}`` (the registered names) and ``{hint}``
+            (" Did you mean ...?" or nothing).
     """
 
     def __init__(self, kind: str, unknown: str):
@@ -34,7 +35,8 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
-            raise ConfigError(self.unknown.format(name=name, known=", ".join(self._entries))) from None
+            raise ConfigError(self.unknown.format(name=name, known=", ".join(self._entries),
+                                                  hint=did_you_mean(name, self._entries))) from None
 
     def names(self) -> list[str]:
         return list(self._entries)

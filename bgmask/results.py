@@ -59,6 +59,10 @@ class RunResult:
     has_gallery: bool = True  # the run folder's attribution_gallery.pt is this entry's (a probe run's: its first head)
     wb_worst_counts: tuple[int, int] | None = None  # (correct, images) of the worst Waterbirds group
     mask_downsample: str = "-"  # late masking: how the masks reached the feature grid ("nearest-exact" or "area")
+    num_classes: int | None = None  # of the benchmark (chance = 100 / num_classes)
+    synthetic: bool = False  # the data is the synthetic benchmark (:func:`is_synthetic_cub`)
+    weights: str = "random init"  # where the backbone's weights came from (:func:`weights_label`)
+    probe_head: str | None = None  # the probe head's name (``--probe_heads``) of a probe run's entry
 
     @property
     def row_key(self) -> tuple[str, str, str]:
@@ -90,6 +94,60 @@ def _head_of(args: dict, results: dict) -> str:
     return heads.label(heads.vit_head_of(args.get("class_token_only"), args.get("patch_tokens_only")))
 
 
+def is_synthetic_cub(root: str | os.PathLike | None) -> bool:
+    """Whether a CUB-format folder was made by the synthetic generator (:mod:`bgmask.data.synthetic`): it holds the
+    generator's ``habitats.txt`` (no CUB or Waterbirds release has one), one line ``<class id> <habitat>`` per class
+    of ``classes.txt`` with the generator's habitat names. Anything else, a missing folder included, is not."""
+    from bgmask.data.synthetic import HABITAT_NAMES
+
+    if not root:
+        return False
+    root = Path(root)
+    try:
+        habitats = (root / "habitats.txt").read_text().split("\n")
+        classes = (root / "classes.txt").read_text().split("\n")
+    except (OSError, UnicodeDecodeError):
+        return False
+    habitats, classes = [h.split() for h in habitats if h.strip()], [c for c in classes if c.strip()]
+    return bool(habitats) and len(habitats) == len(classes) and all(
+        len(h) == 2 and h[0].isdigit() and h[1] in HABITAT_NAMES for h in habitats)
+
+
+def _data_root(args: dict, run_dir: Path) -> Path | None:
+    """The run's ``--data_path``; a relative one as given (from where collect_results runs), else relative to a
+    folder above the run folder (the checkout the run was started from)."""
+    if not args.get("data_path"):
+        return None
+    path = Path(args["data_path"])
+    if path.is_absolute() or path.exists():
+        return path
+    return next((parent / path for parent in run_dir.resolve().parents if (parent / path).exists()), path)
+
+
+def weights_label(args: dict) -> str:
+    """Where a run's backbone weights came from, for titles: ``synthetic-pretrained`` (a weights folder written by
+    :mod:`bgmask.pretrain`, whose ``config.json`` says so, or a path in its cache), ``hub-pretrained``
+    (``--start_weights DEFAULT``), ``local weights`` (another ``--pretrained_path``) or ``random init``."""
+    path = args.get("pretrained_path")
+    if path:
+        try:
+            config = json.loads((Path(path).parent / "config.json").read_text())
+            synthetic = config.get("pretrained_cfg", {}).get("tag") == "bgmask_synthetic"
+        except (OSError, ValueError, AttributeError):
+            synthetic = "/bgmask/pretrained/" in Path(path).as_posix()  # the default cache, on another machine
+        return "synthetic-pretrained" if synthetic else "local weights"
+    return "hub-pretrained" if args.get("start_weights") == "DEFAULT" else "random init"
+
+
+def _classes_of(results: dict, data_root: Path | None) -> int | None:
+    if results.get("num_classes"):
+        return int(results["num_classes"])
+    try:
+        return sum(1 for line in (data_root / "classes.txt").read_text().splitlines() if line.strip())
+    except (OSError, TypeError):
+        return None
+
+
 def load_run(run_dir: str | os.PathLike) -> RunResult:
     """Read ``run_dir/results.json`` (and ``args.yaml`` for the regime and head) as one table entry; a run with
     probe heads gives its first head (:func:`load_runs` gives all)."""
@@ -109,8 +167,11 @@ def load_runs(run_dir: str | os.PathLike) -> list[RunResult]:
         import yaml
 
         args = yaml.safe_load((run_dir / "args.yaml").read_text()) or {}
+    data_root = _data_root(args, run_dir)
     common = {"run_dir": str(run_dir), "model_arch": results["model_arch"], "regime": _regime_of(args),
-              "seed": args.get("seed"), "data_path": args.get("data_path"), "image_size": results.get("image_size")}
+              "seed": args.get("seed"), "data_path": None if data_root is None else str(data_root),
+              "image_size": results.get("image_size"), "num_classes": _classes_of(results, data_root),
+              "synthetic": is_synthetic_cub(data_root), "weights": weights_label(args)}
     if "probes" not in results:
         return [_entry(results, common, _head_of(args, results), results["masking"],
                        results.get("mask_source", "-"), results.get("diagnostics"), results.get("variant", "last"),
@@ -123,18 +184,19 @@ def load_runs(run_dir: str | os.PathLike) -> list[RunResult]:
         label = heads.label(head)
         entries.append(_entry(metrics, common, label, masking, results.get("mask_source", "-") if late else "-",
                               metrics.get("diagnostics", results.get("diagnostics") if k == 0 else None),
-                              has_gallery=k == 0,
+                              has_gallery=k == 0, probe_head=head,
                               mask_downsample=results.get("mask_downsample", "nearest-exact") if late else "-"))
     return entries
 
 
 def _entry(metrics: dict, common: dict, head: str, masking: str, mask_source: str, diagnostics,
-           variant: str = "last", has_gallery: bool = True, mask_downsample: str = "-") -> RunResult:
+           variant: str = "last", has_gallery: bool = True, mask_downsample: str = "-",
+           probe_head: str | None = None) -> RunResult:
     wb = metrics.get("waterbirds") or {}
     groups = [g for g in (wb.get("groups") or {}).values() if g.get("num_images")]
     worst = min(groups, key=lambda g: g["correct"] / g["num_images"]) if groups else None
     return RunResult(**common, head=head, masking=masking, mask_source=mask_source, variant=variant,
-                     has_gallery=has_gallery, mask_downsample=mask_downsample,
+                     has_gallery=has_gallery, mask_downsample=mask_downsample, probe_head=probe_head,
                      wb_worst_counts=(worst["correct"], worst["num_images"]) if worst else None,
                      cub_top1=metrics["cub_test"]["top1"], cub_images=metrics["cub_test"]["num_images"],
                      wb_top1=wb.get("top1"), wb_images=wb.get("num_images", 0), wb_worst_group=wb.get("worst_group"),

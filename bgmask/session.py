@@ -118,6 +118,25 @@ def resolve_image_size(model: ModelConfig) -> int:
     return int(size)
 
 
+def check_run_folder(session: Session) -> None:
+    """Before a run writes anything into its folder: refuse one that holds another run (:func:`check_same_run`,
+    checked by rank 0); every process stops together, rank 0 with the message."""
+    error = None
+    if session.info.is_main and not session.cfg.run.eval_only:
+        try:
+            check_same_run(session.cfg.flat(), session.snapshot_dir)
+        except ConfigError as e:
+            error = e
+    if session.info.distributed:
+        try:
+            distributed.agree(error, session.info.device)
+        except distributed.PeerFailure:
+            if error is None:
+                raise
+    if error is not None:
+        raise error
+
+
 def check_same_run(settings: dict, snapshot_dir: Path) -> None:
     """Refuse to continue a run in ``snapshot_dir`` that was started with other settings (it would silently resume
     or overwrite it). Only settings that change the result count; one unknown to the older run is not compared."""

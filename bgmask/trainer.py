@@ -10,24 +10,31 @@ The phases live in their own modules: :mod:`bgmask.session` (processes, device, 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from bgmask import benchmarks, distributed
 from bgmask.benchmarks import resolve_head_init
 from bgmask.checkpoint import CheckpointManager
 from bgmask.config import TrainConfig
+from bgmask.console import ConsoleLog, banner, recipe_warning, summary
 from bgmask.diagnose import add_diagnostics, safe_diagnostics
 from bgmask.evaluation import evaluate_checkpoint
 from bgmask.fit import train
 from bgmask.logging import write_json_atomic
 from bgmask.refit import refit
 from bgmask.run_model import build_model, check_probe_masks
-from bgmask.session import Session, resolve_image_size, start_session
+from bgmask.session import Session, check_run_folder, resolve_image_size, start_session
 from bgmask.strategies import Strategy
 
 
-def run(cfg: TrainConfig, strategy: Strategy) -> dict | None:
-    """Train (or with ``--eval_only`` evaluate) and write results.json. Returns the results on rank 0."""
+def run(cfg: TrainConfig, strategy: Strategy, config_files: Sequence[str] | None = None) -> dict | None:
+    """Train (or with ``--eval_only`` evaluate) and write results.json. Returns the results on rank 0.
+
+    The console of rank 0 is kept in the run folder (``train.log``), between a banner line with the recipe and a
+    summary block; ``config_files`` (the command line's ``--config`` files) only words the warning given for a
+    run without pretrained weights (:func:`bgmask.console.recipe_warning`)."""
     cfg.check(torch.cuda.is_available())
     strategy.check(cfg)
     benchmark, needs = benchmarks.get(cfg.data.dataset)(), strategy.needs(cfg)
@@ -35,7 +42,20 @@ def run(cfg: TrainConfig, strategy: Strategy) -> dict | None:
     benchmark.check(cfg, needs)
     check_probe_masks(cfg, needs)
     session = start_session(cfg)
+    check_run_folder(session)
+    with ConsoleLog(session.snapshot_dir, enabled=session.info.is_main):
+        results = _run(session, benchmark, needs, strategy, config_files)
+    distributed.cleanup()
+    return results
+
+
+def _run(session: Session, benchmark, needs, strategy: Strategy, config_files: Sequence[str] | None) -> dict | None:
+    cfg = session.cfg
     image_size = resolve_image_size(cfg.model)
+    if session.info.is_main:
+        warning = recipe_warning(cfg, config_files)
+        print(banner(cfg, strategy.name, image_size, session.info.world_size) + (f"\n{warning}" if warning else ""),
+              flush=True)
     data = benchmark.build(cfg, needs, image_size, device_tail=session.device_tail)
     model, weights = build_model(session, strategy, data.num_classes, image_size)
     ckpt = CheckpointManager(session.snapshot_dir, cfg.run.save_every_n_epochs, enabled=session.info.is_main)
@@ -55,8 +75,10 @@ def run(cfg: TrainConfig, strategy: Strategy) -> dict | None:
     write_results(session, results)
     add_diagnostics(results, safe_diagnostics(session, model, strategy, benchmark, data))
     write_results(session, results)
-    distributed.cleanup()
-    return results if session.info.is_main else None
+    if not session.info.is_main:
+        return None
+    print(summary(results, session.snapshot_dir), flush=True)
+    return results
 
 
 def write_results(session: Session, results: dict) -> None:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from bgmask.backbones import takes_img_size
-from bgmask.errors import BgmaskError
+from bgmask.errors import BgmaskError, timm_name_hint
 from bgmask.io import file_digest
 
 
@@ -56,11 +56,8 @@ def create_backbone(spec: ModelSpec) -> nn.Module:
         backbone = timm.create_model(spec.arch, pretrained=spec.pretrained or bool(spec.pretrained_path), **kwargs)
     except RuntimeError as e:
         if "Unknown model" in str(e):
-            short = {"vit_small", "vit_base", "vit_large", "vit_giant"}
-            hint = f" Upstream's short name {spec.arch!r} is {spec.arch}_patch14_dinov2.lvd142m here." \
-                if spec.arch in short else ""
-            raise ModelError(f"--model_arch {spec.arch!r} is not a timm model; see timm.list_models('convnext*') or "
-                             f"timm.list_models('*dinov2*').{hint}") from None
+            raise ModelError(f"--model_arch {spec.arch!r} is not a timm model.{timm_name_hint(spec.arch)} "
+                             f"See timm.list_models('convnext*') or timm.list_models('*dinov2*').") from None
         if spec.pretrained_path:
             raise WeightsError(_mismatch_message(spec, kwargs, e)) from None
         raise

@@ -1,10 +1,14 @@
 #!/usr/bin/env python
-"""Train a classifier on original images (baseline) or on pre-masked images (early masking).
+r"""Train a classifier on original images (baseline) or on pre-masked images (early masking).
 
-Baseline:       python early_masking_and_baseline/train.py --data_path DATA/CUB_200_2011 --snapshot_dir runs/base \
-                    --config configs/classifier/frozen.yaml --config configs/classifier/models/vit_base.yaml
-Early masking:  add --masking early (reads images_masked/ and the masked Waterbirds folder written by
-                mmsegmentation/tools/generate_masks.py). Multi-GPU: torchrun --nproc_per_node G ... (same flags).
+  # baseline, the paper's frozen regime with DINOv2 ViT-B/14 weights
+  python early_masking_and_baseline/train.py --data_path DATA/CUB_200_2011 --snapshot_dir runs/base \
+      --config configs/classifier/frozen.yaml --config configs/classifier/models/vit_base.yaml
+  # early masking: the same with --masking early (reads images_masked/ and the masked Waterbirds folder written by
+  # mmsegmentation/tools/generate_masks.py)
+  python early_masking_and_baseline/train.py ... --masking early
+  # several GPUs: the same flags under torchrun
+  torchrun --nproc_per_node 4 early_masking_and_baseline/train.py ...
 """
 
 from __future__ import annotations

@@ -11,10 +11,10 @@ judged against the seed spread of its regime, read from --seed_spread (default d
 scripts/study/seeds.sh).
 """
 
-import argparse
 import sys
 from pathlib import Path
 
+from bgmask.argparsing import parser_from_doc
 from bgmask.claims import group_claims, load_spread, number, paper_claims, write_claims
 from bgmask.group_results import is_group_protocol, load_group_run
 from bgmask.report import write_group_outputs, write_outputs
@@ -24,7 +24,7 @@ DEFAULT_SPREAD = Path(__file__).resolve().parents[1] / "docs" / "seed_spread.jso
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser_from_doc(__doc__)
     p.add_argument("run_dirs", nargs="+", help="run folders (each with results.json)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--note", default="", help="a line printed above the table (e.g. data set and date)")

@@ -4,23 +4,24 @@
 Example: python scripts/make_synthetic_cub.py --out data/synthetic --seed 0
 """
 
-import argparse
 import sys
 
+from bgmask.argparsing import parser_from_doc
 from bgmask.data.synthetic import BACKGROUNDS, SyntheticConfig, generate
 
 
 def main(argv=None) -> int:
     defaults = SyntheticConfig()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser_from_doc(__doc__)
     p.add_argument("--out", required=True, help="parent folder; CUB_200_2011/ is created inside it")
-    p.add_argument("--num_classes", type=int, default=defaults.num_classes)
-    p.add_argument("--images_per_class", type=int, default=defaults.images_per_class)
+    p.add_argument("--num_classes", type=int, default=defaults.num_classes, help="species (genera of four)")
+    p.add_argument("--images_per_class", type=int, default=defaults.images_per_class,
+                   help="images per species, train and test together")
     p.add_argument("--image_size", type=int, default=defaults.image_size, help="image height in pixels")
     p.add_argument("--habitats", type=int, default=defaults.habitats, help="number of background habitats (2..8)")
     p.add_argument("--bias", type=float, default=defaults.bias,
                    help="probability that a CUB image shows its species' home habitat")
-    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--seed", type=int, default=defaults.seed, help="the generator's seed: same seed, same files")
     p.add_argument("--backgrounds", choices=BACKGROUNDS, default=defaults.backgrounds,
                    help="home: the species' home habitat with probability --bias (the benchmark); balanced: every "
                         "species on every habitat equally often, independent of species (--bias unused)")

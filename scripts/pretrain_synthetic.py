@@ -27,6 +27,7 @@ DEMO_ARCHS = ("convnext_atto", "vit_small_patch14_dinov2")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bgmask.argparsing import parser_from_doc
     from bgmask.pretrain import AUGMENTATIONS, DEMO_RECIPES, Corpus
 
     corpus = Corpus()
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     def demo(field: str) -> str:
         return "default: " + ", ".join(f"{getattr(r, field)} for {arch}" for arch, r in DEMO_RECIPES.items())
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser_from_doc(__doc__)
     p.add_argument("--arch", nargs="+", default=None, metavar="ARCH",
                    help=f"timm models to pretrain (default: {' '.join(DEMO_ARCHS)})")
     p.add_argument("--print_path", metavar="ARCH", default=None,
@@ -57,11 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--seed", type=int, default=0, help="training seed")
     data = p.add_argument_group("pretraining corpus")
     data.add_argument("--num_classes", type=int, default=corpus.num_classes, help="species in the corpus")
-    data.add_argument("--images_per_class", type=int, default=corpus.images_per_class)
+    data.add_argument("--images_per_class", type=int, default=corpus.images_per_class, help="images per species")
     data.add_argument("--corpus_image_size", type=int, default=corpus.image_size, help="generated image height")
     data.add_argument("--train_fraction", type=float, default=corpus.train_fraction,
                       help="fraction of each species' images in the train split (the rest: the corpus test split)")
-    data.add_argument("--corpus_seed", type=int, default=corpus.seed)
+    data.add_argument("--corpus_seed", type=int, default=corpus.seed, help="the corpus generator's seed")
     run = p.add_argument_group("run")
     run.add_argument("--cache_dir", default=None,
                      help="cache folder (default: $BGMASK_CACHE, else ~/.cache/bgmask)")

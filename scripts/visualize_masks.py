@@ -12,6 +12,8 @@ import numpy as np
 
 from bgmask.data.cub import WATERBIRDS_SUB_PATH, CUBIndex, DatasetError, load_rgb, mask_path_for
 from bgmask.data.masks import MASK_FOLDERS
+from bgmask.figures import data_note, strategy_colour
+from bgmask.results import is_synthetic_cub
 
 
 def main(argv=None) -> int:
@@ -51,8 +53,9 @@ def main(argv=None) -> int:
                 ax.text(0.5, 0.5, "missing", ha="center", va="center")
             ax.set_xticks([])
             ax.set_yticks([])
-            if row == 0:
-                ax.set_title(title, fontsize=9)
+            if row == 0:  # early masking's input in the strategy's colour of every figure
+                ax.set_title(title, fontsize=9, color=strategy_colour("early") if folder == masked_dir else "black")
+    fig.suptitle("Test images and their masks" + data_note([is_synthetic_cub(root)]), fontsize=9)
     fig.tight_layout()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=110)

@@ -133,6 +133,10 @@ def test_results_json_has_the_diagnostics_and_none_turns_them_off(tiny_cub_copy,
     assert 0 <= diag["fg_attribution"] <= 1 and (run / "attribution_gallery.pt").is_file()
     gallery = torch.load(run / "attribution_gallery.pt", weights_only=False)
     assert gallery["maps"].shape == (6, 32, 32) and len(gallery["paths"]) == 6
+    classes = {int(line.split()[1]) - 1 for line in (tiny_cub_copy / "image_class_labels.txt").read_text().split("\n")
+               if line.strip()}
+    assert len(gallery["labels"]) == len(gallery["predictions"]) == 6  # each map's true and predicted class
+    assert set(gallery["labels"]) | set(gallery["predictions"]) <= classes and "heads" not in gallery
     assert early_main(train_argv(tiny_cub_copy, tmp_path / "n", "--epochs", "1", "--diagnostics", "none")) == 0
     assert json.loads((tmp_path / "n" / "results.json").read_text())["diagnostics"] == {"skipped": "--diagnostics none"}
     shutil.rmtree(tiny_cub_copy / "segmentations")

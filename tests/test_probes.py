@@ -113,6 +113,13 @@ def test_each_probe_head_gets_the_diagnostics_of_its_single_head_run(tiny_cub_ro
             else:
                 assert mine[key] == value, (head, key)
     assert [e.has_gallery for e in load_runs(tmp_path / "probes")] == [True, False]  # the maps are the first head's
+    galleries = {run: torch.load(tmp_path / run / "attribution_gallery.pt", weights_only=False)
+                 for run in ("probes", "pool", "late")}
+    assert set(galleries["probes"]["heads"]) == {"pool", "late:pool"}  # and every head's, as its single-head run's
+    for head, run in (("pool", "pool"), ("late:pool", "late")):
+        mine = galleries["probes"]["heads"][head]
+        assert mine["labels"] == galleries[run]["labels"] and mine["predictions"] == galleries[run]["predictions"]
+        assert torch.allclose(mine["maps"].float(), galleries[run]["maps"].float(), atol=1e-2, rtol=1e-2)
     entries = {e.masking: e for e in load_runs(tmp_path / "probes")}
     assert entries["late"].diagnostics == probes["probes"]["late:pool"]["diagnostics"]
     assert not (tmp_path / "probes" / "best.pt").exists()  # one best epoch cannot be every head's

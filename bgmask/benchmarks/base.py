@@ -143,6 +143,6 @@ def selection_metric(cfg: TrainConfig, grouped: bool) -> str:
 
 
 _REGISTRY: Registry[Benchmark] = Registry(
-    "benchmark", "unknown --dataset {name!r}; known: {known}. A new benchmark is a module with a @register-ed "
+    "benchmark", "unknown --dataset {name!r}.{hint} Known: {known}. A new benchmark is a module with a @register-ed "
                  "Benchmark subclass, imported before the run (see docs/architecture.md).")
 register, get, names = _REGISTRY.register, _REGISTRY.get, _REGISTRY.names

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections import Counter
 from pathlib import Path
 
+from bgmask.argparsing import parser_from_doc
 from bgmask.data.cub import (
     GT_MASK_SUB_PATH,
     WATERBIRDS_SUB_PATH,
@@ -97,7 +97,7 @@ def _provenance(folder: Path) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = parser_from_doc(__doc__, prog="python -m bgmask.data.check")
     p.add_argument("root", type=Path, help="CUB_200_2011 folder (or its parent)")
     args = p.parse_args(argv)
     try:

@@ -82,8 +82,8 @@ class Strategy:
 
 
 _REGISTRY: Registry[Strategy] = Registry(
-    "strategy", "unknown masking strategy {name!r}; known: {known}. A new strategy is a module with a @register-ed "
-                "Strategy subclass, imported before the run (see docs/architecture.md).")
+    "strategy", "unknown masking strategy {name!r}.{hint} Known: {known}. A new strategy is a module with a "
+                "@register-ed Strategy subclass, imported before the run (see docs/architecture.md).")
 register, get, names = _REGISTRY.register, _REGISTRY.get, _REGISTRY.names
 
 

@@ -62,9 +62,8 @@ class DeepFeatureReweighting(Strategy):
             raise ConfigError("--masking dfr refits the last layer of a frozen model: add --freeze_backbone.")
         if cfg.model.probe_heads is not None:
             raise ConfigError("--masking dfr fits one head; drop --probe_heads.")
-        if opts.dfr_from is not None and not any((Path(opts.dfr_from) / f).is_file() for f in ("best.pt", "last.pt")):
-            raise ConfigError(f"--dfr_from {opts.dfr_from} holds neither best.pt nor last.pt: point it at a finished "
-                              f"run folder (e.g. the baseline's --snapshot_dir).")
+        if opts.dfr_from is not None:
+            source_checkpoint(opts.dfr_from)
         if opts.dfr_retrains < 1 or opts.dfr_tune_retrains < 1:
             raise ConfigError("--dfr_retrains and --dfr_tune_retrains must be >= 1.")
         try:
@@ -178,3 +177,14 @@ def reweight(features: np.ndarray, labels: np.ndarray, groups: np.ndarray, num_c
               "nonzero_weights": int((np.abs(w) > 0).any(0).sum()), "features": int(w.shape[1]),
               "balanced_subset_size": int(len(balanced_subset(groups, rng))), "validation_images": int(len(x))}
     return w / std, b - (w / std) @ mean, report
+
+
+def source_checkpoint(run_dir: str | Path) -> Path:
+    """The checkpoint DFR refits from in a finished run folder (``--dfr_from``): its final weights, ``last.pt``, as
+    the DFR code takes the ERM run's final checkpoint; ``best.pt`` when there is no ``last.pt``."""
+    folder = Path(run_dir)
+    path = next((p for p in (folder / "last.pt", folder / "best.pt") if p.is_file()), None)
+    if path is None:
+        raise ConfigError(f"--dfr_from {folder} holds neither best.pt nor last.pt: point it at a finished run folder "
+                          f"(e.g. the baseline's --snapshot_dir).")
+    return path

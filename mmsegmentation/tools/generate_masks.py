@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Predict a bird mask for every image of a CUB root and its Waterbirds folder; write masks and masked images.
+r"""Predict a bird mask for every image of a CUB root and its Waterbirds folder; write masks and masked images.
 
 Writes, at the images' relative paths under CUB_ROOT:
   masks/ (PNG, 0/255)  images_masked/ (background = 0)
@@ -22,6 +22,7 @@ import warnings
 
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")  # noise from mmengine's imports
 
+from bgmask.argparsing import parser_from_doc  # noqa: E402
 from bgmask.data.cub import CUBIndex, DatasetError  # noqa: E402
 from bgmask.distributed import resolve_device  # noqa: E402
 from cub_seg.generate import (  # noqa: E402
@@ -34,7 +35,7 @@ from cub_seg.inference import Segmenter  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser_from_doc(__doc__)
     p.add_argument("--cub_root", required=True, help="the CUB_200_2011 folder (holds images.txt)")
     p.add_argument("--config", help="segmenter config (the one the checkpoint was trained with)")
     p.add_argument("--checkpoint", help="segmenter checkpoint written by mmsegmentation/tools/train.py")
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image-decoding threads (0: decode between forward passes)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     p.add_argument("--overwrite", action="store_true", help="regenerate finished images too")
-    p.add_argument("--no_progress", action="store_true")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar (for logs)")
     return p
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Turn CUB-200-2011 soft segmentations (> 0) into the binary MMSeg dataset used to train the bird segmenter.
+r"""Turn CUB-200-2011 soft segmentations (> 0) into the binary MMSeg dataset used to train the bird segmenter.
 
 Output layout (the configs' data_root):
   OUT/images/{train,test,waterbird_test}/<class>/<name>.jpg    links (or copies) of the CUB / Waterbirds images
@@ -14,12 +14,13 @@ import argparse
 import os
 import sys
 
+from bgmask.argparsing import parser_from_doc
 from bgmask.data.cub import DatasetError
 from cub_seg.prepare import LINK_MODES, prepare_cub_binary_seg
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser_from_doc(__doc__)
     p.add_argument("--cub_root", required=True, help="the CUB_200_2011 folder (holds images.txt)")
     p.add_argument("--out", required=True, help="output dataset root (the configs' data_root)")
     p.add_argument("--waterbirds_root", default=None,
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     p.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="processes writing the maps (0: none)")
-    p.add_argument("--no_progress", action="store_true")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar (for logs)")
     return p
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train a bird segmenter: a config and the command line go to mmengine's Runner.
+r"""Train a bird segmenter: a config and the command line go to mmengine's Runner.
 
 Examples:
   python mmsegmentation/tools/train.py mmsegmentation/configs/segformer_mit-b0_8xb2-160k_cub-512x512.py \

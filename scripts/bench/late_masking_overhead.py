@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Training-step cost of late masking: baseline vs precomputed masks vs the online segmenter (upstream's way).
+r"""Training-step cost of late masking: baseline vs precomputed masks vs the online segmenter (upstream's way).
 
 Times forward + backward + optimizer step on one fixed batch, all three in the same process, interleaved in rounds
 so drift affects them alike; reports the median step time and the ratio to the baseline, and writes JSON.

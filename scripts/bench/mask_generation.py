@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Mask-generation throughput: generate_masks.py's path vs a naive loop of one ``inference_model`` call per image.
+r"""Mask-generation throughput: generate_masks.py's path vs a naive loop of one ``inference_model`` call per image.
 
 Modes, all predicting masks at each image's original resolution with MMSeg's ``mmseg.apis.inference_model``:
   inference_model   one call per image path (MMSeg decodes the file): the naive loop

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The grid study's control, analysed: late masking at one input size with the grid varied alone (the mask placed
+r"""The grid study's control, analysed: late masking at one input size with the grid varied alone (the mask placed
 before the last 0, 1 or 2 ConvNeXt stages), against the baseline and against each other, seeds paired. Writes
 OUT/claims.md and claims.json (the verdict rule of bgmask/claims.py) and prints the table.
 

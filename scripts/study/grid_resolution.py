@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Tables, figure and boundary-token statistics of the grid-resolution study (scripts/study/grid_resolution.sh).
+r"""Tables, figure and boundary-token statistics of the grid-resolution study (scripts/study/grid_resolution.sh).
 
 Example: python scripts/study/grid_resolution.py --study_dir runs/grid_resolution --data_root data/grid_resolution \\
              --grids 4 6 8 --out runs/grid_resolution
@@ -15,6 +15,7 @@ import csv
 import json
 import math
 import sys
+import textwrap
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,8 +25,9 @@ from torch.utils.data import DataLoader
 from bgmask.data.cub import GT_MASK_SUB_PATH, CUBDataset
 from bgmask.data.groups import difference_interval, wilson_interval
 from bgmask.data.transforms import build_eval_transform
+from bgmask.figures import data_note, strategy_colour
 from bgmask.masking import NEAREST, MaskGrid, grid_fractions, grid_statistics
-from bgmask.results import RunResult, load_runs
+from bgmask.results import RunResult, is_synthetic_cub, load_runs
 
 # The study's backbones: the masked map's stride (input pixels per feature) and a label.
 BACKBONES = {"convnext_atto": (16, "ConvNeXt-atto (second-last stage)"), "vit_small_patch14_dinov2": (14, "ViT-S/14")}
@@ -33,6 +35,9 @@ BACKBONES = {"convnext_atto": (16, "ConvNeXt-atto (second-last stage)"), "vit_sm
 # tiles it exactly), a ViT/14 at 518 px has 37x37 tokens.
 PAPER_GRIDS = (("ConvNeXt, last stage, paper (512 px)", 512, 16), ("ViT/14, paper (518 px)", 518, 37))
 AREA = MaskGrid("area", 0.5)
+# The study's strategy names and the strategy keys of the shared colours (bgmask.figures.strategy_colour).
+STRATEGY_KEYS = {"early": "early", "late": "late", "late (area)": "late:area", "late (fg mean)": "late:fg_mean",
+                 "late (fg mean, area)": "late:fg_mean:area"}
 
 
 def boundary_statistics(cub_root: str | Path, image_size: int, grid: int, batch_size: int = 50) -> dict[str, float]:
@@ -204,7 +209,9 @@ def write_markdown(path: Path, boundary: list[dict], cells: list[Cell], gain_row
     path.write_text("\n".join(lines) + "\n")
 
 
-def write_figure(path: Path, boundary: list[dict], gain_rows: list[dict]) -> None:
+def write_figure(path: Path, boundary: list[dict], gain_rows: list[dict], synthetic: list[bool] = ()) -> None:
+    """The gains over the baseline per grid (one panel per model and regime, each strategy in its shared colour)
+    and the boundary statistics; ``synthetic``: whether each grid's benchmark is the synthetic one (the title)."""
     import matplotlib
     import matplotlib.ticker
 
@@ -215,10 +222,10 @@ def write_figure(path: Path, boundary: list[dict], gain_rows: list[dict]) -> Non
                     key=lambda p: (p[0], p[1], p[2] != "frozen"))
     cols = max(2, math.ceil((len(panels) + 1) / 2))
     fig, axes = plt.subplots(2, cols, figsize=(4.2 * cols, 7.0), squeeze=False)
-    colours = {"early": "tab:green", "late": "tab:orange", "late (area)": "tab:red", "late (fg mean)": "tab:purple",
-               "late (fg mean, area)": "tab:pink"}
     for ax, (model, head, regime) in zip(axes.flat, panels):
-        for strategy, colour in colours.items():
+        second_last = "second-last" in BACKBONES.get(model, (None, ""))[1]  # the table's late:second_last column
+        for strategy, column in STRATEGY_KEYS.items():
+            colour = strategy_colour(column.replace("late", "late:second_last", 1) if second_last else column)
             seeds = sorted({r["seed"] or 0 for r in gain_rows})
             for k, seed in enumerate(seeds):  # one line per seed, later seeds shifted right and unlabelled
                 key = (model, head, regime, strategy, seed)
@@ -251,10 +258,10 @@ def write_figure(path: Path, boundary: list[dict], gain_rows: list[dict]) -> Non
             ax.plot([b["grid"] for b in rows], [100 * b["boundary"] for b in rows], marker=marker, color="k",
                     label=f"{model}: boundary / bird tokens")
             ax.plot([b["grid"] for b in rows], [100 * b["kept_background"] for b in rows], marker=marker,
-                    color="tab:blue", label=f"{model}: background in kept cells")
+                    color="tab:gray", label=f"{model}: background in kept cells")
         for b in paper:
             ax.plot([b["grid"]], [100 * b["boundary"]], marker=marker, color="k", markerfacecolor="none")
-            ax.plot([b["grid"]], [100 * b["kept_background"]], marker=marker, color="tab:blue",
+            ax.plot([b["grid"]], [100 * b["kept_background"]], marker=marker, color="tab:gray",
                     markerfacecolor="none")
     ax.set_xscale("log", base=2)
     ax.set_xticks(sorted({b["grid"] for b in boundary}))
@@ -266,7 +273,8 @@ def write_figure(path: Path, boundary: list[dict], gain_rows: list[dict]) -> Non
     ax.legend(fontsize=6)
     for extra in list(axes.flat)[len(panels) + 1:]:
         extra.axis("off")
-    fig.suptitle("Late vs early masking against the feature-grid resolution (synthetic benchmark)", fontsize=10)
+    fig.suptitle(textwrap.fill("Late vs early masking against the feature-grid resolution" + data_note(list(synthetic)),
+                               int(fig.get_figwidth() * 12)), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -311,7 +319,8 @@ def main(argv=None) -> int:
     (out / "grid_resolution.json").write_text(json.dumps(
         {"boundary": boundary, "cells": [asdict(c) for c in cells], "gains": gain_rows}, indent=1))
     if gain_rows:
-        write_figure(out / "grid_resolution.png", boundary, gain_rows)
+        write_figure(out / "grid_resolution.png", boundary, gain_rows,
+                     [is_synthetic_cub(data_root / f"grid{g}" / "CUB_200_2011") for g in grids])
     print((out / "grid_resolution.md").read_text())
     print(f"Wrote {out}/grid_resolution.md, .csv, .json" + (", .png" if gain_rows else ""))
     return 0
