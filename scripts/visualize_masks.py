@@ -4,12 +4,12 @@
 Example: python scripts/visualize_masks.py --cub_root data/synthetic/CUB_200_2011 --out runs/demo/mask_gallery.png
 """
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from bgmask.argparsing import parser_from_doc
 from bgmask.data.cub import WATERBIRDS_SUB_PATH, CUBIndex, DatasetError, load_rgb, mask_path_for
 from bgmask.data.masks import MASK_FOLDERS
 from bgmask.figures import data_note, strategy_colour
@@ -17,11 +17,11 @@ from bgmask.results import is_synthetic_cub
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cub_root", required=True)
+    p = parser_from_doc(__doc__)
+    p.add_argument("--cub_root", required=True, help="CUB_200_2011 folder with masks/ (generate_masks.py)")
     p.add_argument("--out", required=True, help="PNG file to write")
-    p.add_argument("--num_images", type=int, default=6)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num_images", type=int, default=6, help="test images shown, one per row")
+    p.add_argument("--seed", type=int, default=0, help="which test images are drawn")
     args = p.parse_args(argv)
 
     import matplotlib

@@ -25,7 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 TRAINERS = {"early_masking_and_baseline/train.py": ("none", "early"), "late_masking/train.py": ("late",),
             "python -m bgmask": None}
 TOOLS = ["bgmask.export", "bgmask.predict", "bgmask.data.check", "scripts/collect_results.py",
-         "scripts/make_synthetic_cub.py", "scripts/pretrain_synthetic.py", "mmsegmentation/tools/generate_masks.py",
+         "scripts/make_synthetic_cub.py", "scripts/pretrain_synthetic.py",
+         "scripts/visualize_masks.py", "mmsegmentation/tools/generate_masks.py",
          "mmsegmentation/tools/prepare_cub_binary_seg.py"]
 USAGE_LINES = 2  # the trainers' usage block: the essentials, not 60 lines of every flag
 MARKUP = re.compile(r"``|:(mod|class|func|meth|attr):`")
