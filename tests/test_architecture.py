@@ -4,6 +4,7 @@ registries, each proven by a toy written in one file that trains through the unc
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -112,3 +113,16 @@ def test_every_entry_points_help_prints_every_flag(entry):
     assert done.returncode == 0, done.stderr[-2000:]
     text = " ".join(done.stdout.split())  # help lines wrap at the terminal's width
     assert "--dataset" in text and "waterbirds" in text and "~30% more compute" in text
+
+
+def test_every_file_the_docs_cite_exists():
+    """A path of the repository named in README.md or docs (tests, modules, scripts, configs) exists; placeholders
+    (NAME, MODEL) aside."""
+    docs = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), *sorted(REPO.glob("*/README.md"))]
+    pattern = re.compile(r"(?<![\w/.-])((?:tests|bgmask|scripts|configs)/[\w./-]+\.(?:py|sh|yaml|sbatch))")
+    cited = {(doc, path) for doc in docs for path in pattern.findall(doc.read_text())
+             if not re.search(r"\b[A-Z]{3,}\b", path)}  # NAME, MODEL: placeholders
+    assert len(cited) > 30
+    missing = [(str(doc.relative_to(REPO)), path) for doc, path in cited
+               if not (REPO / path).exists() and not (doc.parent / path).exists()]  # from the root or the doc's folder
+    assert sorted(missing) == []
