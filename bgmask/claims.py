@@ -25,6 +25,7 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from bgmask import heads as head_names
 from bgmask.data.groups import difference_interval
 
 VERDICTS = ("holds", "direction only", "does not hold", "not evaluated")
@@ -197,6 +198,11 @@ def load_spread(path: str | os.PathLike | None) -> dict[tuple, float]:
     return {(r["model_arch"], r["regime"], r["head"], r["split"]): r["sd"] for r in rows}
 
 
+# The table's label of each late-only head -> the label of the head a baseline trains ("GAP (fg mean)" -> "GAP").
+PLAIN_HEAD = {head_names.label(h): head_names.label(h.replace("masked_mean", "mean")) for h in head_names.LABELS
+              if "masked_mean" in h}
+
+
 def paper_claims(runs, spread: dict[tuple, float] | None = None) -> list[Evidence]:
     """Claims 1-3 on table entries (:class:`bgmask.results.RunResult`, seeds of a cell pooled by seed)."""
     from bgmask.results import group_cells
@@ -205,9 +211,10 @@ def paper_claims(runs, spread: dict[tuple, float] | None = None) -> list[Evidenc
     evidence = []
     cells = group_cells(runs)
     for (arch, head, regime), columns in cells.items():
-        sd = spread.get((arch, regime, head, "wb"))
+        plain = PLAIN_HEAD.get(head, head)  # a late-only head (mean over the bird's tokens) against the plain head
+        sd = spread.get((arch, regime, plain, "wb"))
         row = f"{arch} {regime}" + (f", {head} head" if head not in ("-", "–") else "")
-        base = wb_measures(columns.get("none", []))
+        base = wb_measures(columns.get("none") or cells.get((arch, plain, regime), {}).get("none", []))
         for column, col_runs in columns.items():
             if column != "none":
                 evidence.append(compare(CLAIM_OOD, f"{row}: {column} − baseline", wb_measures(col_runs), base,

@@ -87,6 +87,17 @@ def test_the_vit_head_claim_compares_gap_with_the_other_heads_under_early_maskin
     assert not [e for e in paper_claims(load_runs(run)) if e.claim == CLAIM_EARLY]  # no baseline in this folder
 
 
+def test_a_late_only_head_is_compared_with_the_baseline_of_its_plain_head(tmp_path):
+    """The mean over the bird's tokens (late:masked_mean) exists only with late masking: its baseline is GAP's."""
+    run = run_folder(tmp_path, "vit_probes", 0, "late", arch="vit_small_patch14_dinov2",
+                     probes={"mean": 80, "late:mean": 100, "late:masked_mean": 160})
+    ev = {e.label: e for e in paper_claims(load_runs(run), {("vit_small_patch14_dinov2", "frozen", "GAP", "wb"): 2.0})
+          if e.claim == CLAIM_OOD}
+    fg = ev["vit_small_patch14_dinov2 frozen, GAP (fg mean) head: late − baseline"]
+    assert fg.difference == pytest.approx(20.0) and fg.verdict == "holds"
+    assert ev["vit_small_patch14_dinov2 frozen, GAP head: late − baseline"].difference == pytest.approx(5.0)
+
+
 def test_collect_results_writes_the_claims_next_to_the_tables(tmp_path):
     folders = [run_folder(tmp_path / "runs", "base", 80), run_folder(tmp_path / "runs", "early", 160, "early")]
     spread = tmp_path / "spread.json"
