@@ -204,12 +204,16 @@ PLAIN_HEAD = {head_names.label(h): head_names.label(h.replace("masked_mean", "me
 
 
 def paper_claims(runs, spread: dict[tuple, float] | None = None) -> list[Evidence]:
-    """Claims 1-3 on table entries (:class:`bgmask.results.RunResult`, seeds of a cell pooled by seed)."""
-    from bgmask.results import group_cells
+    """Claims 1-3 on table entries (:class:`bgmask.results.RunResult`, seeds of a cell pooled by seed), in the
+    table's order (rows sorted, strategies in column order), so a claim's id does not depend on the order the run
+    folders were given in."""
+    from bgmask.results import group_cells, strategy_columns
 
     spread = spread or {}
     evidence = []
-    cells = group_cells(runs)
+    order = strategy_columns(runs)
+    cells = {key: {c: cols[c] for c in sorted(cols, key=order.index)}
+             for key, cols in sorted(group_cells(runs).items())}
     for (arch, head, regime), columns in cells.items():
         plain = PLAIN_HEAD.get(head, head)  # a late-only head (mean over the bird's tokens) against the plain head
         sd = spread.get((arch, regime, plain, "wb"))
@@ -241,9 +245,12 @@ def paper_claims(runs, spread: dict[tuple, float] | None = None) -> list[Evidenc
 
 
 def group_claims(group_runs) -> list[Evidence]:
-    """Claim 4: every method against the plain baseline of its block, on the test split's worst group."""
+    """Claim 4: every method against the plain baseline of its block, on the test split's worst group (in the group
+    table's order)."""
+    from bgmask.group_results import table_order
+
     blocks: dict[tuple, dict[str, list]] = {}
-    for r in group_runs:
+    for r in sorted(group_runs, key=table_order):
         blocks.setdefault(r.row_key, {}).setdefault(r.label, []).append(r)
     evidence = []
     for (dataset, arch, _head, regime), methods in blocks.items():

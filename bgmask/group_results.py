@@ -153,6 +153,12 @@ def _cell(value: float | None, interval=None) -> str:
     return _fmt(value) + (f" [{interval[0]:.1f}, {interval[1]:.1f}]" if interval else "")
 
 
+def table_order(r: GroupRunResult) -> tuple:
+    """The group table's order of runs: block, strategy (registry order), imbalance options, seed."""
+    order = strategies.names()
+    return r.row_key, order.index(r.masking) if r.masking in order else 99, r.balance, r.seed or 0
+
+
 def group_table(runs: list[GroupRunResult], split: str = "test") -> tuple[list[str], list[list[str]]]:
     """Per block: the reference rows, then one row per run (the ``split`` set's worst group, adjusted average and
     average with their 95 % Wilson intervals, the last epoch's worst group, the selection and the selected epoch,
@@ -161,14 +167,9 @@ def group_table(runs: list[GroupRunResult], split: str = "test") -> tuple[list[s
     header = ["dataset", "architecture", "head", "regime", "strategy", "seed",
               *(f"{split} {f.replace('_', ' ')}" for f in GROUP_FIGURES), f"{split} worst group, last epoch",
               "selection", "epoch", "collapsed"]
-    order = strategies.names()
-
-    def sort_key(r: GroupRunResult):
-        return r.row_key, order.index(r.masking) if r.masking in order else 99, r.balance, r.seed or 0
-
     table = []
     for key in sorted({r.row_key for r in runs}):
-        block = sorted((r for r in runs if r.row_key == key), key=sort_key)
+        block = sorted((r for r in runs if r.row_key == key), key=table_order)
         table += reference_rows(key, block[0], split)
         for r in block:
             table.append(run_row(r, split))

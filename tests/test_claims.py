@@ -98,6 +98,16 @@ def test_a_late_only_head_is_compared_with_the_baseline_of_its_plain_head(tmp_pa
     assert ev["vit_small_patch14_dinov2 frozen, GAP head: late − baseline"].difference == pytest.approx(5.0)
 
 
+def test_claim_ids_follow_the_table_not_the_order_the_runs_are_given_in(tmp_path):
+    folders = [run_folder(tmp_path, "late", 92, "late"), run_folder(tmp_path, "base", 80),
+               run_folder(tmp_path, "vit", 0, "early", arch="vit_small_patch14_dinov2", probes={"mean": 9, "cls": 8}),
+               run_folder(tmp_path, "early", 160, "early")]
+    runs = [r for f in folders for r in load_runs(f)]
+    labels = [e.label for e in paper_claims(runs)]
+    assert labels == [e.label for e in paper_claims(runs[::-1])]
+    assert labels[:2] == ["convnext_atto frozen: early − baseline", "convnext_atto frozen: late − baseline"]
+
+
 def test_collect_results_writes_the_claims_next_to_the_tables(tmp_path):
     folders = [run_folder(tmp_path / "runs", "base", 80), run_folder(tmp_path / "runs", "early", 160, "early")]
     spread = tmp_path / "spread.json"
