@@ -77,7 +77,9 @@ def summary(results: dict, run_dir: str | os.PathLike) -> str:
     interval, chance (1 / classes) and worst group, the background diagnostics, probe heads, and where results.json
     and train.log are."""
     run_dir = Path(run_dir)
-    lines = [f"==> done: {results.get('masking')} | {results.get('model_arch')} | {run_dir}"]
+    probes = results.get("probes") or {}
+    first = f" | the sets below are probe head {next(iter(probes))}'s" if probes else ""
+    lines = [f"==> done: {results.get('masking')} | {results.get('model_arch')} | {run_dir}{first}"]
     best = results.get("best") or {}
     if best.get("epoch") is not None:
         lines.append(f"  best epoch {best['epoch']} of {results.get('epoch')}, selected on "
@@ -93,10 +95,11 @@ def summary(results: dict, run_dir: str | os.PathLike) -> str:
     elif diag:
         reason = next((str(v) for k, v in diag.items() if k in ("skipped", "error", "pending")), None)
         lines.append(f"  background   diagnostics not computed{f': {reason}' if reason else ''}")
-    for head, sets in (results.get("probes") or {}).items():
+    width = max(map(len, probes), default=0)
+    for head, sets in probes.items():
         scores = ", ".join(f"{s} {m['top1']:.1f}" for s, m in sets.items() if isinstance(m, dict) and "top1" in m)
         epoch = ((best.get("probes") or {}).get(head) or {}).get("epoch")
-        lines.append(f"  probe {head:<6} {scores}" + (f" (best epoch {epoch})" if epoch is not None else ""))
+        lines.append(f"  probe {head:<{width}}  {scores}" + (f" (best epoch {epoch})" if epoch is not None else ""))
     lines.append(f"  results: {run_dir / 'results.json'}   log: {run_dir / LOG_NAME}")
     return "\n".join(lines)
 

@@ -21,7 +21,8 @@ from bgmask.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Entry points a user runs, as (argv[0] shown, how to call it). Scripts are run in this process (runpy) with --help.
+# Entry points a user runs. The trainers: argv[0] shown -> the strategies they train; the tools are run in this
+# process (runpy) until they parse, and their parser is checked.
 TRAINERS = {"early_masking_and_baseline/train.py": ("none", "early"), "late_masking/train.py": ("late",),
             "python -m bgmask": None}
 TOOLS = ["bgmask.export", "bgmask.predict", "bgmask.data.check", "scripts/collect_results.py",
@@ -198,3 +199,13 @@ def test_train_log_keeps_whole_lines_and_a_progress_bar_s_last_state(tmp_path, c
     lines = (tmp_path / "train.log").read_text().splitlines()
     assert lines[1:] == ["epoch 1", "bar 100%", "no newline at the end"]
     assert "bar 10%\rbar 50%" in capsys.readouterr().err  # the console itself is untouched
+
+
+def test_the_summary_of_a_probe_run_says_whose_figures_lead_and_lists_every_head(tmp_path):
+    sets = {"cub_test": {"top1": 50.0, "correct": 6, "num_images": 12}}
+    results = {"masking": "late", "model_arch": "vit", "epoch": 2, "num_classes": 4, **sets,
+               "best": {"epoch": 2, "selected_on": "cub_test", "probes": {"mean": {"epoch": 1}, "late:mean": {}}},
+               "probes": {"mean": sets, "late:mean": {"cub_test": {**sets["cub_test"], "top1": 75.0}}}}
+    block = summary(results, tmp_path)
+    assert block.splitlines()[0].endswith("the sets below are probe head mean's")
+    assert "probe mean       cub_test 50.0 (best epoch 1)" in block and "probe late:mean  cub_test 75.0" in block
