@@ -27,13 +27,13 @@ class BoolFlag(argparse.Action):
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Descriptions and epilogs keep their line breaks; every flag's help ends with its default (on/off for on/off
-    flags), unless the help already speaks of its default or the default is None (the help says what happens
+    flags), unless the help already gives it ("(default...") or the default is None (the help says what happens
     then)."""
 
     def _get_help_string(self, action) -> str:
         text = action.help or ""
         default = action.default
-        if not action.option_strings or default in (None, argparse.SUPPRESS) or "default" in text.lower():
+        if not action.option_strings or default in (None, argparse.SUPPRESS) or "(default" in text:
             return text
         shown = ("on" if default else "off") if isinstance(action, BoolFlag) else "%(default)s"
         return f"{text} (default: {shown})"
