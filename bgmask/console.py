@@ -93,7 +93,8 @@ def summary(results: dict, run_dir: str | os.PathLike) -> str:
         lines.append(f"  background   BG-Gap {diag['bg_gap']:.1f} points (mixed_same - mixed_rand), FG-attr "
                      f"{diag.get('fg_attribution', float('nan')):.2f} ({diag.get('attribution', 'attribution')})")
     elif diag:
-        reason = next((str(v) for k, v in diag.items() if k in ("skipped", "error", "pending")), None)
+        reason = next((f"{k} {diag[k]}" if k == "failed" else str(diag[k])
+                       for k in ("failed", "skipped", "error", "pending") if k in diag), None)
         lines.append(f"  background   diagnostics not computed{f': {reason}' if reason else ''}")
     width = max(map(len, probes), default=0)
     for head, sets in probes.items():
