@@ -16,16 +16,15 @@ from bgmask.data.groups import wilson_interval
 LOG_NAME = "train.log"
 
 
-def weights_source(cfg: TrainConfig) -> str | None:
-    """Where the backbone's starting weights come from, in words; None for a random initialisation."""
-    if cfg.model.pretrained_path:
-        return f"file {cfg.model.pretrained_path}"
-    if cfg.model.start_weights == "DEFAULT":
-        return "timm pretrained (DEFAULT)"
-    return None
+def weights_words(weights: dict) -> str:
+    """The backbone's starting weights (:func:`bgmask.weights.weights_source`, as results.json records them) in
+    words."""
+    words = {"none": "random init", "file": f"file {weights.get('location')}", "hub": "timm pretrained (download)",
+             "cache": "timm pretrained (cached)"}.get(weights.get("source"), str(weights.get("source")))
+    return words + (f", {weights['resampled']}" if weights.get("resampled") else "")
 
 
-def banner(cfg: TrainConfig, strategy_name: str, image_size: int, world_size: int) -> str:
+def banner(cfg: TrainConfig, strategy_name: str, image_size: int, world_size: int, weights: dict) -> str:
     """The run's recipe in one line: strategy, model, weights, regime, schedule, batch, data and run folder."""
     m, o, d = cfg.model, cfg.optim, cfg.data
     if cfg.run.eval_only:
@@ -35,16 +34,16 @@ def banner(cfg: TrainConfig, strategy_name: str, image_size: int, world_size: in
     else:
         regime = "fine-tuning"
     head = f" (head x{o.scratch_lr_factor:g})" if o.scratch_lr_factor != 1 else ""
-    return (f"run: {strategy_name} | {m.model_arch} @ {image_size} px, weights: {weights_source(cfg) or 'random init'}"
+    return (f"run: {strategy_name} | {m.model_arch} @ {image_size} px, weights: {weights_words(weights)}"
             f" | {regime} | {o.epochs} epochs, {o.optimizer_type} lr {o.lr:g}{head}, {o.scheduler_type} | batch "
             f"{d.batch_size} x {world_size} = {d.batch_size * world_size} | {d.dataset}: {d.data_path} -> "
             f"{cfg.run.snapshot_dir}")
 
 
-def recipe_warning(cfg: TrainConfig, config_files: Sequence[str] | None) -> str | None:
+def recipe_warning(cfg: TrainConfig, weights: dict, config_files: Sequence[str] | None) -> str | None:
     """A warning for a run without pretrained weights (and, from the command line, without any ``--config``): the
     library's defaults train a randomly initialised backbone, which no paper run does."""
-    if weights_source(cfg) is not None or cfg.run.eval_only:
+    if weights.get("source") != "none" or cfg.run.eval_only:
         return None
     text = (f"warning: no pretrained weights (--start_weights DEFAULT or --pretrained_path FILE): "
             f"{cfg.model.model_arch} starts from a random initialisation")

@@ -52,12 +52,12 @@ def run(cfg: TrainConfig, strategy: Strategy, config_files: Sequence[str] | None
 def _run(session: Session, benchmark, needs, strategy: Strategy, config_files: Sequence[str] | None) -> dict | None:
     cfg = session.cfg
     image_size = resolve_image_size(cfg.model)
-    if session.info.is_main:
-        warning = recipe_warning(cfg, config_files)
-        print(banner(cfg, strategy.name, image_size, session.info.world_size) + (f"\n{warning}" if warning else ""),
-              flush=True)
     data = benchmark.build(cfg, needs, image_size, device_tail=session.device_tail)
     model, weights = build_model(session, strategy, data.num_classes, image_size)
+    if session.info.is_main:  # the recipe, before anything trains
+        warning = recipe_warning(cfg, weights, config_files)
+        print(banner(cfg, strategy.name, image_size, session.info.world_size, weights)
+              + (f"\n{warning}" if warning else ""), flush=True)
     ckpt = CheckpointManager(session.snapshot_dir, cfg.run.save_every_n_epochs, enabled=session.info.is_main)
     if cfg.run.eval_only:
         outcome = evaluate_checkpoint(session, data, model, ckpt)

@@ -181,12 +181,13 @@ def test_a_run_with_a_config_file_and_weights_gets_no_warning():
     from bgmask.console import recipe_warning
 
     cfg = TrainConfig.from_flat({"data_path": "d", "snapshot_dir": "s", "masking": "none"}, None)
-    assert recipe_warning(cfg, []) is not None and "without --config" in recipe_warning(cfg, [])
-    assert "without --config" not in recipe_warning(cfg, ["configs/classifier/frozen.yaml"])
-    assert "without --config" not in recipe_warning(cfg, None)  # called from Python: no command line to speak of
+    none = {"source": "none", "location": None, "resampled": None}
+    assert recipe_warning(cfg, none, []) is not None and "without --config" in recipe_warning(cfg, none, [])
+    assert "without --config" not in recipe_warning(cfg, none, ["configs/classifier/frozen.yaml"])
+    assert "without --config" not in recipe_warning(cfg, none, None)  # called from Python: no command line
     weighted = TrainConfig.from_flat({"data_path": "d", "snapshot_dir": "s", "masking": "none",
                                       "pretrained_path": "w.safetensors"}, None)
-    assert recipe_warning(weighted, []) is None
+    assert recipe_warning(weighted, {"source": "file", "location": "w.safetensors", "resampled": None}, []) is None
 
 
 def test_train_log_keeps_whole_lines_and_a_progress_bar_s_last_state(tmp_path, capsys):
