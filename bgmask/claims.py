@@ -13,7 +13,9 @@ Intervals: with the same seeds on both sides (two or more), the seed-paired diff
 (:func:`bgmask.data.groups.difference_interval`). One seed's binomial interval leaves out the seed-to-seed spread,
 so a single-seed difference is *holds* only when it also exceeds ``1.96 · sqrt(2) · sd``, the range within which two
 seeds of one configuration differ 95 % of the time, with ``sd`` the measured seed spread of that regime
-(``scripts/study/seeds.sh``); where none was measured, a single-seed difference is at most *direction only*.
+(``scripts/study/seeds.sh``); where none was measured, a single-seed difference is at most *direction only*. A
+change of a gain between two settings (:func:`compare_change`, e.g. late masking's gain at two grid sizes) is judged
+the same way, with the two Newcombe intervals combined by MOVER and ``1.96 · 2 · sd`` as its seed threshold.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ VERDICTS = ("holds", "direction only", "does not hold", "not evaluated")
 # t_{0.975, df} for df = 1..30 (beyond: 1.96).
 T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
-SEED_RULE = 1.959964 * math.sqrt(2)
+SEED_RULE = 1.959964 * math.sqrt(2)  # a difference of two runs: two runs' seed noise
+CHANGE_SEED_RULE = 1.959964 * 2  # a change of a difference between two settings: four runs'
 
 
 @dataclass
@@ -76,40 +79,68 @@ def t975(df: int) -> float:
 def compare(claim: str, label: str, a: list[Measure], b: list[Measure], direction: int = 1,
             spread_sd: float | None = None) -> Evidence:
     """The evidence for ``a - b`` having sign ``direction`` (see the module docstring for the rule)."""
-    ev = Evidence(claim, label, direction, runs=sorted({m.run for m in a + b if m.run}))
-    if not a or not b:
-        ev.note = "missing: " + " and ".join(side for side, ms in (("a", a), ("b", b)) if not ms)
+    return _difference(Evidence(claim, label, direction), (a, b), spread_sd)
+
+
+def compare_change(claim: str, label: str, fine: tuple[list[Measure], list[Measure]],
+                   coarse: tuple[list[Measure], list[Measure]], direction: int = 1,
+                   spread_sd: float | None = None) -> Evidence:
+    """The evidence for a gain changing between two settings: ``(a_fine - b_fine) - (a_coarse - b_coarse)`` having
+    sign ``direction``, each setting with its own runs and test images (e.g. two grid sizes).
+
+    Seeds paired on all four sides (two or more): a t interval over the per-seed changes. One seed: the two gains'
+    Newcombe intervals combined by MOVER (Zou & Donner 2008, the square-root rule for a difference of two
+    independent estimates); the seed rule compares the change with ``1.96 · 2 · sd``, since four runs' seed noise
+    enters it (``sqrt(4)`` where a plain difference has ``sqrt(2)``)."""
+    return _difference(Evidence(claim, label, direction), (*fine, *coarse), spread_sd)
+
+
+def _difference(ev: Evidence, sides: tuple[list[Measure], ...], spread_sd: float | None) -> Evidence:
+    """``sides[0] - sides[1]`` (two sides) or ``(sides[0] - sides[1]) - (sides[2] - sides[3])`` (four), judged."""
+    names = ("a", "b") if len(sides) == 2 else ("a (fine)", "b (fine)", "a (coarse)", "b (coarse)")
+    ev.runs = sorted({m.run for ms in sides for m in ms if m.run})
+    if not all(sides):
+        ev.note = "missing: " + " and ".join(name for name, ms in zip(names, sides) if not ms)
         return ev
-    by_seed_a, by_seed_b = {m.seed: m for m in a}, {m.seed: m for m in b}
-    seeds = sorted(set(by_seed_a) & set(by_seed_b), key=lambda s: (s is None, s))
+    by_seed = [{m.seed: m for m in ms} for ms in sides]
+    seeds = sorted(set.intersection(*(set(s) for s in by_seed)), key=lambda s: (s is None, s))
+    sign = (1, -1, -1, 1)[:len(sides)]
     if len(seeds) >= 2:
-        diffs = [by_seed_a[s].value - by_seed_b[s].value for s in seeds]
+        diffs = [sum(k * side[s].value for k, side in zip(sign, by_seed)) for s in seeds]
         mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
         half = t975(len(diffs) - 1) * sd / math.sqrt(len(diffs))
         ev.difference, ev.low, ev.high = mean, mean - half, mean + half
         ev.seeds, ev.method = len(diffs), f"t over {len(diffs)} paired seeds"
-        excludes = ev.low > 0 if direction > 0 else ev.high < 0
-        seed_rule_met = True
+        return _judge(ev, excludes=ev.low > 0 if ev.direction > 0 else ev.high < 0, seed_rule_met=True)
+    ms = [side[seeds[0]] for side in by_seed] if seeds else [side[0] for side in sides]
+    ev.seeds = 1
+    if any(m.correct is None or not m.total for m in ms):
+        ev.difference = ev.low = ev.high = sum(k * m.value for k, m in zip(sign, ms))
+        ev.method, ev.note = "single seed, no counts", "no interval: counts missing"
+        excludes = False
     else:
-        ma, mb = (by_seed_a[seeds[0]], by_seed_b[seeds[0]]) if seeds else (a[0], b[0])
-        ev.seeds = 1
-        if None in (ma.correct, mb.correct) or not ma.total or not mb.total:
-            ev.difference = ev.low = ev.high = ma.value - mb.value
-            ev.method, ev.note = "single seed, no counts", "no interval: counts missing"
-            excludes = False
+        gains = [difference_interval(a.correct, a.total, b.correct, b.total) for a, b in zip(ms[::2], ms[1::2])]
+        if len(gains) == 1:
+            (ev.difference, ev.low, ev.high), ev.method = gains[0], "Newcombe, single seed"
         else:
-            ev.difference, ev.low, ev.high = difference_interval(ma.correct, ma.total, mb.correct, mb.total)
-            ev.method = "Newcombe, single seed"
-            excludes = ev.low > 0 if direction > 0 else ev.high < 0
-        if spread_sd is None:
-            seed_rule_met = False
-            ev.note = ev.note or "single seed and no seed spread measured for this regime"
-        else:
-            threshold = SEED_RULE * spread_sd
-            seed_rule_met = abs(ev.difference) > threshold
-            if excludes and not seed_rule_met:
-                ev.note = f"within the seed spread (|d| ≤ {threshold:.1f} = 1.96·√2·sd, sd {spread_sd:.1f})"
-    if direction * ev.difference <= 0:
+            (f, fl, fh), (c, cl, ch) = gains
+            ev.difference = f - c
+            ev.low, ev.high = ev.difference - math.hypot(f - fl, ch - c), ev.difference + math.hypot(fh - f, c - cl)
+            ev.method = "MOVER of two Newcombe intervals, single seed"
+        excludes = ev.low > 0 if ev.direction > 0 else ev.high < 0
+    if spread_sd is None:
+        ev.note = ev.note or "single seed and no seed spread measured for this regime"
+        return _judge(ev, excludes, seed_rule_met=False)
+    threshold = (SEED_RULE if len(sides) == 2 else CHANGE_SEED_RULE) * spread_sd
+    seed_rule_met = abs(ev.difference) > threshold
+    if excludes and not seed_rule_met:
+        rule = "1.96·√2·sd" if len(sides) == 2 else "1.96·2·sd"
+        ev.note = f"within the seed spread (|d| ≤ {threshold:.1f} = {rule}, sd {spread_sd:.1f})"
+    return _judge(ev, excludes, seed_rule_met)
+
+
+def _judge(ev: Evidence, excludes: bool, seed_rule_met: bool) -> Evidence:
+    if ev.direction * ev.difference <= 0:
         ev.verdict = "does not hold"
     elif excludes and seed_rule_met:
         ev.verdict = "holds"
@@ -144,7 +175,10 @@ def to_markdown(evidence: list[Evidence], title: str, note: str = "") -> str:
         lines += [note, ""]
     lines += ["Verdict rule: *holds* — the 95 % interval of the difference excludes 0 on the claimed side (a "
               "single seed must also exceed 1.96·√2 × the regime's seed spread); *direction only* — the point "
-              "estimate has the claimed sign; *does not hold* — it does not. Differences in points (a − b).", ""]
+              "estimate has the claimed sign; *does not hold* — it does not. Differences in points (a − b)."
+              + (" A change of a gain between two settings is judged the same way, with the two gains' intervals "
+                 "combined by MOVER and 1.96·2 × the seed spread as a single seed's threshold."
+                 if any(ev.method.startswith("MOVER") for ev in evidence) else ""), ""]
     for claim, counts in summary(evidence).items():
         tally = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
         lines += [f"## {claim}", "", f"Verdicts: {tally}.", "",

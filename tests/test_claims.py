@@ -10,7 +10,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bgmask.claims import CLAIM_EARLY, CLAIM_GAP, CLAIM_OOD, SEED_RULE, Measure, compare, load_spread, paper_claims
+from bgmask.claims import (
+    CLAIM_EARLY,
+    CLAIM_GAP,
+    CLAIM_OOD,
+    SEED_RULE,
+    Measure,
+    compare,
+    compare_change,
+    load_spread,
+    paper_claims,
+)
+from bgmask.data.groups import difference_interval
 from bgmask.results import load_runs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,6 +86,32 @@ def test_seeds_are_paired_and_their_spread_sets_the_interval():
     assert compare(CLAIM_OOD, "x", noisy, b).verdict == "direction only"
     unpaired = [Measure(s + 10, v) for s, v in enumerate([30.0, 32.0])]
     assert compare(CLAIM_OOD, "x", unpaired, b).seeds == 1  # no common seeds: one run per side
+
+
+def test_a_change_of_a_gain_between_two_settings_combines_both_intervals():
+    """(a_f - b_f) - (a_c - b_c): one seed by MOVER over the two Newcombe intervals, seeds by a paired t."""
+    fine = ([Measure(0, 40.0, 160, 400)], [Measure(0, 20.0, 80, 400)])  # gain +20
+    coarse = ([Measure(0, 18.0, 72, 400)], [Measure(0, 20.0, 80, 400)])  # gain -2
+    ev = compare_change("8. x", "x", fine, coarse, spread_sd=2.0)
+    (f, fl, fh), (c, cl, ch) = difference_interval(160, 400, 80, 400), difference_interval(72, 400, 80, 400)
+    assert ev.difference == pytest.approx(22.0)
+    assert ev.low == pytest.approx(22.0 - ((f - fl) ** 2 + (ch - c) ** 2) ** 0.5)
+    assert ev.high == pytest.approx(22.0 + ((fh - f) ** 2 + (c - cl) ** 2) ** 0.5)
+    assert ev.high - ev.low > fh - fl  # wider than either gain's own interval
+    assert ev.verdict == "holds" and ev.method.startswith("MOVER")
+    # The seed threshold of a change is 1.96 * 2 * sd (four runs): 22 points is within it at sd 6 (23.5), not at 2.
+    assert compare_change("8. x", "x", fine, coarse, spread_sd=6.0).verdict == "direction only"
+    assert compare_change("8. x", "x", fine, coarse).verdict == "direction only"  # no spread: never "holds"
+    assert compare_change("8. x", "x", coarse, fine, spread_sd=2.0).verdict == "does not hold"
+    small = ([Measure(0, 24.0, 96, 400)], [Measure(0, 20.0, 80, 400)])  # +4 against -2: inside the intervals
+    assert compare_change("8. x", "x", small, coarse, spread_sd=0.5).verdict == "direction only"
+    assert compare_change("8. x", "x", fine, ([], coarse[1])).verdict == "not evaluated"
+    seeds = [([Measure(s, 30.0 + s)], [Measure(s, 20.0)], [Measure(s, 21.0 - s)], [Measure(s, 20.0)]) for s in range(3)]
+    paired = compare_change("8. x", "x", ([m for r in seeds for m in r[0]], [m for r in seeds for m in r[1]]),
+                            ([m for r in seeds for m in r[2]], [m for r in seeds for m in r[3]]))
+    # per-seed changes 9, 11, 13: mean 11, sd 2
+    assert paired.seeds == 3 and paired.difference == pytest.approx(11.0)
+    assert paired.low == pytest.approx(11.0 - 4.303 * 2.0 / 3 ** 0.5, abs=1e-3) and paired.verdict == "holds"
 
 
 def test_the_vit_head_claim_compares_gap_with_the_other_heads_under_early_masking(tmp_path):

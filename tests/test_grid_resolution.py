@@ -150,6 +150,8 @@ def test_study_analysis_pairs_each_strategy_with_its_baseline_and_measures_the_g
              mask_downsample="area")
     (study / "logs").mkdir()
     (study / "logs" / "timings.tsv").write_text("grid16_convnext_frozen_late_s0\t42\n")
+    (study / "grid4" / "tables").mkdir()  # a grid's collect_results output: a results.json that is not a run's
+    (study / "grid4" / "tables" / "results.json").write_text("[]")
     assert module.main(["--study_dir", str(study), "--data_root", str(data), "--grids", "16", "4", "--out",
                         str(tmp_path / "out")]) == 0
     report = json.loads((tmp_path / "out" / "grid_resolution.json").read_text())
@@ -169,6 +171,13 @@ def test_study_analysis_pairs_each_strategy_with_its_baseline_and_measures_the_g
     assert (37, "ViT/14, paper (518 px)") in boundary
     assert (tmp_path / "out" / "grid_resolution.png").stat().st_size > 0
     assert "late (area)" in (tmp_path / "out" / "grid_resolution.md").read_text()
+    # The trends across grids as claims: late masking's gain and its own top-1, 4x4 -> 16x16 (seed 0, the one seed
+    # both grids have); the area variant exists at one grid only, so it has no trend.
+    claims = {ev["id"]: ev for ev in json.loads((tmp_path / "out" / "claims.json").read_text())["comparisons"]}
+    assert set(claims) == {"T8.1", "T9.1"}
+    assert claims["T8.1"]["difference"] == pytest.approx(15.0) and claims["T8.1"]["method"].startswith("MOVER")
+    assert claims["T9.1"]["difference"] == pytest.approx(15.0) and claims["T9.1"]["seeds"] == 1
+    assert claims["T8.1"]["verdict"] == "holds" and "16x16" in claims["T8.1"]["label"]
 
 
 @pytest.mark.parametrize("env,message", [({"GRIDS": "4 x"}, "not a grid size"), ({"SEEDS": "-1"}, "not a seed")])

@@ -5,7 +5,8 @@ Example: python scripts/study/grid_resolution.py --study_dir runs/grid_resolutio
              --grids 4 6 8 --out runs/grid_resolution
 Reads the runs under STUDY_DIR/grid<G>/ (one folder per run, results.json + args.yaml) and the wall times in
 STUDY_DIR/logs/timings.tsv; measures on each grid's CUB test masks how the bird meets the feature grid. Writes
-OUT/grid_resolution.md, .csv, .json and .png.
+OUT/grid_resolution.md, .csv, .json and .png, and the trends across grids as claims (OUT/claims.md, claims.json; ids
+T8.k and T9.k, the verdict rule of bgmask/claims.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from bgmask.claims import Measure, compare, compare_change, load_spread, number, write_claims
 from bgmask.data.cub import GT_MASK_SUB_PATH, CUBDataset
 from bgmask.data.groups import difference_interval, wilson_interval
 from bgmask.data.transforms import build_eval_transform
@@ -36,6 +38,10 @@ BACKBONES = {"convnext_atto": (16, "ConvNeXt-atto (second-last stage)"), "vit_sm
 PAPER_GRIDS = (("ConvNeXt, last stage, paper (512 px)", 512, 16), ("ViT/14, paper (518 px)", 518, 37))
 AREA = MaskGrid("area", 0.5)
 # The study's strategy names and the strategy keys of the shared colours (bgmask.figures.strategy_colour).
+DEFAULT_SPREAD = Path(__file__).resolve().parents[2] / "docs" / "seed_spread.json"
+CONFOUNDED = "image size, input resolution and pretrained weights change with the grid"
+CLAIM_GAIN_GROWS = f"8. Late masking's Waterbirds gain over the baseline grows with the grid ({CONFOUNDED})"
+CLAIM_LATE_RISES = f"9. Late masking's Waterbirds top-1 rises with the grid ({CONFOUNDED})"
 STRATEGY_KEYS = {"early": "early", "late": "late", "late (area)": "late:area", "late (fg mean)": "late:fg_mean",
                  "late (fg mean, area)": "late:fg_mean:area"}
 
@@ -108,7 +114,9 @@ def collect_cells(study_dir: Path, grids: list[int]) -> list[Cell]:
     cells = []
     for grid in grids:
         folder = study_dir / f"grid{grid}"
-        for run_dir in sorted(p for p in folder.glob("*") if (p / "results.json").is_file()):
+        # run folders only: tables/ (the grid's collect_results output) has a results.json too
+        run_dirs = [p for p in folder.glob("*") if (p / "results.json").is_file() and (p / "args.yaml").is_file()]
+        for run_dir in sorted(run_dirs):
             for e in load_runs(run_dir):
                 diag = e.diagnostics if isinstance(e.diagnostics, dict) else {}
                 attr = diag.get("fg_attribution")
@@ -143,6 +151,37 @@ def gains(cells: list[Cell]) -> list[dict]:
             row["worst_gain"] = difference_interval(*c.worst_counts, *b.worst_counts)
         rows.append(row)
     return rows
+
+
+def trend_claims(cells: list[Cell], spread: dict[tuple, float]) -> list:
+    """Claims 8 and 9 across grids, for every late-masking variant of a (model, regime, head) row and every pair of
+    grids (coarse, fine): the change of its Waterbirds gain over the baseline (:func:`bgmask.claims.compare_change`)
+    and the change of its own top-1 (:func:`bgmask.claims.compare`). Single-seed verdicts use the seed spread of the
+    row's baseline regime, measured at the demo's grid (4x4)."""
+    by_key: dict[tuple, list[Measure]] = {}
+    for c in cells:
+        if c.wb is not None:
+            counts = c.wb_counts or (None, None)
+            by_key.setdefault((c.model, c.regime, c.head, c.strategy, c.grid), []).append(
+                Measure(c.seed, c.wb, counts[0], counts[1], c.run))
+    rows = sorted({k[:4] for k in by_key if k[3].startswith("late")})
+    evidence = []
+    for model, regime, head, strategy in rows:
+        grids = sorted(g for (*key, g) in by_key if tuple(key) == (model, regime, head, strategy))
+        sd = spread.get((model, regime, head, "wb"))
+        row = f"{model_label(model, head)} {regime}, {strategy}"
+        pairs = [(a, b) for i, a in enumerate(grids) for b in grids[i + 1:]]
+        for coarse, fine in pairs:
+            late = {g: by_key[(model, regime, head, strategy, g)] for g in (coarse, fine)}
+            base = {g: by_key.get((model, regime, head, "baseline", g), []) for g in (coarse, fine)}
+            label = f"{row}: gain at {fine}x{fine} − gain at {coarse}x{coarse}"
+            evidence.append(compare_change(CLAIM_GAIN_GROWS, label, (late[fine], base[fine]),
+                                           (late[coarse], base[coarse]), spread_sd=sd))
+        for coarse, fine in pairs:
+            evidence.append(compare(CLAIM_LATE_RISES, f"{row}: {fine}x{fine} − {coarse}x{coarse}",
+                                    by_key[(model, regime, head, strategy, fine)],
+                                    by_key[(model, regime, head, strategy, coarse)], spread_sd=sd))
+    return number(evidence, prefix="T")
 
 
 def _fmt(value, interval=None, digits=1) -> str:
@@ -286,6 +325,8 @@ def main(argv=None) -> int:
     p.add_argument("--data_root", required=True, help="the study's benchmarks (holds grid<G>/CUB_200_2011)")
     p.add_argument("--grids", type=int, nargs="+", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--seed_spread", default=str(DEFAULT_SPREAD),
+                   help="seed spread per regime for single-seed verdicts (default: %(default)s; none: no file)")
     args = p.parse_args(argv)
     study_dir, data_root, out = Path(args.study_dir), Path(args.data_root), Path(args.out)
     grids = sorted(args.grids)
@@ -318,11 +359,19 @@ def main(argv=None) -> int:
             writer.writerow(asdict(c))
     (out / "grid_resolution.json").write_text(json.dumps(
         {"boundary": boundary, "cells": [asdict(c) for c in cells], "gains": gain_rows}, indent=1))
+    trends = trend_claims(cells, load_spread(None if args.seed_spread == "none" else args.seed_spread))
+    if trends:
+        seeds = sorted({c.seed for c in cells if c.seed is not None})
+        write_claims(trends, out, "Grid study: late masking across grids (confounded)",
+                     note=f"Grids {', '.join(f'{g}x{g}' for g in grids)}; seeds {', '.join(map(str, seeds))}. Each "
+                          f"grid has its own images, input size and pretrained backbone (the control, "
+                          f"scripts/study/grid_control.sh, varies the grid alone). Synthetic benchmark.")
     if gain_rows:
         write_figure(out / "grid_resolution.png", boundary, gain_rows,
                      [is_synthetic_cub(data_root / f"grid{g}" / "CUB_200_2011") for g in grids])
     print((out / "grid_resolution.md").read_text())
-    print(f"Wrote {out}/grid_resolution.md, .csv, .json" + (", .png" if gain_rows else ""))
+    print(f"Wrote {out}/grid_resolution.md, .csv, .json" + (", .png" if gain_rows else "")
+          + (f"; {out}/claims.md, claims.json" if trends else ""))
     return 0
 
 

@@ -6,7 +6,8 @@
 # second-last stage, GxG; ViT-S/14 at 14G px, GxG patch tokens), and the demo's two regimes with baseline, early and
 # late masking, everything else held equal. At the finest grid also: area-threshold mask downsampling and, for the
 # ViT, the mean over foreground tokens only. Then the table, figure and boundary-token statistics
-# (scripts/study/grid_resolution.py), and each grid's claims (OUT/gridG/tables/claims.md, scripts/collect_results.py).
+# (scripts/study/grid_resolution.py) with the trends across grids as claims (OUT/claims.md), and each grid's claims
+# (OUT/gridG/tables/claims.md, scripts/collect_results.py).
 # Usage: bash scripts/study/grid_resolution.sh [--force]
 #   GRIDS="4 6 8"  grid sizes (16 is the paper's ConvNeXt grid: about 16x the compute of 4)
 #   SEEDS="0"  training seeds (each seed trains every run again; pretraining stays seed 0)
@@ -107,6 +108,8 @@ done
 
 echo "==> Study results"
 "$PY" scripts/study/grid_resolution.py --study_dir "$OUT" --data_root "$DATA_ROOT" --grids $GRIDS --out "$OUT"
+# The trends across grids as claims (T8: late masking's gain grows, T9: its own top-1 rises): OUT/claims.md
+[[ -f "$OUT/claims.md" ]] && echo "across grids: $(grep -h '^Verdicts' "$OUT/claims.md" | paste -sd ' ' -)"
 # Each grid's claims (the paper's three per row, with the verdict rule of bgmask/claims.py): OUT/gridG/tables/claims.md
 for g in $GRIDS; do
   "$PY" scripts/collect_results.py "$OUT/grid$g"/*_s* --out "$OUT/grid$g/tables" --note "grid ${g}x${g}" > /dev/null
