@@ -8,10 +8,12 @@ Three layouts cover the timm families the project supports:
 * ``tokens`` — ViTs (DINOv2, DeiT, EVA...): ``B,N,D`` with ``num_prefix_tokens`` CLS/register tokens first and the
   patch tokens on ``patch_embed.grid_size``.
 
-Late masking, the heads and every "is this a ViT?" question go through :func:`adapter_for` / :func:`arch_layout`.
-The adapters are a registry: a new family is an adapter class with :func:`register` (in any module imported before
-the run), which names the timm modules its models live in and recognises a built backbone; the rest of the project
-asks it, never the family.
+An adapter does the work its layout decides: it names the heads a family has and pools them (:meth:`pool`), masks
+its features, brings them to an ``NCHW`` map (:meth:`feature_map`), says how attributions are taken, how a new head
+starts (upstream's rule per family) and what late masking adds before a mask. Nothing outside this module asks which
+layout a backbone has. The adapters are a registry: a new family is an adapter class with :func:`register` (in any
+module imported before the run), which names the timm modules its models live in and recognises a built backbone
+(``tests/toy_backbone.py``: an NCHW family and a token family, each in one file).
 """
 
 from __future__ import annotations
@@ -22,9 +24,13 @@ from timm.models import checkpoint_seq
 from torch import nn
 
 from bgmask.errors import BgmaskError
-from bgmask.masking import NEAREST, MaskGrid, mask_features
+from bgmask.heads import CNN_HEADS, LATE, LATE_ONLY_HEADS, VIT_HEADS
+from bgmask.masking import NEAREST, MaskGrid, mask_features, mask_to_feature_grid
 
 LAYOUTS = ("NCHW", "NHWC", "tokens")
+# How the diagnostics attribute a prediction to input pixels (bgmask.diagnostics.attribution_maps).
+GRAD_CAM = "Grad-CAM on the pooled feature map"
+INPUT_GRADIENT = "|gradient x input|"
 
 
 class UnsupportedBackbone(BgmaskError, ValueError):
@@ -50,12 +56,19 @@ def _timm_module(arch: str) -> str | None:
         return None
 
 
-def arch_layout(arch: str) -> str | None:
-    """The layout of a timm model name, without building it (None for an unknown name)."""
+def arch_adapter(arch: str) -> type[BackboneAdapter] | None:
+    """The adapter class of a timm model name, without building it (None for an unknown name): its class attributes
+    (``heads``, ``late_only_heads``, ``layout``, ``recipe_family``...) answer questions asked before a model exists."""
     module = _timm_module(arch)
     if module is None:
         return None
-    return next(cls.layout for cls in _ADAPTERS if cls.claims_module(module))
+    return next(cls for cls in _ADAPTERS if cls.claims_module(module))
+
+
+def arch_layout(arch: str) -> str | None:
+    """The layout of a timm model name, without building it (None for an unknown name); for messages."""
+    adapter = arch_adapter(arch)
+    return adapter.layout if adapter else None
 
 
 def takes_img_size(arch: str) -> bool:
@@ -67,9 +80,14 @@ def takes_img_size(arch: str) -> bool:
 class BackboneAdapter:
     """Feature access for one backbone in its native layout, with masking and the second-last split."""
 
-    layout = "NCHW"
+    layout = "NCHW"  # a description, for messages and docs: behaviour lives in the methods
     timm_modules: tuple[str, ...] = ()  # the timm modules whose models this adapter serves (empty: any)
     fixed_input_size = False  # the model is built for one input size (``img_size``)
+    heads: tuple[str, ...] = CNN_HEADS  # the heads a classifier can have (bgmask.heads); the first: default
+    late_only_heads: tuple[str, ...] = ()  # heads only late masking trains (they average the kept features)
+    upstream_head_init = "kaiming"  # --head_init upstream: the official CNN trainers' kaiming_normal_ (fan_out)
+    attribution = GRAD_CAM  # how the diagnostics attribute a prediction
+    recipe_family = "convnext_atto"  # whose demo recipe a model of this family borrows (bgmask.pretrain)
     num_prefix_tokens = 0  # token layouts: CLS/register tokens before the patch tokens
     grid_size = None  # token layouts: the patch grid
 
@@ -88,13 +106,39 @@ class BackboneAdapter:
             return False
         return not cls.timm_modules or type(backbone).__module__.rsplit(".", 1)[-1] in cls.timm_modules
 
-    @property
-    def is_vit(self) -> bool:
-        return self.layout == "tokens"
+    @classmethod
+    def head_for(cls, requested: str) -> str:
+        """``requested`` (the ViT head flags) where the family has it, else its default (a CNN's one head, pool)."""
+        return requested if requested in cls.heads else cls.heads[0]
 
-    def pool_geometry(self) -> dict:
-        """What :func:`bgmask.heads.pool` needs to read this backbone's features (token layouts)."""
-        return {"num_prefix_tokens": self.num_prefix_tokens, "grid_size": self.grid_size}
+    @property
+    def width(self) -> int:  # channels of the features the heads pool
+        return self.backbone.num_features
+
+    def pool(self, head: str, feats: torch.Tensor, masks: torch.Tensor | None = None, cnn_pool=None,
+             to_grid: MaskGrid = NEAREST) -> torch.Tensor:
+        """Features (native layout) -> the input of ``head``'s linear layer. CNN families have the ``pool`` head:
+        timm's pooling and pre-logits (``forward_head(pre_logits=True)``, ConvNeXt's final norm included), or
+        ``cnn_pool`` (a probe head's copy of timm's head module)."""
+        if head.removeprefix(LATE) not in self.heads:
+            raise ValueError(f"unknown head {head!r} for {type(self.backbone).__name__}; heads: {self.heads}")
+        return (cnn_pool if cnn_pool is not None else self.head_pool)(feats, pre_logits=True)
+
+    def feature_map(self, feats: torch.Tensor) -> torch.Tensor:
+        """Features (native layout) as a ``B,C,H,W`` map (Grad-CAM, masking)."""
+        return feats
+
+    def from_feature_map(self, fmap: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`feature_map` (``like``: features of the native layout it came from)."""
+        return fmap
+
+    def new_pre_mask_norm(self) -> nn.Module | None:
+        """What late masking's second-last variant puts before the mask (upstream: nothing for CNNs)."""
+        return None
+
+    def timm_head_args(self, head: str, image_size: int) -> dict:
+        """``timm.create_model`` arguments for a timm classifier with this family's ``head`` (export)."""
+        return {}
 
     @property
     def supports_second_last(self) -> bool:
@@ -104,14 +148,14 @@ class BackboneAdapter:
         return self.backbone.forward_features(x)
 
     def head_pool(self, feats: torch.Tensor, pre_logits: bool = True) -> torch.Tensor:
-        """A feature map -> the input of the linear head (timm's ``forward_head(pre_logits=True)``: pooling and,
-        for ConvNeXt, the final norm). Token layouts pool by head name instead (:func:`bgmask.heads.pool`)."""
+        """A feature map -> the ``pool`` head's input (timm's ``forward_head(pre_logits=True)``: pooling and, for
+        ConvNeXt, the final norm)."""
         return self.backbone.forward_head(feats, pre_logits=pre_logits)
 
     def mask(self, feats: torch.Tensor, masks: torch.Tensor, to_grid: MaskGrid = NEAREST) -> torch.Tensor:
         """Zero the background positions of ``feats`` (native layout) and block their gradient; ``to_grid`` brings
         the masks to the feature grid."""
-        return mask_features(feats, masks, to_grid)
+        return self.from_feature_map(mask_features(self.feature_map(feats), masks, to_grid), feats)
 
     def before_last(self, x: torch.Tensor, after: int = 1) -> torch.Tensor:
         """Features after every stage but the last ``after`` (native layout)."""
@@ -164,8 +208,11 @@ class NHWCAdapter(BackboneAdapter):
     def supports_second_last(self) -> bool:
         return hasattr(self.backbone, "layers")
 
-    def mask(self, feats, masks, to_grid=NEAREST):
-        return mask_features(feats.permute(0, 3, 1, 2), masks, to_grid).permute(0, 2, 3, 1)
+    def feature_map(self, feats):
+        return feats.permute(0, 3, 1, 2)
+
+    def from_feature_map(self, fmap, like):
+        return fmap.permute(0, 2, 3, 1)
 
     def before_last(self, x, after=1):
         self._check_second_last(after)
@@ -193,6 +240,11 @@ class TokenAdapter(BackboneAdapter):
     layout = "tokens"
     timm_modules = ("vision_transformer", "vision_transformer_hybrid", "deit", "eva", "beit")
     fixed_input_size = True
+    heads = VIT_HEADS
+    late_only_heads = LATE_ONLY_HEADS
+    upstream_head_init = "torch"  # the official ViT trainers keep nn.Linear's default
+    attribution = INPUT_GRADIENT  # token maps mix CLS and patches: the input is where heads compare
+    recipe_family = "vit_small_patch14_dinov2"
 
     @classmethod
     def accepts(cls, backbone):
@@ -210,18 +262,53 @@ class TokenAdapter(BackboneAdapter):
     def grid_size(self) -> tuple[int, int]:
         return tuple(self.backbone.patch_embed.grid_size)
 
-    @property
-    def width(self) -> int:
-        return self.backbone.embed_dim
+    # How this family lays out its tokens: a subclass with another layout overrides these three.
+    def summary_token(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The ``B,D`` token the ``cls`` heads read (the CLS token, first)."""
+        return tokens[:, 0]
 
-    def mask(self, tokens, masks, to_grid=NEAREST):
-        """Patch tokens on the background are zeroed; CLS and register tokens are kept."""
-        n_prefix = self.num_prefix_tokens
-        prefix, patches = tokens[:, :n_prefix], tokens[:, n_prefix:]
-        (h, w), (b, n, d) = self.grid_size, patches.shape
-        grid = patches.transpose(1, 2).reshape(b, d, h, w)
-        masked = mask_features(grid, masks, to_grid).reshape(b, d, n).transpose(1, 2)
-        return torch.cat([prefix, masked], dim=1)
+    def patch_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The ``B,N,D`` patch tokens, row-major on :attr:`grid_size` (after the CLS/register tokens)."""
+        return tokens[:, self.num_prefix_tokens:]
+
+    def with_patch_tokens(self, tokens: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+        """``tokens`` with its patch tokens replaced (the CLS and register tokens kept)."""
+        return torch.cat([tokens[:, :self.num_prefix_tokens], patches], dim=1)
+
+    def pool(self, head, feats, masks=None, cnn_pool=None, to_grid=NEAREST):
+        """The token heads (:mod:`bgmask.heads`): ``cls``, ``mean`` (GAP over the patch tokens), ``cls_mean``, and
+        late masking's ``masked_mean``/``cls_masked_mean`` (the mean over the bird's tokens: they need ``masks``)."""
+        base = head.removeprefix(LATE)
+        if base == "cls":
+            return self.summary_token(feats)
+        patches = self.patch_tokens(feats)
+        if base in ("masked_mean", "cls_masked_mean"):
+            if masks is None:
+                raise ValueError(f"head {head} averages the foreground tokens: it needs the masks")
+            weights = mask_to_feature_grid(masks, self.grid_size, to_grid).flatten(1)[..., None]  # B, N, 1
+            mean = (patches * weights).sum(1) / weights.sum(1).clamp_min(1.0)  # all background: zeros
+        elif base in ("mean", "cls_mean"):
+            mean = patches.mean(dim=1)
+        else:
+            raise ValueError(f"unknown head {head!r}; heads: {(*self.heads, *self.late_only_heads)}")
+        return mean if base in ("mean", "masked_mean") else torch.cat([self.summary_token(feats), mean], dim=1)
+
+    def feature_map(self, tokens):
+        """The patch tokens as a ``B,D,H,W`` map (the CLS and register tokens left out)."""
+        patches = self.patch_tokens(tokens)
+        (h, w), (b, _, d) = self.grid_size, patches.shape
+        return patches.transpose(1, 2).reshape(b, d, h, w)
+
+    def from_feature_map(self, fmap, like):
+        """Patch tokens from the map, the CLS and register tokens of ``like`` kept (masking keeps them)."""
+        return self.with_patch_tokens(like, fmap.flatten(2).transpose(1, 2))
+
+    def new_pre_mask_norm(self):
+        """Upstream's ViT late masking (second-last block) adds a LayerNorm before the mask."""
+        return nn.LayerNorm(self.width)
+
+    def timm_head_args(self, head, image_size):
+        return {"global_pool": "token" if head == "cls" else "avg", "fc_norm": False, "img_size": image_size}
 
     def before_last(self, x, after=1):
         self._check_second_last(after)

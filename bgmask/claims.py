@@ -263,7 +263,7 @@ def paper_claims(runs, spread: dict[tuple, float] | None = None) -> list[Evidenc
                 if column != "early":
                     evidence.append(compare(CLAIM_EARLY, f"{row}: early − {column if column != 'none' else 'baseline'}",
                                             early, wb_measures(col_runs), spread_sd=sd))
-    vit_early = {(arch, regime): {} for (arch, _, regime) in cells if arch.startswith("vit")}
+    vit_early = {(arch, regime): {} for (arch, head, regime) in cells if head not in ("-", "–")}  # rows with heads
     for (arch, head, regime), columns in cells.items():
         if (arch, regime) in vit_early and columns.get("early"):
             vit_early[(arch, regime)][head] = wb_measures(columns["early"])

@@ -8,9 +8,9 @@ import importlib.util
 import os
 from typing import TYPE_CHECKING
 
-from bgmask.backbones import arch_layout
+from bgmask.backbones import arch_adapter
 from bgmask.errors import timm_name_hint
-from bgmask.heads import head_errors, parse_heads
+from bgmask.heads import head_errors, parse_heads, vit_head_of
 
 if TYPE_CHECKING:
     from bgmask.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
@@ -95,13 +95,14 @@ def _model_errors(model: ModelConfig) -> list[str]:
     if model.class_token_only and model.patch_tokens_only:
         errors.append("--class_token_only and --patch_tokens_only are mutually exclusive: pick one head, or neither "
                       "for the default concat(CLS, mean patch tokens).")
-    layout = arch_layout(model.model_arch)
-    if layout is None:
+    adapter = arch_adapter(model.model_arch)
+    if adapter is None:
         errors.append(f"--model_arch {model.model_arch!r} is not a timm model.{timm_name_hint(model.model_arch)} See "
                       f"timm.list_models('convnext*') or timm.list_models('*dinov2*').")
-    if (model.class_token_only or model.patch_tokens_only) and layout not in (None, "tokens"):
-        errors.append(f"--class_token_only/--patch_tokens_only select a ViT head; {model.model_arch} is not a ViT "
-                      f"({layout} features).")
+    head = vit_head_of(model.class_token_only, model.patch_tokens_only)
+    if (model.class_token_only or model.patch_tokens_only) and adapter is not None and head not in adapter.heads:
+        errors.append(f"--class_token_only/--patch_tokens_only select a ViT head; {model.model_arch} has no {head} "
+                      f"head ({adapter.layout} features; heads: {', '.join(adapter.heads)}).")
     if model.freeze_backbone and model.drop_path > 0:
         errors.append("--drop_path has no effect with --freeze_backbone (the frozen backbone runs in eval mode); "
                       "set --drop_path 0.")
@@ -117,7 +118,9 @@ def _model_errors(model: ModelConfig) -> list[str]:
         if model.class_token_only or model.patch_tokens_only:
             errors.append("--probe_heads names every head; drop --class_token_only / --patch_tokens_only (use "
                           "cls or mean in the list).")
-        errors += head_errors(parse_heads(model.probe_heads), layout)
+        if adapter is not None:  # an unknown --model_arch is reported above
+            errors += head_errors(parse_heads(model.probe_heads), adapter.heads, adapter.late_only_heads,
+                                  f"this backbone ({model.model_arch}, {adapter.layout} features)")
     return errors
 
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
+from bgmask.backbones import INPUT_GRADIENT
 from bgmask.data.cub import load_mask, load_rgb
 from bgmask.distributed import agree, all_reduce_sum
 from bgmask.progress import progress_bar
@@ -153,24 +154,25 @@ class DiagnosticViews(Dataset):
 # ------------------------------------------------------------------------------------------- attribution
 def attribution_method(model) -> str:
     """What :func:`attribution_maps` computes for ``model``'s backbone."""
-    return "|gradient x input|" if model.layout == "tokens" else "Grad-CAM on the pooled feature map"
+    return model.adapter.attribution
 
 
 def attribution_maps(model, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor, model_input: ModelInput,
                      autocast=contextlib.nullcontext) -> torch.Tensor:
     """Non-negative attribution of the true class per input pixel, ``B,H,W`` (fp32).
 
-    CNNs (NCHW/NHWC): Grad-CAM on the feature map the head pools (after masking, for late masking), upsampled
-    bilinearly. ViTs: |gradient x input| summed over colour channels (token maps mix CLS and patches, so the input
-    is where ViT attributions are comparable across heads). The model says its ``layout`` and, for Grad-CAM, gives
-    its ``attribution_features(images, masks)`` and ``head_from_features(features, masks)``.
+    The backbone's adapter says which (``model.adapter.attribution``). Grad-CAM (CNNs): on the feature map the head
+    pools (after masking, for late masking; the adapter's ``feature_map`` brings it to ``B,C,H,W``), upsampled
+    bilinearly; the model gives its ``attribution_features(images, masks)`` and ``head_from_features(features,
+    masks)``. |gradient x input| (ViTs), summed over colour channels: token maps mix CLS and patches, so the input
+    is where ViT attributions are comparable across heads.
 
     Only the gradient the map needs is computed (``backward(inputs=[...])`` to the input or the feature map, with
     the parameters not requiring grad): no parameter gradients are allocated or left behind. ``autocast`` is the
     run's mixed-precision context.
     """
     with no_parameter_grads(model):
-        if model.layout == "tokens":
+        if model.adapter.attribution == INPUT_GRADIENT:
             x = images.clone().requires_grad_(True)
             with autocast():
                 logits = model(*_model_inputs(x, masks, model_input))
@@ -181,9 +183,7 @@ def attribution_maps(model, images: torch.Tensor, masks: torch.Tensor, labels: t
         feats = feats.float().requires_grad_(True)  # Grad-CAM: d(logit)/d(features), no backward through the backbone
         model.head_from_features(feats, masks).gather(1, labels[:, None]).sum().backward(inputs=[feats])
         grads = feats.grad
-    acts = feats.detach()
-    if model.layout == "NHWC":
-        acts, grads = acts.permute(0, 3, 1, 2), grads.permute(0, 3, 1, 2)
+    acts, grads = model.adapter.feature_map(feats.detach()), model.adapter.feature_map(grads)
     cam = F.relu((grads.mean(dim=(2, 3), keepdim=True) * acts).sum(1, keepdim=True))
     return F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
 

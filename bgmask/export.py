@@ -151,9 +151,7 @@ def timm_twin(model: nn.Module, cfg) -> nn.Module | None:
         return None
     args = {"num_classes": model.head.out_features}
     backbone = model.backbone
-    if model.adapter.is_vit:
-        args.update(global_pool="token" if model.head_kind == "cls" else "avg", fc_norm=False,
-                    img_size=cfg.model.image_size)
+    args.update(model.adapter.timm_head_args(model.head_kind, cfg.model.image_size))
     arch = backbone.pretrained_cfg.get("architecture", cfg.model.model_arch)
     twin = timm.create_model(arch, pretrained=False, **args)
     state = dict(backbone.state_dict())

@@ -1,7 +1,7 @@
-"""Heads: their names, their labels in tables, and the one pooling function every head input goes through.
+"""Heads: their names and their labels in tables (the backbone adapters pool them).
 
-A model's head reads pooled features. Which pooling is named by the head (DINOv2's linear evaluation keeps its
-heads in one dict on one pooling function the same way):
+A model's head reads pooled features. Which pooling is named by the head, and the backbone's adapter pools it
+(:meth:`bgmask.backbones.BackboneAdapter.pool`; DINOv2's linear evaluation keeps its heads in one dict the same way):
 
 =====================  ===================================================================================
 ``pool``               CNN: timm's pooling and pre-logits (what ``--model_arch convnext_*`` trains)
@@ -20,11 +20,7 @@ attribution and user code call directly.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
-
-from bgmask.masking import NEAREST, MaskGrid, mask_to_feature_grid
 
 LATE = "late:"
 CNN_HEADS = ("pool",)
@@ -51,26 +47,24 @@ def parse_heads(spec: str) -> list[str]:
     return [h.strip() for h in spec.split(",") if h.strip()]
 
 
-def head_errors(heads: list[str], layout: str | None) -> list[str]:
-    """What is wrong with a list of probe heads for a backbone layout (empty: nothing)."""
+def head_errors(heads: list[str], plain: tuple[str, ...], late_only: tuple[str, ...] = (),
+                what: str = "this backbone") -> list[str]:
+    """What is wrong with a list of probe heads for a family whose heads are ``plain`` (and ``late_only``, trained
+    by late masking alone: :attr:`bgmask.backbones.BackboneAdapter.heads`); empty: nothing."""
     if not heads:
         return ["--probe_heads is empty; give a comma list such as cls,mean,late:mean."]
     errors = []
     if len(set(heads)) != len(heads):
         errors.append(f"--probe_heads lists a head twice: {','.join(heads)}.")
-    tokens = layout == "tokens"
-    plain = VIT_HEADS if tokens else CNN_HEADS
     for head in heads:
         base = head.removeprefix(LATE)
         late = head.startswith(LATE)
         if base == "cls" and late:
             errors.append("--probe_heads late:cls cannot differ from cls: zeroing patch tokens after the last block "
                           "never reaches the CLS token.")
-        elif base not in plain and not (late and tokens and base in LATE_ONLY_HEADS):
-            known = [*plain, *(f"{LATE}{h}" for h in plain if h != "cls"),
-                     *((f"{LATE}{h}" for h in LATE_ONLY_HEADS) if tokens else ())]
-            errors.append(f"--probe_heads {head} is not a head of this backbone ({layout or 'unknown'} features); "
-                          f"heads: {', '.join(known)}.")
+        elif base not in plain and not (late and base in late_only):
+            known = [*plain, *(f"{LATE}{h}" for h in plain if h != "cls"), *(f"{LATE}{h}" for h in late_only)]
+            errors.append(f"--probe_heads {head} is not a head of {what}; heads: {', '.join(known)}.")
     return errors
 
 
@@ -81,35 +75,6 @@ def needs_masks(heads: list[str]) -> bool:
 def head_width(head: str, feature_width: int) -> int:
     """Input width of a head's linear layer over features of ``feature_width`` channels."""
     return feature_width * (2 if head.removeprefix(LATE).startswith("cls_") else 1)
-
-
-def pool(head: str, feats: torch.Tensor, *, masks: torch.Tensor | None = None, num_prefix_tokens: int = 0,
-         grid_size: tuple[int, int] | None = None, cnn_pool: Callable | None = None,
-         to_grid: MaskGrid = NEAREST) -> torch.Tensor:
-    """Features (in the backbone's layout) -> the input of ``head``'s linear layer.
-
-    ``cnn_pool`` is the CNN's timm head module (``forward_head`` or a copy of its ``head``), called with
-    ``pre_logits=True``; token heads read ``feats`` as ``B,N,D`` with ``num_prefix_tokens`` CLS/register tokens
-    first and the patch tokens on ``grid_size``; the ``masked_mean`` heads need the masks (``B,H,W``, 1 = bird), brought
-    to the grid by ``to_grid``.
-    """
-    base = head.removeprefix(LATE)
-    if base == "pool":
-        return cnn_pool(feats, pre_logits=True)
-    cls_token = feats[:, 0]
-    if base == "cls":
-        return cls_token
-    patches = feats[:, num_prefix_tokens:]
-    if base in ("masked_mean", "cls_masked_mean"):
-        if masks is None:
-            raise ValueError(f"head {head} averages the foreground tokens: it needs the masks")
-        weights = mask_to_feature_grid(masks, grid_size, to_grid).flatten(1)[..., None]  # B, N, 1
-        mean = (patches * weights).sum(1) / weights.sum(1).clamp_min(1.0)  # all background: zeros
-    elif base in ("mean", "cls_mean"):
-        mean = patches.mean(dim=1)
-    else:
-        raise ValueError(f"unknown head {head!r}")
-    return mean if base in ("mean", "masked_mean") else torch.cat([cls_token, mean], dim=1)
 
 
 def outputs(model_output, names: list[str]) -> dict[str, torch.Tensor]:

@@ -56,7 +56,7 @@ class LateMaskedClassifier(nn.Module):
         adapter = classifier.adapter
         if second_last:
             adapter._check_second_last(*self._split)
-        self.pre_mask_norm = nn.LayerNorm(adapter.width) if second_last and adapter.is_vit else None
+        self.pre_mask_norm = adapter.new_pre_mask_norm() if second_last else None
         if second_last and classifier.freeze_backbone:  # upstream trains what runs on the masked features
             for p in self._after_mask_parameters():
                 p.requires_grad_(True)
@@ -72,6 +72,10 @@ class LateMaskedClassifier(nn.Module):
     @property
     def layout(self) -> str:
         return self.classifier.layout
+
+    @property
+    def adapter(self):
+        return self.classifier.adapter
 
     def _after_mask_modules(self) -> list[nn.Module]:
         """What runs on the masked features in the second-last variant: the last stage/block and the final norm."""

@@ -50,7 +50,7 @@ class Classifier(nn.Module):
             raise ValueError(f"head_norm must be one of {HEAD_NORM_RULES}, got {head_norm!r}")
         self.backbone = backbone
         self.adapter = adapter_for(backbone)
-        self.head_kind = vit_head if self.adapter.is_vit else "pool"  # how the head pools (bgmask.heads)
+        self.head_kind = self.adapter.head_for(vit_head)  # how the head pools (bgmask.heads); a CNN's: pool
         # The RNG state the head's init starts from: probe heads (bgmask.probes) draw theirs from it too.
         self.head_rng_state = torch.get_rng_state()
         self.head_init = head_init
@@ -79,13 +79,13 @@ class Classifier(nn.Module):
 
     def new_head(self, kind: str, num_classes: int) -> nn.Linear:
         """A new linear layer for a head of ``kind`` on this backbone, initialised by ``head_init``."""
-        return new_head(heads.head_width(kind, self.backbone.num_features), num_classes, self.head_init,
-                        self.adapter.is_vit)
+        return new_head(heads.head_width(kind, self.adapter.width), num_classes, self.head_init,
+                        self.adapter.upstream_head_init)
 
     def head_norm_module(self) -> nn.Module | None:
         """The CNN backbone's timm ``head`` module when it holds parameters (ConvNeXt: its final LayerNorm), else
         None. It pools the feature map for the linear head (``forward_head(pre_logits=True)``)."""
-        module = getattr(self.backbone, "head", None) if self.head_kind == "pool" else None
+        module = getattr(self.backbone, "head", None) if self.head_kind in heads.CNN_HEADS else None
         return module if isinstance(module, nn.Module) and any(True for _ in module.parameters()) else None
 
     def head_norm_parameters(self) -> list[nn.Parameter]:
@@ -116,13 +116,11 @@ class Classifier(nn.Module):
 
     def pool(self, feats: torch.Tensor, masks: torch.Tensor | None = None, kind: str | None = None,
              cnn_pool: nn.Module | None = None, to_grid: MaskGrid = NEAREST) -> torch.Tensor:
-        """Features -> the input of a head of ``kind`` (default: this classifier's), by :func:`bgmask.heads.pool`.
-        ``cnn_pool`` replaces the CNN's own timm head module (a probe head's copy); ``to_grid`` brings the masks of a
-        foreground-mean head to the token grid."""
+        """Features -> the input of a head of ``kind`` (default: this classifier's), pooled by the adapter
+        (:meth:`bgmask.backbones.BackboneAdapter.pool`). ``cnn_pool`` replaces the CNN's own timm head module (a
+        probe head's copy); ``to_grid`` brings the masks of a foreground-mean head to the token grid."""
         cnn_pool = cnn_pool if cnn_pool is not None else self.pool_module
-        return heads.pool(kind or self.head_kind, feats, masks=masks,
-                          cnn_pool=cnn_pool if cnn_pool is not None else self.adapter.head_pool, to_grid=to_grid,
-                          **self.adapter.pool_geometry())
+        return self.adapter.pool(kind or self.head_kind, feats, masks=masks, cnn_pool=cnn_pool, to_grid=to_grid)
 
     # What the diagnostics ask of every model (bgmask.diagnose): the features an attribution is taken on, and the
     # rest of the forward from them.
@@ -140,24 +138,25 @@ class Classifier(nn.Module):
         return self.head(self.embed(x))
 
 
-def new_head(width: int, num_classes: int, init: str = "upstream", is_vit: bool = False) -> nn.Linear:
+def new_head(width: int, num_classes: int, init: str = "upstream", upstream: str = "kaiming") -> nn.Linear:
     """The new linear head, initialised by ``init`` (see :func:`init_head`)."""
     head = nn.Linear(width, num_classes)
-    init_head(head, init, is_vit)
+    init_head(head, init, upstream)
     return head
 
 
-def init_head(head: nn.Linear, init: str, is_vit: bool) -> None:
+def init_head(head: nn.Linear, init: str, upstream: str = "kaiming") -> None:
     """Initialise a new linear head.
 
-    ``upstream``: what the official trainers do: CNN heads get ``kaiming_normal_(mode="fan_out",
-    nonlinearity="relu")`` weights (std sqrt(2 / num_classes)) and zero bias; its ViT trainers keep ``nn.Linear``'s
-    default. ``timm``: truncated normal weights (std 0.02) and zero bias, as timm initialises the classifier of a new
-    ConvNeXt or ViT. ``torch``: ``nn.Linear``'s default (Kaiming-uniform weights, uniform bias), untouched.
+    ``upstream``: what the official trainers do for the family, its adapter's ``upstream_head_init`` (passed as
+    ``upstream``): ``kaiming`` for CNN heads, ``kaiming_normal_(mode="fan_out", nonlinearity="relu")`` weights (std
+    sqrt(2 / num_classes)) and zero bias; ``torch`` for its ViT trainers, which keep ``nn.Linear``'s default.
+    ``timm``: truncated normal weights (std 0.02) and zero bias, as timm initialises the classifier of a new ConvNeXt
+    or ViT. ``torch``: ``nn.Linear``'s default (Kaiming-uniform weights, uniform bias), untouched.
     """
     if init not in HEAD_INITS:
         raise ValueError(f"head_init must be one of {HEAD_INITS}, got {init!r}")
-    if init == "upstream" and not is_vit:
+    if init == "upstream" and upstream == "kaiming":
         nn.init.kaiming_normal_(head.weight, mode="fan_out", nonlinearity="relu")
         nn.init.zeros_(head.bias)
     elif init == "timm":

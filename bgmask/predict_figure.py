@@ -12,15 +12,14 @@ import torch
 def attribution(model, images: torch.Tensor, masks: torch.Tensor | None, labels: torch.Tensor,
                 late: bool) -> tuple[torch.Tensor, str]:
     """``B,H,W`` maps and the method's name."""
-    from bgmask.diagnostics import attribution_maps, no_parameter_grads
+    from bgmask.diagnostics import attribution_maps, attribution_method, no_parameter_grads
     from bgmask.strategies import ModelInput
 
-    if hasattr(model, "layout"):  # the project's own model: the diagnostics' method
+    if hasattr(model, "adapter"):  # the project's own model: the diagnostics' method
         kind = ModelInput.IMAGE_AND_MASK if late else ModelInput.IMAGE
         full = masks if masks is not None else torch.ones(images.shape[0], *images.shape[-2:])
         maps = attribution_maps(model, images, full, labels, kind)
-        method = "|gradient x input|" if model.layout == "tokens" else "Grad-CAM on the pooled feature map"
-        return maps.detach(), method
+        return maps.detach(), attribution_method(model)
     with no_parameter_grads(model):
         x = images.clone().requires_grad_(True)
         model(x).gather(1, labels[:, None]).float().sum().backward(inputs=[x])

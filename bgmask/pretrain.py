@@ -112,10 +112,10 @@ class Recipe:
 
     def check(self) -> None:
         """Raise :class:`PretrainError` for settings that cannot train."""
-        from bgmask.backbones import arch_layout
+        from bgmask.backbones import arch_adapter
 
         errors = []
-        if arch_layout(self.arch) is None:
+        if arch_adapter(self.arch) is None:
             errors.append(f"{self.arch!r} is not a timm model (see timm.list_models('convnext*') or "
                           f"timm.list_models('*dinov2*')).{timm_name_hint(self.arch)}")
         if self.image_size < 32:  # a CNN's last stage has stride 32
@@ -164,12 +164,12 @@ DEMO_RECIPES = {
 def default_recipe(arch: str, image_size: int | None = None) -> Recipe:
     """The demo recipe of ``arch``, or for another model the demo recipe of its family (ViT or CNN) at
     ``image_size`` (default: the family's demo size)."""
-    from bgmask.backbones import arch_layout
+    from bgmask.backbones import BackboneAdapter, arch_adapter
 
     if arch in DEMO_RECIPES:
         base = DEMO_RECIPES[arch]
     else:
-        family = "vit_small_patch14_dinov2" if arch_layout(arch) == "tokens" else "convnext_atto"
+        family = (arch_adapter(arch) or BackboneAdapter).recipe_family
         base = dataclasses.replace(DEMO_RECIPES[family], arch=arch)
     return dataclasses.replace(base, image_size=image_size) if image_size else base
 

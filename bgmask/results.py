@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bgmask import heads, strategies
-from bgmask.backbones import arch_layout
+from bgmask.backbones import arch_adapter
 from bgmask.data.groups import wilson_interval
 from bgmask.diagnostics import VIEWS
 
@@ -89,9 +89,9 @@ def _regime_of(args: dict) -> str:
 
 
 def _head_of(args: dict, results: dict) -> str:
-    if arch_layout(results.get("model_arch", "")) != "tokens":
-        return "-"
-    return heads.label(heads.vit_head_of(args.get("class_token_only"), args.get("patch_tokens_only")))
+    adapter = arch_adapter(results.get("model_arch", ""))
+    head = heads.vit_head_of(args.get("class_token_only"), args.get("patch_tokens_only"))
+    return heads.label(head) if adapter is not None and head in adapter.heads else "-"
 
 
 def is_synthetic_cub(root: str | os.PathLike | None) -> bool:

@@ -61,6 +61,15 @@ def tiny_cub_root(tmp_path_factory) -> Path:
     return generate(out, TINY, progress=False).cub_root
 
 
+TWIN = SyntheticConfig(num_classes=6, images_per_class=20, image_size=32, habitats=2, seed=1)
+
+
+@pytest.fixture(scope="session")
+def twin_root(tmp_path_factory) -> Path:
+    """A twin with the release's two habitats (land, water), large enough for the split structure and for DFR."""
+    return generate(tmp_path_factory.mktemp("twin"), TWIN, progress=False).cub_root
+
+
 @pytest.fixture
 def tiny_cub_copy(tiny_cub_root, tmp_path) -> Path:
     """A private, writable copy of the tiny dataset."""

@@ -21,6 +21,7 @@ from bgmask.models import ModelSpec, create_classifier
 from tests.test_classifier import train_argv
 from tests.toy_backbone import GridNetAdapter
 from tests.toy_benchmark import genera
+from tests.toy_tokens import TokenNetAdapter
 
 REPO = Path(__file__).resolve().parents[1]
 LARGE_MODULES = {"data/synthetic.py"}  # the synthetic benchmark's generator: one long, linear recipe
@@ -103,6 +104,73 @@ def test_a_backbone_family_in_one_file_trains_with_every_strategy(tiny_cub_root,
         diagnostics = out["diagnostics"]
         assert diagnostics["attribution"] == "Grad-CAM on the pooled feature map", diagnostics
         assert 0 <= diagnostics["fg_attribution"] <= 1 and diagnostics["fg_attribution_images"] == 12
+
+
+def test_a_token_family_in_one_file_pools_masks_and_maps_its_own_layout():
+    """toy_tokennet keeps its summary token last: the heads, the mask and the feature map read the adapter's
+    layout, not timm's ViT one (CLS first)."""
+    import torch
+
+    clf = create_classifier(ModelSpec(arch="toy_tokennet", num_classes=3, image_size=32))
+    adapter = clf.adapter
+    assert isinstance(adapter, TokenNetAdapter) and arch_layout("toy_tokennet") == "tokens"
+    assert clf.head_kind == "cls_mean" and clf.head.in_features == 32  # concat(summary, mean of the 16 patches)
+    feats = clf.features(torch.randn(2, 3, 32, 32))
+    assert feats.shape == (2, 17, 16)
+    assert torch.equal(clf.pool(feats, kind="cls"), feats[:, -1])
+    assert torch.allclose(clf.pool(feats, kind="mean"), feats[:, :-1].mean(1))
+    masks = torch.zeros(2, 32, 32)
+    masks[:, :8, :8] = 1  # the bird: the top-left patch
+    masked = adapter.mask(feats, masks)
+    assert torch.equal(masked[:, -1], feats[:, -1]) and torch.equal(masked[:, 0], feats[:, 0])  # summary, bird kept
+    assert (masked[:, 1:-1] == 0).all()
+    assert torch.allclose(clf.pool(feats, masks, kind="masked_mean"), feats[:, 0])  # the bird's one token
+    assert adapter.feature_map(feats).shape == (2, 16, 4, 4)
+    assert torch.equal(adapter.feature_map(feats)[:, :, 0, 1], feats[:, 1])  # row-major on the grid
+
+
+def test_nothing_outside_the_adapters_asks_which_layout_a_backbone_has():
+    """The adapters (bgmask/backbones.py) do what a layout decides; the rest of the library asks them to, never
+    "is this a ViT?" (a layout name compared, a model name read for its family)."""
+    question = re.compile(r"""is_vit|arch_layout\(|\.startswith\(["']vit|["']vit["'] in |"""
+                          r"""[=!]=\s*["'](tokens|NHWC|NCHW)["']|["'](tokens|NHWC|NCHW)["']\s*[=!]=|"""
+                          r"""\bin\s*\(?["'](tokens|NHWC|NCHW)["']""")
+    sites = [f"{p.relative_to(REPO)}:{i}: {line.strip()}" for p in sorted((REPO / "bgmask").rglob("*.py"))
+             if p.name != "backbones.py" for i, line in enumerate(p.read_text().splitlines(), 1)
+             if question.search(line)]
+    assert sites == []
+
+
+@pytest.mark.slow
+def test_a_token_family_in_one_file_trains_with_every_strategy_probe_heads_and_diagnostics(tiny_cub_root, twin_root,
+                                                                                              tmp_path):
+    root = tmp_path / "CUB_200_2011"
+    shutil.copytree(tiny_cub_root, root)
+    write_gt_masked_folders(root, progress=False)
+    strategies = ["none", "early", "late", "dfr", "groupdro"]
+    gt = ["--mask_source", "gt"]
+    probes = ["--freeze_backbone", "--probe_heads", "cls,mean,cls_mean,late:mean,late:masked_mean,late:cls_mean"]
+    for masking, flags in (("none", []), ("early", ["--patch_tokens_only"]), ("late", gt),
+                           ("late", [*gt, "--fm_second_last_block", "--class_token_only"]),
+                           ("late", [*gt, *probes])):
+        run = tmp_path / f"{masking}{len(flags)}"
+        argv = ["--masking", masking, *train_argv(root, run, "--model_arch", "toy_tokennet", "--epochs", "1"), *flags]
+        assert cli.main(strategies, argv) == 0
+        out = json.loads((run / "results.json").read_text())
+        assert out["model_arch"] == "toy_tokennet" and out["waterbirds"]["num_images"] > 0
+        diagnostics = out["diagnostics"]
+        assert diagnostics["attribution"] == "|gradient x input|", diagnostics
+        assert 0 <= diagnostics["fg_attribution"] <= 1 and diagnostics["fg_attribution_images"] == 12
+        if "--probe_heads" in flags:
+            assert set(out["probes"]) == {"cls", "mean", "cls_mean", "late:mean", "late:masked_mean",
+                                          "late:cls_mean"}
+    wb = ["--dataset", "waterbirds", "--diagnostics", "none", "--model_arch", "toy_tokennet", "--freeze_backbone"]
+    base, dfr = tmp_path / "wb_base", tmp_path / "wb_dfr"
+    assert cli.main(strategies, [*train_argv(twin_root, base, *wb), "--masking", "groupdro"]) == 0
+    assert cli.main(strategies, [*train_argv(twin_root, dfr, *wb), "--masking", "dfr", "--dfr_from", str(base),
+                                 "--dfr_retrains", "2"]) == 0
+    for run in (base, dfr):
+        assert "worst_group" in json.loads((run / "results.json").read_text())["test"]
 
 
 @pytest.mark.parametrize("entry", [["-m", "bgmask"], ["early_masking_and_baseline/train.py"],

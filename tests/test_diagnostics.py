@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from bgmask.backbones import TokenAdapter
 from bgmask.data.cub import CUBDataset
 from bgmask.diagnostics import (
     DiagnosticViews,
@@ -113,7 +114,7 @@ def test_attribution_share_is_right_on_a_model_that_looks_at_a_known_region():
     assert torch.allclose(fg_share(cam, right)[0], torch.zeros(2), atol=0.05)
 
     class LeftPixels(nn.Module):  # a 'ViT' stand-in for gradient x input
-        layout = "tokens"
+        adapter = TokenAdapter  # its attribution: |gradient x input|
 
         def forward(self, x):
             return torch.stack([x[..., :8].sum((1, 2, 3)), -x[..., :8].sum((1, 2, 3))], 1)

@@ -15,7 +15,7 @@ import pytest
 from bgmask import cli
 from bgmask.data.groups import Groups, group_metrics, wilson_interval
 from bgmask.data.masks import write_gt_masked_folders
-from bgmask.data.synthetic import WATER_HABITAT, SyntheticConfig, generate
+from bgmask.data.synthetic import WATER_HABITAT
 from bgmask.strategies.dfr import balanced_subset, reweight
 from tests.test_classifier import train_argv
 
@@ -45,7 +45,7 @@ def test_group_metrics_and_the_adjusted_average_by_hand():
 
 
 # ------------------------------------------------------------------------------------------------- the twin
-TWIN = SyntheticConfig(num_classes=6, images_per_class=20, image_size=32, habitats=2, seed=1)
+# The twin with the release's two habitats: the twin_root fixture (tests/conftest.py).
 # sha256 of the test split's Waterbirds composites (names, places, bytes) before the train split was correlated
 TEST_SPLIT_DIGESTS = {"tiny": "7eea7904aea6eb255cff841246cc8e380fbc2126396f600de5dc6715e1ceb619",
                       "two_habitats": "cce9253491fdec6a1447e44edb6aa847bd19c06b9838b0fa76ac58463a24d0c8"}
@@ -53,12 +53,6 @@ TEST_SPLIT_DIGESTS = {"tiny": "7eea7904aea6eb255cff841246cc8e380fbc2126396f600de
 
 def metadata(waterbirds_root: Path) -> list[dict]:
     return list(csv.DictReader(open(waterbirds_root / "metadata.csv", newline="")))
-
-
-@pytest.fixture(scope="module")
-def twin_root(tmp_path_factory) -> Path:
-    """A twin with the release's two habitats (land, water), large enough for the split structure and for DFR."""
-    return generate(tmp_path_factory.mktemp("twin"), TWIN, progress=False).cub_root
 
 
 @pytest.mark.parametrize("name", ["tiny", "two_habitats"])

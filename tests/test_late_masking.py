@@ -195,7 +195,7 @@ def test_nhwc_masking_zeroes_spatial_positions_not_channels():
 
     clf = swin()
     adapter = adapter_for(clf.backbone)
-    assert isinstance(adapter, NHWCAdapter) and adapter.layout == "NHWC" and not adapter.is_vit
+    assert isinstance(adapter, NHWCAdapter) and adapter.layout == "NHWC" and adapter.heads == ("pool",)
     feats = torch.randn(2, 4, 4, 768)  # B, H, W, C
     masks = torch.zeros(2, 64, 64)
     masks[:, :32, :] = 1  # top half of the image is bird

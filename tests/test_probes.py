@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from bgmask.backbones import TokenAdapter
 from bgmask.checkpoint import load_checkpoint
 from bgmask.heads import head_errors, parse_heads
 from bgmask.results import build_table, load_runs
@@ -87,7 +88,9 @@ def test_probe_heads_are_refused_where_they_cannot_be_honoured(tiny_cub_root, tm
         assert main([*base, *extra]) == 2
         assert message in capsys.readouterr().err, message
     assert not (tmp_path / "r").exists()
-    assert head_errors(["cls", "cls"], "tokens") and head_errors(["pool", "late:pool"], "NCHW") == []
+    assert head_errors(["cls", "cls"], TokenAdapter.heads) and head_errors(["pool", "late:pool"], ("pool",)) == []
+    assert head_errors(["late:masked_mean"], TokenAdapter.heads, TokenAdapter.late_only_heads) == []
+    assert head_errors(["masked_mean"], TokenAdapter.heads, TokenAdapter.late_only_heads)  # late masking's alone
 
 
 def test_each_probe_head_gets_the_diagnostics_of_its_single_head_run(tiny_cub_root, tmp_path):
