@@ -149,7 +149,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, strategies.
     values = {k: v for k, v in values.items() if k not in other_defaults}
     cfg = TrainConfig.from_flat({**values, "masking": name}, strategy.Options)
     benchmark = benchmarks.get(cfg.data.dataset)()
-    return benchmarks.resolve_head_init(benchmark.resolve(cfg, strategy.needs(cfg)), benchmark), strategy
+    return benchmarks.resolve_config(cfg, benchmark, strategy.needs(cfg)), strategy
 
 
 def parse_config(strategy_names: Sequence[str], argv=None, description: str | None = None):

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from bgmask import benchmarks, distributed
-from bgmask.benchmarks import resolve_head_init
+from bgmask.benchmarks import resolve_config
 from bgmask.checkpoint import CheckpointManager
 from bgmask.config import TrainConfig
 from bgmask.console import ConsoleLog, banner, recipe_warning, summary
@@ -38,7 +38,7 @@ def run(cfg: TrainConfig, strategy: Strategy, config_files: Sequence[str] | None
     cfg.check(torch.cuda.is_available())
     strategy.check(cfg)
     benchmark, needs = benchmarks.get(cfg.data.dataset)(), strategy.needs(cfg)
-    cfg = resolve_head_init(cfg, benchmark)
+    cfg = resolve_config(cfg, benchmark, needs)  # as the command line does: masked folders, the head init
     benchmark.check(cfg, needs)
     check_probe_masks(cfg, needs)
     session = start_session(cfg)

@@ -44,3 +44,28 @@ def test_a_strategy_in_one_file_trains_and_is_collected(tiny_cub_root, tmp_path)
     header, table = results.build_table([results.load_run(run)])
     assert "noise background CUB" in header
     assert table[0][header.index("noise background CUB")] != "–"
+
+
+def test_a_run_started_from_python_trains_on_what_the_command_line_would(tiny_cub_root, tmp_path):
+    """``run(cfg, strategy)`` resolves the benchmark's folders itself: early masking called from Python reads the
+    masked image folders, as ``--masking early`` on the command line does (and --head_init auto is resolved)."""
+    import shutil
+
+    from bgmask.config import TrainConfig
+    from bgmask.data.masks import write_gt_masked_folders
+    from bgmask.trainer import run
+
+    root = tmp_path / "CUB_200_2011"
+    shutil.copytree(tiny_cub_root, root)
+    write_gt_masked_folders(root, progress=False)
+    argv = train_argv(root, tmp_path / "cli", "--masking", "early", "--epochs", "1", "--diagnostics", "none")
+    assert cli.main(["none", "early", "late"], argv) == 0
+    cfg, _ = cli.parse_config(["none", "early", "late"], argv)
+    flat = {**cfg.flat(), "snapshot_dir": str(tmp_path / "python"), "image_sub_path_train": "images",
+            "image_sub_path_test": "images", "ood_image_sub_path": TrainConfig().data.ood_image_sub_path,
+            "head_init": "auto"}  # the defaults a config built in Python starts from
+    out = run(TrainConfig.from_flat(flat), strategies.get("early")())
+    by_cli = json.loads((tmp_path / "cli" / "results.json").read_text())
+    folders = ("image_sub_path_train", "image_sub_path_test", "ood_image_sub_path")
+    assert {k: out[k] for k in folders} == {k: by_cli[k] for k in folders}
+    assert out["image_sub_path_train"] != "images" and out["head_init"] == by_cli["head_init"] == "upstream"

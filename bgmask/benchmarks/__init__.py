@@ -15,6 +15,7 @@ from bgmask.benchmarks.base import (
     get,
     names,
     register,
+    resolve_config,
     resolve_head_init,
     selection_metric,
     split_train_val,
@@ -23,5 +24,5 @@ from bgmask.benchmarks.base import (
 for _module in sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name != "base"):
     importlib.import_module(f"{__name__}.{_module}")
 
-__all__ = ["Benchmark", "BenchmarkData", "DataNeeds", "EvalSet", "get", "names", "register", "resolve_head_init",
-           "selection_metric", "split_train_val"]
+__all__ = ["Benchmark", "BenchmarkData", "DataNeeds", "EvalSet", "get", "names", "register", "resolve_config",
+           "resolve_head_init", "selection_metric", "split_train_val"]

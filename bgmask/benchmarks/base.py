@@ -116,6 +116,14 @@ def resolve_head_init(cfg: TrainConfig, benchmark: Benchmark) -> TrainConfig:
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, head_init=benchmark.default_head_init))
 
 
+def resolve_config(cfg: TrainConfig, benchmark: Benchmark, needs: DataNeeds) -> TrainConfig:
+    """The settings whose default depends on the benchmark and the strategy: the folders the strategy's data needs
+    (:meth:`Benchmark.resolve`, e.g. early masking's masked image folders) and ``--head_init auto``
+    (:func:`resolve_head_init`). :func:`bgmask.trainer.run` calls it, so a config built in Python trains on what the
+    same command line would; resolving twice changes nothing."""
+    return resolve_head_init(benchmark.resolve(cfg, needs), benchmark)
+
+
 def split_train_val(dataset, labels: np.ndarray, fraction: float, seed: int):
     """Stratified split: ``fraction`` of each class for training, the rest for validation (None at 1)."""
     if fraction >= 1:
