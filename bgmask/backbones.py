@@ -23,7 +23,7 @@ import torch
 from timm.models import checkpoint_seq
 from torch import nn
 
-from bgmask.errors import BgmaskError
+from bgmask.errors import UnsupportedBackbone
 from bgmask.heads import CNN_HEADS, LATE, LATE_ONLY_HEADS, VIT_HEADS
 from bgmask.masking import NEAREST, MaskGrid, mask_features, mask_to_feature_grid
 
@@ -31,10 +31,6 @@ LAYOUTS = ("NCHW", "NHWC", "tokens")
 # How the diagnostics attribute a prediction to input pixels (bgmask.diagnostics.attribution_maps).
 GRAD_CAM = "Grad-CAM on the pooled feature map"
 INPUT_GRADIENT = "|gradient x input|"
-
-
-class UnsupportedBackbone(BgmaskError, ValueError):
-    """A backbone whose feature layout the project does not know; the message lists what is supported."""
 
 
 _ADAPTERS: list[type[BackboneAdapter]] = []

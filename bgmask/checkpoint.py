@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bgmask.errors import BgmaskError
+from bgmask.errors import CheckpointError
 from bgmask.io import atomic_write
 
 
@@ -33,10 +33,6 @@ def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-class CheckpointError(BgmaskError, RuntimeError):
-    """A checkpoint is missing, unreadable, or does not fit the model; the message says which file and why."""
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:

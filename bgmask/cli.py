@@ -20,7 +20,7 @@ import yaml
 from bgmask import benchmarks, strategies
 from bgmask.argparsing import BoolFlag, parser_from_doc, plain
 from bgmask.config import GROUPS, TrainConfig
-from bgmask.errors import BgmaskError, ConfigError
+from bgmask.errors import BgmaskError, ConfigError, ConfigFileError
 from bgmask.trainer import run
 
 BASE_KEY = "_base_"
@@ -107,10 +107,6 @@ def load_config_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
         merged.update(load_config_file(path.parent / base, (*_seen, path.resolve())))
     merged.update(values)
     return merged
-
-
-class ConfigFileError(ValueError):
-    """A ``--config`` file is missing, unreadable or has keys that are no flags."""
 
 
 def parse_with_config(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:

@@ -9,8 +9,9 @@ from bgmask import diagnostics, heads
 from bgmask.benchmarks import Benchmark, BenchmarkData
 from bgmask.checkpoint import atomic_torch_save
 from bgmask.config import TrainConfig
-from bgmask.distributed import PeerFailure, agree
+from bgmask.distributed import agree
 from bgmask.engine import evaluate
+from bgmask.errors import PeerFailure
 from bgmask.heads import LATE
 from bgmask.run_model import RunModel
 from bgmask.session import Session

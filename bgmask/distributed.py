@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from bgmask.errors import ConfigError
+from bgmask.errors import ConfigError, PeerFailure
 
 
 @dataclass(frozen=True)
@@ -80,10 +80,6 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
-
-
-class PeerFailure(RuntimeError):
-    """A stage failed on at least one process; every process raises it at the same point (see :func:`agree`)."""
 
 
 def agree(error: BaseException | None, device: torch.device | str = "cpu") -> None:

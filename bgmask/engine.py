@@ -22,11 +22,8 @@ from torch.utils.data import Dataset, Sampler
 from bgmask import heads
 from bgmask.data.groups import Groups, group_metrics
 from bgmask.distributed import agree, all_reduce_sum
+from bgmask.errors import NonFiniteLossError
 from bgmask.progress import progress_bar
-
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN/inf; training stops and the last good checkpoint is kept."""
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""The library's own errors. Entry points turn any :class:`BgmaskError` into a one-paragraph message and exit code 2."""
+"""The library's own errors, all of them here. Entry points turn any :class:`BgmaskError` into a one-paragraph message
+and exit code 2."""
 
 from __future__ import annotations
 
@@ -12,6 +13,51 @@ class ConfigError(BgmaskError, ValueError):
 
     Settings are named by their command-line flags (``--lr``), which are also their YAML keys and config field names.
     """
+
+
+class ExportError(BgmaskError, ValueError):
+    """A run folder cannot be exported, or a folder is not an export this version reads; says how to fix it."""
+
+
+class PretrainError(BgmaskError, RuntimeError):
+    """Pretraining cannot run as asked (bad settings) or its training run failed; says why."""
+
+
+class CheckpointError(BgmaskError, RuntimeError):
+    """A checkpoint is missing, unreadable, or does not fit the model; the message says which file and why."""
+
+
+class DatasetError(BgmaskError, RuntimeError):
+    """A dataset on disk is missing, incomplete or inconsistent. The message says which file and what to do."""
+
+
+class PredictError(BgmaskError, ValueError):
+    """The inputs cannot be classified as given; says how to fix it."""
+
+
+class UnsupportedBackbone(BgmaskError, ValueError):
+    """A backbone whose feature layout the project does not know; the message lists what is supported."""
+
+
+class ModelError(BgmaskError, ValueError):
+    """The model asked for does not exist or cannot take the given options; says what to use instead."""
+
+
+class WeightsError(BgmaskError, RuntimeError):
+    """Pretrained weights cannot be loaded (offline without a cache, or a file of another model); says how to fix."""
+
+
+# Raised and caught inside the library (not shown to users as they are):
+class ConfigFileError(ValueError):
+    """A ``--config`` file is missing, unreadable or has keys that are no flags."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN/inf; training stops and the last good checkpoint is kept."""
+
+
+class PeerFailure(RuntimeError):
+    """A stage failed on at least one process; every process raises it at the same point (see :func:`agree`)."""
 
 
 def did_you_mean(name: str, known, what: str = "") -> str:

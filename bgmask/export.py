@@ -36,16 +36,12 @@ from timm.data import IMAGENET_DEFAULT_STD as IMAGENET_STD
 from torch import nn
 
 from bgmask.argparsing import parser_from_doc
-from bgmask.errors import BgmaskError
+from bgmask.errors import BgmaskError, ExportError
 
 FORMAT = "bgmask-export"
 FORMAT_VERSION = 1
 CHECKPOINTS = ("best", "last")
 SPEC_FIELDS = ("arch", "num_classes", "image_size", "head_norm")
-
-
-class ExportError(BgmaskError, ValueError):
-    """A run folder cannot be exported, or a folder is not an export this version reads; says how to fix it."""
 
 
 @dataclasses.dataclass

@@ -20,7 +20,8 @@ from bgmask.checkpoint import CheckpointManager, load_checkpoint, rng_state, set
 from bgmask.config import AugConfig
 from bgmask.data.sampling import SeededAugmentation, WithGroups
 from bgmask.distributed import DistInfo
-from bgmask.engine import NonFiniteLossError, train_one_epoch
+from bgmask.engine import train_one_epoch
+from bgmask.errors import NonFiniteLossError
 from bgmask.evaluation import brief, evaluate_sets
 from bgmask.logging import RunLogger, save_args
 from bgmask.losses import TrainingLoss

@@ -28,18 +28,14 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from bgmask.argparsing import parser_from_doc
-from bgmask.data.cub import DatasetError, load_mask, load_rgb
+from bgmask.data.cub import load_mask, load_rgb
 from bgmask.data.masks import apply_mask
 from bgmask.data.transforms import build_eval_transform
-from bgmask.errors import BgmaskError
+from bgmask.errors import BgmaskError, DatasetError, PredictError
 from bgmask.export import read_export
 from bgmask.progress import progress_bar
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-
-
-class PredictError(BgmaskError, ValueError):
-    """The inputs cannot be classified as given; says how to fix it."""
 
 
 def collect(inputs: list[str], mask_dir: str | None) -> list[tuple[Path, Path | None]]:

@@ -40,7 +40,7 @@ from pathlib import Path
 
 from bgmask.data.synthetic import HABITAT_NAMES, SyntheticConfig, disjoint_species, generate
 from bgmask.data.transforms import AUGMENTATIONS
-from bgmask.errors import BgmaskError, timm_name_hint
+from bgmask.errors import PretrainError, timm_name_hint
 from bgmask.io import atomic_write_text
 from bgmask.pretrain_cache import (
     _locked,
@@ -52,10 +52,6 @@ from bgmask.pretrain_cache import (
     weights_dir,
     weights_key,
 )
-
-
-class PretrainError(BgmaskError, RuntimeError):
-    """Pretraining cannot run as asked (bad settings) or its training run failed; says why."""
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from bgmask.backbones import takes_img_size
-from bgmask.errors import BgmaskError, timm_name_hint
+from bgmask.errors import ModelError, WeightsError, timm_name_hint
 from bgmask.io import file_digest
 
 
@@ -29,14 +29,6 @@ class ModelSpec:
     freeze_backbone: bool = False
     head_norm: str = "head"  # head | backbone: where the norm inside timm's CNN head module belongs
     head_init: str = "upstream"  # upstream | timm | torch: how the new linear layer starts
-
-
-class ModelError(BgmaskError, ValueError):
-    """The model asked for does not exist or cannot take the given options; says what to use instead."""
-
-
-class WeightsError(BgmaskError, RuntimeError):
-    """Pretrained weights cannot be loaded (offline without a cache, or a file of another model); says how to fix."""
 
 
 def create_backbone(spec: ModelSpec) -> nn.Module:

@@ -76,7 +76,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.cache_dir:
         os.environ["BGMASK_CACHE"] = args.cache_dir
-    from bgmask.pretrain import Corpus, PretrainError, default_recipe, pretrained_weights
+    from bgmask.errors import PretrainError
+    from bgmask.pretrain import Corpus, default_recipe, pretrained_weights
 
     if args.print_path and args.arch:
         p.error("give --print_path ARCH or --arch ARCH ..., not both")

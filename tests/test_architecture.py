@@ -106,6 +106,17 @@ def test_a_backbone_family_in_one_file_trains_with_every_strategy(tiny_cub_root,
         assert 0 <= diagnostics["fg_attribution"] <= 1 and diagnostics["fg_attribution_images"] == 12
 
 
+def test_every_error_of_the_library_is_defined_in_errors_py():
+    """One home for errors: a module raising the CSV benchmark's DatasetError imports bgmask.errors, not the CUB
+    reader."""
+    error_class = re.compile(r"^class \w+\((\w+\.)?\w*(Error|Exception|Failure|Backbone)\b")
+    elsewhere = [f"{p.relative_to(REPO)}: {line}" for p in sorted((REPO / "bgmask").rglob("*.py"))
+                 if p.name != "errors.py" for line in p.read_text().splitlines() if error_class.match(line)]
+    assert elsewhere == []
+    assert len([line for line in (REPO / "bgmask" / "errors.py").read_text().splitlines()
+                if error_class.match(line)]) >= 12
+
+
 def test_a_token_family_in_one_file_pools_masks_and_maps_its_own_layout():
     """toy_tokennet keeps its summary token last: the heads, the mask and the feature map read the adapter's
     layout, not timm's ViT one (CLS first)."""

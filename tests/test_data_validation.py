@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bgmask.data.cub import CUBDataset, CUBIndex, DatasetError, load_mask
+from bgmask.data.cub import CUBDataset, CUBIndex, load_mask
+from bgmask.errors import DatasetError
 
 
 def test_missing_root_suggests_cub_subfolder(tiny_cub_root, tmp_path):

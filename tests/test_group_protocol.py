@@ -224,7 +224,7 @@ def test_dfr_reweights_away_from_a_spurious_feature():
     assert set(report["tuning_worst_group"]) == {"1.0", "0.1", "0.01"}
     sub = balanced_subset(groups, np.random.default_rng(1))
     assert len(set(np.bincount(groups[sub]).tolist())) == 1
-    from bgmask.data.cub import DatasetError
+    from bgmask.errors import DatasetError
 
     with pytest.raises(DatasetError, match="holds one class only"):
         reweight(x[y == 0], y[y == 0], groups[y == 0], 2, [1.0], 1, 1, seed=0)

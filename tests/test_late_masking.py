@@ -217,7 +217,8 @@ def test_swin_late_masking_runs_and_all_ones_masks_change_nothing():
 
 
 def test_an_unknown_feature_layout_is_refused():
-    from bgmask.backbones import UnsupportedBackbone, adapter_for
+    from bgmask.backbones import adapter_for
+    from bgmask.errors import UnsupportedBackbone
 
     class Odd(torch.nn.Module):
         output_fmt = "NLC"

@@ -19,8 +19,9 @@ from PIL import Image
 
 pytest.importorskip("mmseg")
 
-from bgmask.data.cub import WATERBIRDS_SUB_PATH, CUBIndex, DatasetError, load_rgb, mask_path_for  # noqa: E402
+from bgmask.data.cub import WATERBIRDS_SUB_PATH, CUBIndex, load_rgb, mask_path_for  # noqa: E402
 from bgmask.data.masks import MASK_FOLDERS, MASKED_JPEG_OPTIONS  # noqa: E402
+from bgmask.errors import DatasetError  # noqa: E402
 from cub_seg.runner import disable_pretrained  # noqa: E402
 
 pytestmark = [

@@ -19,10 +19,9 @@ import numpy as np
 
 from bgmask.benchmarks.base import Benchmark, BenchmarkData, DataNeeds, EvalSet, register, selection_metric
 from bgmask.config import TrainConfig
-from bgmask.data.cub import DatasetError
 from bgmask.data.groups import Groups
 from bgmask.data.table import TableDataset, check_files, check_mask_sizes
-from bgmask.errors import ConfigError
+from bgmask.errors import ConfigError, DatasetError
 from bgmask.io import listing
 
 REQUIRED = ("filename", "split", "y")

@@ -37,10 +37,10 @@ from bgmask.benchmarks.base import (
     split_train_val,
 )
 from bgmask.config import DataConfig, TrainConfig
-from bgmask.data.cub import GT_MASK_SUB_PATH, WATERBIRDS_SUB_PATH, CUBDataset, DatasetError, missing_folder_hint
+from bgmask.data.cub import GT_MASK_SUB_PATH, WATERBIRDS_SUB_PATH, CUBDataset, missing_folder_hint
 from bgmask.data.groups import Groups
 from bgmask.data.masks import MASK_FOLDERS
-from bgmask.errors import ConfigError
+from bgmask.errors import ConfigError, DatasetError
 
 IMAGE_FLAGS = ("image_sub_path_train", "image_sub_path_test", "ood_image_sub_path")
 

@@ -21,10 +21,10 @@ from pathlib import Path
 from bgmask.benchmarks.base import Benchmark, BenchmarkData, DataNeeds, EvalSet, register, selection_metric
 from bgmask.benchmarks.cub import CUBWithWaterbirds, waterbirds_groups
 from bgmask.config import TrainConfig
-from bgmask.data.cub import GT_MASK_SUB_PATH, WATERBIRDS_SUB_PATH, DatasetError, WaterbirdsMetadata, mask_path_for
+from bgmask.data.cub import GT_MASK_SUB_PATH, WATERBIRDS_SUB_PATH, WaterbirdsMetadata, mask_path_for
 from bgmask.data.groups import Groups
 from bgmask.data.table import TableDataset, check_files
-from bgmask.errors import ConfigError
+from bgmask.errors import ConfigError, DatasetError
 from bgmask.io import listing
 
 SPLITS = {"train": 0, "val": 1, "test": 2}

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from bgmask.errors import BgmaskError
+from bgmask.errors import DatasetError
 from bgmask.io import listing
 
 WATERBIRDS_SUB_PATH = "waterbird_complete95_forest2water2"
@@ -20,10 +20,6 @@ GT_MASK_SUB_PATH = "segmentations"  # CUB's ground-truth masks (> 0 is bird)
 WATERBIRDS_COLUMNS = ("img_id", "img_filename", "y", "split", "place", "place_filename")
 INDEX_FILES = ("images.txt", "image_class_labels.txt", "train_test_split.txt")
 SPLITS = ("train", "test", "all")
-
-
-class DatasetError(BgmaskError, RuntimeError):
-    """A dataset on disk is missing, incomplete or inconsistent. The message says which file and what to do."""
 
 
 def parse_index_file(path: Path, num_fields: int) -> dict[int, list[str]]:

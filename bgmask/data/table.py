@@ -12,8 +12,9 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from bgmask.data.cub import DatasetError, load_mask, load_rgb
+from bgmask.data.cub import load_mask, load_rgb
 from bgmask.data.masks import apply_mask
+from bgmask.errors import DatasetError
 from bgmask.io import listing
 
 

@@ -28,8 +28,7 @@ from typing import ClassVar
 import numpy as np
 
 from bgmask.config import TrainConfig, option
-from bgmask.data.cub import DatasetError
-from bgmask.errors import ConfigError
+from bgmask.errors import ConfigError, DatasetError
 from bgmask.strategies.base import ModelInput, Strategy, register
 
 

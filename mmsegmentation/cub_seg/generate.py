@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bgmask.data.cub import CUBIndex, DatasetError, load_rgb, mask_path_for
+from bgmask.data.cub import CUBIndex, load_rgb, mask_path_for
 from bgmask.data.masks import (
     MASK_FOLDERS,
     PROVENANCE_FILE,
@@ -23,6 +23,7 @@ from bgmask.data.masks import (
     write_gt_masked_folders,
     write_mask_and_masked_image,
 )
+from bgmask.errors import DatasetError
 from bgmask.io import atomic_write_text, listing
 from cub_seg.inference import Segmenter
 

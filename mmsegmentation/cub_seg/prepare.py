@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bgmask.data.cub import WATERBIRDS_SUB_PATH, CUBIndex, DatasetError, load_mask, mask_path_for
+from bgmask.data.cub import WATERBIRDS_SUB_PATH, CUBIndex, load_mask, mask_path_for
+from bgmask.errors import DatasetError
 from bgmask.io import listing
 
 LINK_MODES = ("symlink", "hardlink", "copy")

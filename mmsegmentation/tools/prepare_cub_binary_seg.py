@@ -15,7 +15,7 @@ import os
 import sys
 
 from bgmask.argparsing import parser_from_doc
-from bgmask.data.cub import DatasetError
+from bgmask.errors import DatasetError
 from cub_seg.prepare import LINK_MODES, prepare_cub_binary_seg
 
 
