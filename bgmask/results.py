@@ -13,18 +13,18 @@ from bgmask.backbones import arch_adapter
 from bgmask.data.groups import wilson_interval
 from bgmask.diagnostics import VIEWS
 
-BUILTIN_STRATEGIES = ("none", "early", "late")  # always columns of the table, in this order
-
 
 def strategy_columns(runs: list[RunResult]) -> list[str]:
-    """The strategy columns of the table (:attr:`RunResult.column`): the built-in strategies, each followed by its
-    variants the runs used (late masking after the second-last stage/block), then any other strategy the runs used
-    (registry order, then names unknown here)."""
+    """The strategy columns of the table (:attr:`RunResult.column`): the paper's strategies (those with a
+    ``table_column``), each followed by its variants the runs used (late masking after the second-last stage/block),
+    then any other strategy the runs used (registry order, then names unknown here)."""
     used = {r.column for r in runs}
+    paper = sorted((n for n in strategies.names() if strategies.get(n).table_column is not None),
+                   key=lambda n: strategies.get(n).table_column)
     columns = []
-    for name in BUILTIN_STRATEGIES:
+    for name in paper:
         columns += [name, *sorted(c for c in used if c.startswith(f"{name}:"))]
-    registered = [n for n in strategies.names() if n not in BUILTIN_STRATEGIES and n in used]
+    registered = [n for n in strategies.names() if n not in paper and n in used]
     return [*columns, *registered, *sorted(used - set(columns) - set(registered))]
 
 

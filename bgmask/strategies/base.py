@@ -43,6 +43,8 @@ class Strategy:
 
     name: ClassVar[str]  # results.json "masking" and the --masking value
     label: ClassVar[str]  # results tables and figures
+    # Its column in the paper's results table (always shown, in this order); None: after those, when a run used it.
+    table_column: ClassVar[int | None] = None
     summary: ClassVar[str] = ""  # one line for --help
     # How the diagnostics feed the test views to the model; None: no diagnostics (recorded in results.json).
     diagnostics_input: ClassVar[ModelInput | None] = ModelInput.IMAGE

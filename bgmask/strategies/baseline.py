@@ -9,4 +9,5 @@ from bgmask.strategies.base import Strategy, register
 class Baseline(Strategy):
     name = "none"
     label = "baseline"
+    table_column = 0  # the paper's table: baseline, early, late masking
     summary = "original images (baseline)"

@@ -11,6 +11,7 @@ from bgmask.strategies.base import ModelInput, Strategy, register
 class EarlyMasking(Strategy):
     name = "early"
     label = "early masking"
+    table_column = 1  # the paper's table: baseline, early, late masking
     summary = ("masked images: the benchmark's image folders default to the masked ones written by "
                "mmsegmentation/tools/generate_masks.py (explicit --image_sub_path_* / --ood_image_sub_path win)")
     diagnostics_input = ModelInput.MASKED_IMAGE

@@ -53,6 +53,7 @@ class LateOptions:
 class LateMasking(Strategy):
     name = "late"
     label = "late masking"
+    table_column = 2  # the paper's table: baseline, early, late masking
     summary = "full images in, background features zeroed before pooling"
     diagnostics_input = ModelInput.IMAGE_AND_MASK
     Options = LateOptions
