@@ -1,8 +1,10 @@
-"""The run phase of a strategy that refits the last layer instead of training (DFR, :mod:`bgmask.strategies.dfr`):
-load the model it starts from, embed the selection split without augmentation, let the strategy fit the head,
-evaluate as any run."""
+"""The ``refit_last_layer`` run phase, for a strategy that refits the last layer instead of training (DFR,
+:mod:`bgmask.strategies.dfr`): load the checkpoint it starts from (``Strategy.starts_from``), embed the selection
+split without augmentation, let the strategy fit the head (``Strategy.refit_last_layer``), evaluate as any run."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,7 +19,6 @@ from bgmask.progress import progress_bar
 from bgmask.run_model import RunModel
 from bgmask.session import Session
 from bgmask.strategies import Strategy
-from bgmask.strategies.dfr import source_checkpoint
 
 
 def refit(session: Session, data: BenchmarkData, model: RunModel, ckpt: CheckpointManager, strategy: Strategy) -> dict:
@@ -33,7 +34,7 @@ def refit(session: Session, data: BenchmarkData, model: RunModel, ckpt: Checkpoi
                           f"a column.")
     if info.is_main:
         save_args(cfg.flat(), session.snapshot_dir / "args.yaml")
-    source = load_source(cfg.strategy_options.dfr_from, model)
+    source = load_source(strategy.starts_from(cfg), model)
     features, labels = embed(session, model.module, selection.dataset)
     train_features = embed(session, model.module, data.train_plain)[0] if data.train_plain is not None else None
     weight, bias, report = strategy.refit_last_layer(cfg, features, labels, selection.groups.ids, data.num_classes,
@@ -58,12 +59,11 @@ def refit(session: Session, data: BenchmarkData, model: RunModel, ckpt: Checkpoi
             "best": {"epoch": 0, data.selection_metric: score, "selected_on": data.selection, "refit": True}}
 
 
-def load_source(run_dir: str | None, model: RunModel) -> str:
-    """Load the final weights of a finished run (:func:`bgmask.strategies.dfr.source_checkpoint`); without one the
-    model keeps the weights it was built with. Returns where the weights came from."""
-    if run_dir is None:
+def load_source(path: Path | None, model: RunModel) -> str:
+    """Load a checkpoint's weights into the model; without one the model keeps the weights it was built with.
+    Returns where the weights came from."""
+    if path is None:
         return "the weights the model was built with"
-    path = source_checkpoint(run_dir)
     state = load_checkpoint(path)
     model.load(state["model"], path, state.get("weights_identity"))
     return str(path)

@@ -20,6 +20,7 @@ from bgmask.checkpoint import CheckpointManager
 from bgmask.config import TrainConfig
 from bgmask.console import ConsoleLog, banner, recipe_warning, summary
 from bgmask.diagnose import add_diagnostics, safe_diagnostics
+from bgmask.errors import ConfigError
 from bgmask.evaluation import evaluate_checkpoint
 from bgmask.fit import train
 from bgmask.logging import write_json_atomic
@@ -27,6 +28,9 @@ from bgmask.refit import refit
 from bgmask.run_model import build_model, check_probe_masks
 from bgmask.session import Session, check_run_folder, resolve_image_size, start_session
 from bgmask.strategies import Strategy
+
+# A strategy's run phase (Strategy.phase): what happens between building the model and writing results.json.
+PHASES = {"train": train, "refit_last_layer": refit}
 
 
 def run(cfg: TrainConfig, strategy: Strategy, config_files: Sequence[str] | None = None) -> dict | None:
@@ -37,6 +41,8 @@ def run(cfg: TrainConfig, strategy: Strategy, config_files: Sequence[str] | None
     run without pretrained weights (:func:`bgmask.console.recipe_warning`)."""
     cfg.check(torch.cuda.is_available())
     strategy.check(cfg)
+    if strategy.phase not in PHASES:
+        raise ConfigError(f"--masking {strategy.name} runs the phase {strategy.phase!r}; phases: {', '.join(PHASES)}.")
     benchmark, needs = benchmarks.get(cfg.data.dataset)(), strategy.needs(cfg)
     cfg = resolve_config(cfg, benchmark, needs)  # as the command line does: masked folders, the head init
     benchmark.check(cfg, needs)
@@ -61,10 +67,8 @@ def _run(session: Session, benchmark, needs, strategy: Strategy, config_files: S
     ckpt = CheckpointManager(session.snapshot_dir, cfg.run.save_every_n_epochs, enabled=session.info.is_main)
     if cfg.run.eval_only:
         outcome = evaluate_checkpoint(session, data, model, ckpt)
-    elif strategy.refits_last_layer:
-        outcome = refit(session, data, model, ckpt, strategy)
     else:
-        outcome = train(session, data, model, ckpt, strategy)
+        outcome = PHASES[strategy.phase](session, data, model, ckpt, strategy)
     results = {**outcome, "model_arch": cfg.model.model_arch, "masking": strategy.name, "image_size": image_size,
                "num_classes": data.num_classes, "world_size": session.info.world_size, "weights": weights,
                "precision": session.amp.name, "device_tail": session.device_tail,

@@ -334,7 +334,9 @@ def test_dfr_starts_from_the_final_checkpoint(tmp_path):
 
     for name in ("best.pt", "last.pt"):
         torch.save({"model": {}, "epoch": 1}, tmp_path / name)
-    assert load_source(str(tmp_path), Model()) == str(tmp_path / "last.pt") and Model.loaded == tmp_path / "last.pt"
+    cfg = TrainConfig.from_flat({"masking": "dfr", "dfr_from": str(tmp_path)}, dfr.DFROptions)
+    source = dfr.DeepFeatureReweighting().starts_from(cfg)
+    assert load_source(source, Model()) == str(tmp_path / "last.pt") and Model.loaded == tmp_path / "last.pt"
 
 
 # ------------------------------------------------------------------------------------------- the twin

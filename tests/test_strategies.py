@@ -69,3 +69,18 @@ def test_a_run_started_from_python_trains_on_what_the_command_line_would(tiny_cu
     folders = ("image_sub_path_train", "image_sub_path_test", "ood_image_sub_path")
     assert {k: out[k] for k in folders} == {k: by_cli[k] for k in folders}
     assert out["image_sub_path_train"] != "images" and out["head_init"] == by_cli["head_init"] == "upstream"
+
+
+def test_a_strategy_names_its_run_phase_and_an_unknown_one_is_refused_before_anything_is_built(tiny_cub_root,
+                                                                                                tmp_path):
+    from bgmask.trainer import PHASES, run
+
+    class Distilled(strategies.get("none")):
+        phase = "distil"
+
+    cfg, _ = cli.parse_config(["none"], train_argv(tiny_cub_root, tmp_path / "run"))
+    with pytest.raises(ConfigError, match="phase 'distil'; phases: train, refit_last_layer"):
+        run(cfg, Distilled())
+    assert not (tmp_path / "run").exists()
+    assert {strategies.get(n).phase for n in strategies.names()} <= set(PHASES)
+    assert strategies.get("dfr").phase == "refit_last_layer" and strategies.get("groupdro").phase == "train"

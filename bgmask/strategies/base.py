@@ -17,6 +17,7 @@ Everything else (augmentation draws, mixup, optimiser, schedule, evaluation, dia
 from __future__ import annotations
 
 import enum
+from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from torch import nn
@@ -49,8 +50,10 @@ class Strategy:
     # How the diagnostics feed the test views to the model; None: no diagnostics (recorded in results.json).
     diagnostics_input: ClassVar[ModelInput | None] = ModelInput.IMAGE
     Options: ClassVar[type | None] = None  # a dataclass of strategy-specific settings (fields become flags)
-    # True: the strategy does not train; it refits the last layer (refit_last_layer) of the model it starts from
-    refits_last_layer: ClassVar[bool] = False
+    # The run phase between building the model and writing results.json (bgmask.trainer.PHASES): "train", the
+    # shared training loop; "refit_last_layer", no training: the last layer of the model it starts from is fitted
+    # again on the selection split by refit_last_layer (bgmask.refit).
+    phase: ClassVar[str] = "train"
 
     def check(self, cfg: TrainConfig) -> None:
         """Refuse settings this strategy cannot honour, before anything is built (raise ConfigError)."""
@@ -76,8 +79,13 @@ class Strategy:
         """Extra keys for results.json (e.g. where the masks came from)."""
         return {}
 
+    def starts_from(self, cfg: TrainConfig) -> Path | None:
+        """A finished run's checkpoint whose weights the phase starts from (None: the weights the model is built
+        with, from ``--pretrained_path`` / ``--start_weights``)."""
+        return None
+
     def refit_last_layer(self, cfg: TrainConfig, features, labels, groups, num_classes: int, train_features=None):
-        """With ``refits_last_layer``: the new last layer ``(weight num_classes x d, bias, report)`` from the
+        """The ``refit_last_layer`` phase's fit: the new last layer ``(weight num_classes x d, bias, report)`` from the
         selection set's embeddings, labels and group ids (numpy arrays), and the training split's embeddings
         without augmentation where the benchmark has them; see :mod:`bgmask.refit`."""
         raise NotImplementedError

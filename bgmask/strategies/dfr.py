@@ -53,7 +53,7 @@ class DeepFeatureReweighting(Strategy):
                "validation data (L1 logistic regression)")
     diagnostics_input = ModelInput.IMAGE
     Options = DFROptions
-    refits_last_layer = True
+    phase = "refit_last_layer"  # no training (bgmask.refit)
 
     def check(self, cfg: TrainConfig) -> None:
         opts: DFROptions = cfg.strategy_options
@@ -71,6 +71,10 @@ class DeepFeatureReweighting(Strategy):
             grid = []
         if not grid or min(grid) <= 0:
             raise ConfigError(f"--dfr_c_grid takes positive numbers separated by commas, got {opts.dfr_c_grid!r}.")
+
+    def starts_from(self, cfg: TrainConfig) -> Path | None:
+        run_dir = cfg.strategy_options.dfr_from
+        return source_checkpoint(run_dir) if run_dir is not None else None
 
     def refit_last_layer(self, cfg: TrainConfig, features: np.ndarray, labels: np.ndarray, groups: np.ndarray,
                          num_classes: int, train_features: np.ndarray | None = None
