@@ -27,8 +27,8 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bgmask import heads as head_names
 from bgmask.data.groups import difference_interval
+from bgmask.models import heads as head_names
 
 VERDICTS = ("holds", "direction only", "does not hold", "not evaluated")
 # t_{0.975, df} for df = 1..30 (beyond: 1.96).

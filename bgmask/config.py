@@ -16,8 +16,8 @@ from bgmask.data.cub import GT_MASK_SUB_PATH, WATERBIRDS_SUB_PATH
 from bgmask.data.masks import MASK_FOLDERS
 from bgmask.data.transforms import AUGMENTATIONS, INTERPOLATIONS
 from bgmask.errors import ConfigError
-from bgmask.heads import vit_head_of
 from bgmask.models import HEAD_INITS, HEAD_NORM_RULES, WEIGHT_DECAY_RULES, ModelSpec
+from bgmask.models.heads import vit_head_of
 
 OPTIMIZERS = ("adamw", "adam", "sgd")  # timm's 'sgd' is SGD with Nesterov momentum, as upstream's
 SCHEDULERS = ("cosine", "cosine_with_warmup", "steplr", "linearlr", "cosine_warmup_restart")
@@ -91,7 +91,7 @@ class ModelConfig:
                                            "forward per batch, a comma list of cls, mean, cls_mean (ViT) or pool "
                                            "(CNN), and late:HEAD for each but cls (masked after the last "
                                            "stage/block; late:masked_mean too). results.json gets 'probes'; its "
-                                           "top-level metrics are the first head's (see bgmask/probes.py)")
+                                           "top-level metrics are the first head's (see bgmask/models/probes.py)")
 
     @property
     def vit_head(self) -> str:

@@ -8,9 +8,9 @@ import importlib.util
 import os
 from typing import TYPE_CHECKING
 
-from bgmask.backbones import arch_adapter
 from bgmask.errors import timm_name_hint
-from bgmask.heads import head_errors, parse_heads, vit_head_of
+from bgmask.models.backbones import arch_adapter
+from bgmask.models.heads import head_errors, parse_heads, vit_head_of
 
 if TYPE_CHECKING:
     from bgmask.config import DataConfig, ModelConfig, OptimConfig, TrainConfig

@@ -17,7 +17,7 @@ LOG_NAME = "train.log"
 
 
 def weights_words(weights: dict) -> str:
-    """The backbone's starting weights (:func:`bgmask.weights.weights_source`, as results.json records them) in
+    """The backbone's starting weights (:func:`bgmask.models.weights.weights_source`, as results.json records them) in
     words."""
     words = {"none": "random init", "file": f"file {weights.get('location')}", "hub": "timm pretrained (download)",
              "cache": "timm pretrained (cached)"}.get(weights.get("source"), str(weights.get("source")))

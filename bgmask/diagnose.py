@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import warnings
 
-from bgmask import diagnostics, heads
+from bgmask import diagnostics
 from bgmask.benchmarks import Benchmark, BenchmarkData
 from bgmask.checkpoint import atomic_torch_save
 from bgmask.config import TrainConfig
 from bgmask.distributed import agree
 from bgmask.engine import evaluate
 from bgmask.errors import PeerFailure
-from bgmask.heads import LATE
+from bgmask.models import heads
+from bgmask.models.heads import LATE
 from bgmask.run_model import RunModel
 from bgmask.session import Session
 from bgmask.strategies import ModelInput, Strategy

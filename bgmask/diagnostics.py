@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from bgmask.backbones import INPUT_GRADIENT
 from bgmask.data.cub import load_mask, load_rgb
 from bgmask.distributed import agree, all_reduce_sum
+from bgmask.models.backbones import INPUT_GRADIENT
 from bgmask.progress import progress_bar
 from bgmask.strategies.base import ModelInput
 

@@ -2,8 +2,8 @@
 
 Batches are tuples ``(*inputs, labels)``; the model is called as ``model(*inputs)``, so a strategy that needs masks
 just returns ``(image, mask, label)`` from its dataset and takes ``(image, mask)`` in its forward. Every model is
-read as ``{head: logits}`` (:func:`bgmask.heads.outputs`; several heads on one forward: :mod:`bgmask.probes`):
-training back-propagates the sum of the heads' losses and evaluation reports every head.
+read as ``{head: logits}`` (:func:`bgmask.models.heads.outputs`; several heads on one forward:
+:mod:`bgmask.models.probes`): training back-propagates the sum of the heads' losses and evaluation reports every head.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from timm.utils import NativeScaler, dispatch_clip_grad
 from torch import nn
 from torch.utils.data import Dataset, Sampler
 
-from bgmask import heads
 from bgmask.data.groups import Groups, group_metrics
 from bgmask.distributed import agree, all_reduce_sum
 from bgmask.errors import NonFiniteLossError
+from bgmask.models import heads
 from bgmask.progress import progress_bar
 
 
@@ -164,7 +164,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
 def evaluate(model: nn.Module, loader, device: torch.device, amp: AmpSettings, groups: Groups | None = None,
              progress: bool = True, desc: str = "eval", agree_first: bool = False) -> dict[str, dict]:
     """Top-1 of every head over a loader of ``(*inputs, labels, index)`` batches, summed exactly across processes:
-    ``{head: metrics}`` (:func:`bgmask.heads.outputs`; one entry for a single-head model).
+    ``{head: metrics}`` (:func:`bgmask.models.heads.outputs`; one entry for a single-head model).
 
     Each process must see a disjoint shard (:class:`ShardSampler`); correct/total counts are all-reduced, so every
     image counts once whatever the number of processes or batch size. With ``groups`` (a group id per dataset

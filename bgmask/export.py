@@ -96,11 +96,11 @@ def label_names(data_path: str, num_classes: int) -> list[str]:
 
 def run_model(cfg, strategy, state: dict, path: Path, head: str | None) -> nn.Module:
     """The run's model with the checkpoint's weights, in eval mode on CPU (``head``: one probe head's model)."""
-    from bgmask.heads import parse_heads
     from bgmask.models import create_classifier
-    from bgmask.probes import ProbeHeads
+    from bgmask.models.heads import parse_heads
+    from bgmask.models.probes import ProbeHeads
+    from bgmask.models.weights import weights_identity
     from bgmask.run_model import load_model_state
-    from bgmask.weights import weights_identity
 
     num_classes = state["num_classes"]
     frozen = state.get("weights_identity") is not None
@@ -169,7 +169,7 @@ def same_logits(a: nn.Module, b: nn.Module, image_size: int) -> float:
 def export_run(run_dir, out, checkpoint: str = "best", head: str | None = None, overwrite: bool = False) -> list[Path]:
     """Export a run folder (one folder per probe head with ``head="all"``); returns the folders written."""
     from bgmask.checkpoint import load_checkpoint
-    from bgmask.heads import parse_heads
+    from bgmask.models.heads import parse_heads
 
     run_dir, out = Path(run_dir), Path(out)
     path = checkpoint_path(run_dir, checkpoint)
@@ -272,10 +272,10 @@ def load_classifier(folder) -> nn.Module:
     import timm
     from safetensors.torch import load_file
 
-    from bgmask.masked_classifier import LateMaskedClassifier
-    from bgmask.masking import MaskGrid
     from bgmask.models import create_classifier
-    from bgmask.weights import ModelSpec
+    from bgmask.models.late_masked import LateMaskedClassifier
+    from bgmask.models.masking import MaskGrid
+    from bgmask.models.weights import ModelSpec
 
     folder = Path(folder)
     export = read_export(folder)

@@ -108,7 +108,7 @@ class Recipe:
 
     def check(self) -> None:
         """Raise :class:`PretrainError` for settings that cannot train."""
-        from bgmask.backbones import arch_adapter
+        from bgmask.models.backbones import arch_adapter
 
         errors = []
         if arch_adapter(self.arch) is None:
@@ -160,7 +160,7 @@ DEMO_RECIPES = {
 def default_recipe(arch: str, image_size: int | None = None) -> Recipe:
     """The demo recipe of ``arch``, or for another model the demo recipe of its family (ViT or CNN) at
     ``image_size`` (default: the family's demo size)."""
-    from bgmask.backbones import BackboneAdapter, arch_adapter
+    from bgmask.models.backbones import BackboneAdapter, arch_adapter
 
     if arch in DEMO_RECIPES:
         base = DEMO_RECIPES[arch]
@@ -275,9 +275,9 @@ def export(checkpoint: Path, recipe: Recipe, out_dir: Path, note: dict | None = 
     from safetensors.torch import save_file
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-    from bgmask.backbones import takes_img_size
     from bgmask.checkpoint import load_checkpoint
     from bgmask.config import AugConfig
+    from bgmask.models.backbones import takes_img_size
 
     state = load_checkpoint(checkpoint)["model"]
     backbone = {k.removeprefix("backbone."): v.contiguous() for k, v in state.items() if k.startswith("backbone.")}

@@ -8,10 +8,11 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from bgmask import heads, strategies
-from bgmask.backbones import arch_adapter
+from bgmask import strategies
 from bgmask.data.groups import wilson_interval
 from bgmask.diagnostics import VIEWS
+from bgmask.models import heads
+from bgmask.models.backbones import arch_adapter
 
 
 def strategy_columns(runs: list[RunResult]) -> list[str]:

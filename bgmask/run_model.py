@@ -12,12 +12,12 @@ from bgmask.checkpoint import model_state, trained_state_keys
 from bgmask.config import TrainConfig
 from bgmask.data.needs import DataNeeds
 from bgmask.errors import ConfigError
-from bgmask.heads import needs_masks, parse_heads
 from bgmask.models import create_classifier
-from bgmask.probes import ProbeHeads
+from bgmask.models.heads import needs_masks, parse_heads
+from bgmask.models.probes import ProbeHeads
+from bgmask.models.weights import weights_identity
 from bgmask.session import Session
 from bgmask.strategies import Strategy
-from bgmask.weights import weights_identity
 
 
 @dataclass
@@ -29,7 +29,7 @@ class RunModel:
     ddp: nn.Module
     frozen_backbone: bool = False
     weights_identity: dict | None = None  # with a frozen backbone: what checkpoints (which omit it) build on
-    probes: bool = False  # probe heads (bgmask.probes): results.json reports every head under "probes"
+    probes: bool = False  # probe heads (bgmask.models.probes): results.json reports every head under "probes"
 
     @property
     def for_eval(self) -> nn.Module:

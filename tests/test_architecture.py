@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from bgmask import benchmarks, cli
-from bgmask.backbones import adapter_for, arch_layout
 from bgmask.data.masks import write_gt_masked_folders
 from bgmask.errors import ConfigError
 from bgmask.models import ModelSpec, create_classifier
+from bgmask.models.backbones import adapter_for, arch_layout
 from tests.test_classifier import train_argv
 from tests.toy_backbone import GridNetAdapter
 from tests.toy_benchmark import genera
@@ -141,7 +141,7 @@ def test_a_token_family_in_one_file_pools_masks_and_maps_its_own_layout():
 
 
 def test_nothing_outside_the_adapters_asks_which_layout_a_backbone_has():
-    """The adapters (bgmask/backbones.py) do what a layout decides; the rest of the library asks them to, never
+    """The adapters (bgmask/models/backbones.py) do what a layout decides; the rest of the library asks them to, never
     "is this a ViT?" (a layout name compared, a model name read for its family)."""
     question = re.compile(r"""is_vit|arch_layout\(|\.startswith\(["']vit|["']vit["'] in |"""
                           r"""[=!]=\s*["'](tokens|NHWC|NCHW)["']|["'](tokens|NHWC|NCHW)["']\s*[=!]=|"""

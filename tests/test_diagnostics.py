@@ -10,7 +10,6 @@ import pytest
 import torch
 from torch import nn
 
-from bgmask.backbones import TokenAdapter
 from bgmask.data.cub import CUBDataset
 from bgmask.diagnostics import (
     DiagnosticViews,
@@ -23,6 +22,7 @@ from bgmask.diagnostics import (
     only_fg,
     pair_indices,
 )
+from bgmask.models.backbones import TokenAdapter
 from bgmask.strategies import ModelInput
 
 from .test_classifier import early_main, train_argv

@@ -16,9 +16,9 @@ import yaml
 
 from bgmask import cli
 from bgmask.data.groups import difference_interval
-from bgmask.masking import NEAREST, MaskGrid, grid_fractions, grid_statistics, mask_features
 from bgmask.models import ModelSpec, create_classifier
-from bgmask.probes import ProbeHeads
+from bgmask.models.masking import NEAREST, MaskGrid, grid_fractions, grid_statistics, mask_features
+from bgmask.models.probes import ProbeHeads
 from bgmask.run_model import build_model
 from bgmask.strategies.late import LateMaskedClassifier
 

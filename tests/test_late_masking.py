@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from bgmask.masking import mask_features, mask_to_feature_grid
 from bgmask.models import ModelSpec, create_classifier
+from bgmask.models.masking import mask_features, mask_to_feature_grid
 from bgmask.strategies.late import LateMaskedClassifier
 
 VIT = "vit_small_patch14_dinov2"
@@ -191,7 +191,7 @@ def swin():
 
 def test_nhwc_masking_zeroes_spatial_positions_not_channels():
     """A Swin map is B,H,W,C: the mask must act on H and W (an NCHW assumption would mask channels)."""
-    from bgmask.backbones import NHWCAdapter, adapter_for
+    from bgmask.models.backbones import NHWCAdapter, adapter_for
 
     clf = swin()
     adapter = adapter_for(clf.backbone)
@@ -217,8 +217,8 @@ def test_swin_late_masking_runs_and_all_ones_masks_change_nothing():
 
 
 def test_an_unknown_feature_layout_is_refused():
-    from bgmask.backbones import adapter_for
     from bgmask.errors import UnsupportedBackbone
+    from bgmask.models.backbones import adapter_for
 
     class Odd(torch.nn.Module):
         output_fmt = "NLC"
@@ -233,7 +233,7 @@ def test_an_unknown_feature_layout_is_refused():
 
 
 def test_is_a_vit_is_answered_by_the_layout():
-    from bgmask.backbones import arch_layout
+    from bgmask.models.backbones import arch_layout
 
     assert arch_layout("vit_small_patch14_dinov2.lvd142m") == "tokens"
     assert arch_layout("swin_tiny_patch4_window7_224") == "NHWC"
@@ -268,7 +268,7 @@ def l_shaped_mask(grid: tuple[int, int], image: tuple[int, int]) -> tuple[torch.
 def test_masks_land_on_the_right_feature_cells_of_a_non_square_grid(arch, kwargs, image, second_last):
     import timm
 
-    from bgmask.backbones import adapter_for
+    from bgmask.models.backbones import adapter_for
 
     torch.manual_seed(0)
     adapter = adapter_for(timm.create_model(arch, num_classes=0, **kwargs).eval())

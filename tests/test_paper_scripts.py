@@ -18,7 +18,7 @@ import pytest
 
 from bgmask.cli import parse_config
 from bgmask.config import TrainConfig
-from bgmask.heads import LATE, parse_heads
+from bgmask.models.heads import LATE, parse_heads
 from bgmask.strategies.late import LateOptions
 
 REPO = Path(__file__).resolve().parents[1]

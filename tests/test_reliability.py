@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from bgmask.data.check import main as check_main
 from bgmask.data.cub import parse_index_file
 from bgmask.errors import DatasetError
-from bgmask.masking import mask_to_feature_grid
+from bgmask.models.masking import mask_to_feature_grid
 
 from .test_classifier import early_main, train_argv
 

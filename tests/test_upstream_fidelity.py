@@ -16,7 +16,7 @@ import timm
 import torch
 
 from bgmask.models import ModelSpec, create_classifier, param_groups
-from bgmask.probes import ProbeHeads
+from bgmask.models.probes import ProbeHeads
 from bgmask.strategies.late import LateMaskedClassifier
 
 CLASSES = 20

@@ -12,7 +12,7 @@ import torch
 from timm.models import register_model
 from torch import nn
 
-from bgmask.backbones import BackboneAdapter, register
+from bgmask.models.backbones import BackboneAdapter, register
 
 
 class GridNet(nn.Module):

@@ -4,7 +4,7 @@ It is the proof that a token family is one module too (tests/test_architecture.p
 heads and diagnostics on it). ``toy_tokennet`` lays its tokens out unlike timm's ViTs: the patch tokens come first
 and its one summary token last, and it has none of their attribute names (no ``patch_embed``, ``blocks``,
 ``num_prefix_tokens``). Its adapter reads that layout in three methods and inherits the token heads, masking, the
-second-last split's pre-mask norm and the attribution from :class:`bgmask.backbones.TokenAdapter`.
+second-last split's pre-mask norm and the attribution from :class:`bgmask.models.backbones.TokenAdapter`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from timm.models import register_model
 from torch import nn
 
-from bgmask.backbones import TokenAdapter, register
+from bgmask.models.backbones import TokenAdapter, register
 
 PATCH = 8
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, ClassVar
 from torch import nn
 
 from bgmask.data.needs import DataNeeds
-from bgmask.masking import NEAREST, MaskGrid
+from bgmask.models.masking import NEAREST, MaskGrid
 from bgmask.registry import Registry
 
 if TYPE_CHECKING:

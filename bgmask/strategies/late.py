@@ -1,6 +1,6 @@
 """Late masking: full images in, background features zeroed (and given no gradient) before pooling and the head.
 
-The model is :class:`~bgmask.masked_classifier.LateMaskedClassifier`; this module is the strategy: its settings,
+The model is :class:`~bgmask.models.late_masked.LateMaskedClassifier`; this module is the strategy: its settings,
 what it asks of the data (full images with their masks) and how it wraps the classifier.
 """
 
@@ -15,9 +15,9 @@ from torch import nn
 from bgmask.config import TrainConfig, option
 from bgmask.data.needs import DataNeeds
 from bgmask.errors import ConfigError
-from bgmask.masked_classifier import LateMaskedClassifier
-from bgmask.masking import MASK_DOWNSAMPLING, MaskGrid
 from bgmask.models import Classifier
+from bgmask.models.late_masked import LateMaskedClassifier
+from bgmask.models.masking import MASK_DOWNSAMPLING, MaskGrid
 from bgmask.strategies.base import ModelInput, Strategy, register
 
 MASK_SOURCES = ("precomputed", "gt", "segmenter")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from bgmask import cli
 from bgmask.data.synthetic import SyntheticConfig, generate
-from bgmask.heads import LATE, parse_heads
+from bgmask.models.heads import LATE, parse_heads
 
 DEFAULT_HEADS = "cls,mean,cls_mean,late:mean,late:cls_mean,late:masked_mean"
 

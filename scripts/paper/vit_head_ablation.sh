@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ViT head ablation (frozen DINOv2 ViT-S/B/L): CLS only and GAP-pooled patch tokens only, next to the default
 # CLS+GAP of frozen_grid.sh, each as baseline / early / late masking. The paper's most robust model is GAP + early.
-# Heads on the same frozen features train in one run (--probe_heads, bgmask/probes.py): the baseline CLS and GAP
+# Heads on the same frozen features train in one run (--probe_heads, bgmask/models/probes.py): the baseline CLS and GAP
 # heads with late-masked GAP; the early-masked CLS and GAP heads. Masking after the last block cannot reach the CLS
 # token, so the late CLS head is masked after the second-last block (it trains the last block: a run of its own).
 # Usage: DATA_ROOT=data OUT=runs/paper NPROC=4 bash scripts/paper/vit_head_ablation.sh [--dry-run]

@@ -28,7 +28,7 @@ from bgmask.data.cub import GT_MASK_SUB_PATH, CUBDataset
 from bgmask.data.groups import difference_interval, wilson_interval
 from bgmask.data.transforms import build_eval_transform
 from bgmask.figures import data_note, strategy_colour
-from bgmask.masking import NEAREST, MaskGrid, grid_fractions, grid_statistics
+from bgmask.models.masking import NEAREST, MaskGrid, grid_fractions, grid_statistics
 from bgmask.results import RunResult, is_synthetic_cub, load_runs
 
 # The study's backbones: the masked map's stride (input pixels per feature) and a label.
@@ -48,7 +48,7 @@ STRATEGY_KEYS = {"early": "early", "late": "late", "late (area)": "late:area", "
 
 def boundary_statistics(cub_root: str | Path, image_size: int, grid: int, batch_size: int = 50) -> dict[str, float]:
     """How the CUB test split's ground-truth birds meet a ``grid`` x ``grid`` feature map at ``image_size`` px (the
-    evaluation transform's geometry): :func:`bgmask.masking.grid_fractions`, with late masking's kept cells by
+    evaluation transform's geometry): :func:`bgmask.models.masking.grid_fractions`, with late masking's kept cells by
     nearest-exact (``*``) and by area >= 0.5 (``area_*``)."""
     data = CUBDataset(cub_root, "test", mask_sub_path=GT_MASK_SUB_PATH, transform=build_eval_transform(image_size))
     sums: dict[str, dict[str, float]] = {"nearest": {}, "area": {}}

@@ -1,6 +1,6 @@
 """The late-masked classifier: full images in, background features zeroed (and given no gradient) before pooling.
 
-Any backbone with an adapter (:mod:`bgmask.backbones`): CNNs (NCHW), Swin-style models (NHWC) and ViTs (tokens).
+Any backbone with an adapter (:mod:`bgmask.models.backbones`): CNNs (NCHW), Swin-style models (NHWC) and ViTs (tokens).
 The final features are masked; with ``second_last`` the features after the second-last stage/block are masked and
 the last stage/block and the final norm run on them (ViTs first pass them through a new LayerNorm); ``after=k``
 masks before the last ``k`` stages/blocks (a finer grid at the same input, for CNNs). ViT CLS and
@@ -14,9 +14,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from bgmask.heads import LATE
-from bgmask.masking import NEAREST, MaskGrid
-from bgmask.models import Classifier
+from bgmask.models.classifier import Classifier
+from bgmask.models.heads import LATE
+from bgmask.models.masking import NEAREST, MaskGrid
 
 # --masked_mean: the ViT heads that average patch tokens average the foreground ones only.
 FOREGROUND_MEAN = {"mean": "masked_mean", "cls_mean": "cls_masked_mean"}
@@ -117,7 +117,7 @@ class LateMaskedClassifier(nn.Module):
         return adapter.last(adapter.mask(x, masks, self.to_grid), *self._split)
 
     def pool(self, feats: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """Masked features -> head input (:func:`bgmask.heads.pool` with this model's head)."""
+        """Masked features -> head input (:func:`bgmask.models.heads.pool` with this model's head)."""
         return self.classifier.pool(feats, masks, kind=self.head_kind, to_grid=self.to_grid)
 
     # What the diagnostics ask of every model (bgmask.diagnose).

@@ -24,8 +24,8 @@ from timm.models import checkpoint_seq
 from torch import nn
 
 from bgmask.errors import UnsupportedBackbone
-from bgmask.heads import CNN_HEADS, LATE, LATE_ONLY_HEADS, VIT_HEADS
-from bgmask.masking import NEAREST, MaskGrid, mask_features, mask_to_feature_grid
+from bgmask.models.heads import CNN_HEADS, LATE, LATE_ONLY_HEADS, VIT_HEADS
+from bgmask.models.masking import NEAREST, MaskGrid, mask_features, mask_to_feature_grid
 
 LAYOUTS = ("NCHW", "NHWC", "tokens")
 # How the diagnostics attribute a prediction to input pixels (bgmask.diagnostics.attribution_maps).
@@ -79,7 +79,7 @@ class BackboneAdapter:
     layout = "NCHW"  # a description, for messages and docs: behaviour lives in the methods
     timm_modules: tuple[str, ...] = ()  # the timm modules whose models this adapter serves (empty: any)
     fixed_input_size = False  # the model is built for one input size (``img_size``)
-    heads: tuple[str, ...] = CNN_HEADS  # the heads a classifier can have (bgmask.heads); the first: default
+    heads: tuple[str, ...] = CNN_HEADS  # the heads a classifier can have (bgmask.models.heads); the first: default
     late_only_heads: tuple[str, ...] = ()  # heads only late masking trains (they average the kept features)
     upstream_head_init = "kaiming"  # --head_init upstream: the official CNN trainers' kaiming_normal_ (fan_out)
     attribution = GRAD_CAM  # how the diagnostics attribute a prediction
@@ -272,8 +272,9 @@ class TokenAdapter(BackboneAdapter):
         return torch.cat([tokens[:, :self.num_prefix_tokens], patches], dim=1)
 
     def pool(self, head, feats, masks=None, cnn_pool=None, to_grid=NEAREST):
-        """The token heads (:mod:`bgmask.heads`): ``cls``, ``mean`` (GAP over the patch tokens), ``cls_mean``, and
-        late masking's ``masked_mean``/``cls_masked_mean`` (the mean over the bird's tokens: they need ``masks``)."""
+        """The token heads (:mod:`bgmask.models.heads`): ``cls``, ``mean`` (GAP over the patch tokens),
+        ``cls_mean``, and late masking's ``masked_mean``/``cls_masked_mean`` (the mean over the bird's tokens:
+        they need ``masks``)."""
         base = head.removeprefix(LATE)
         if base == "cls":
             return self.summary_token(feats)
@@ -343,4 +344,4 @@ def adapter_for(backbone: nn.Module) -> BackboneAdapter:
     raise UnsupportedBackbone(f"{type(backbone).__name__} has an unknown feature layout "
                               f"({getattr(backbone, 'output_fmt', '?')}); supported: CNNs (NCHW), Swin-style NHWC "
                               f"models and ViTs (tokens), and any family with a registered adapter "
-                              f"(bgmask.backbones.register).")
+                              f"(bgmask.models.backbones.register).")

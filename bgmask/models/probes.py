@@ -12,8 +12,9 @@ head gets its own loss. As in DINOv2's linear evaluation, the heads never intera
   gradient; the optimiser (AdamW, SGD...) keeps per-parameter state, so every head's updates are those of its own run;
 * data order, augmentation and mixup draws are the run's, shared by all heads.
 
-So a head's metrics equal those of a separate run with the same seed (tested). Head names and their pooling are
-:mod:`bgmask.heads`; ``late:cls`` is refused: zeroing patch tokens after the last block never reaches the CLS token.
+So a head's metrics equal those of a separate run with the same seed (tested). Head names are
+:mod:`bgmask.models.heads`, their pooling the backbone adapter's; ``late:cls`` is refused: zeroing patch tokens
+after the last block never reaches the CLS token.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ import copy
 import torch
 from torch import nn
 
-from bgmask.heads import LATE, needs_masks
-from bgmask.masked_classifier import LateMaskedClassifier
-from bgmask.masking import NEAREST, MaskGrid
-from bgmask.models import Classifier
+from bgmask.models.classifier import Classifier
+from bgmask.models.heads import LATE, needs_masks
+from bgmask.models.late_masked import LateMaskedClassifier
+from bgmask.models.masking import NEAREST, MaskGrid
 
 
 class ProbeHeads(nn.Module):

@@ -10,9 +10,9 @@ import timm
 import torch
 from torch import nn
 
-from bgmask.backbones import takes_img_size
 from bgmask.errors import ModelError, WeightsError, timm_name_hint
 from bgmask.io import file_digest
+from bgmask.models.backbones import takes_img_size
 
 
 @dataclass(frozen=True)

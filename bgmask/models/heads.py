@@ -1,7 +1,8 @@
 """Heads: their names and their labels in tables (the backbone adapters pool them).
 
 A model's head reads pooled features. Which pooling is named by the head, and the backbone's adapter pools it
-(:meth:`bgmask.backbones.BackboneAdapter.pool`; DINOv2's linear evaluation keeps its heads in one dict the same way):
+(:meth:`bgmask.models.backbones.BackboneAdapter.pool`; DINOv2's linear evaluation keeps its heads in one dict the
+same way):
 
 =====================  ===================================================================================
 ``pool``               CNN: timm's pooling and pre-logits (what ``--model_arch convnext_*`` trains)
@@ -50,7 +51,7 @@ def parse_heads(spec: str) -> list[str]:
 def head_errors(heads: list[str], plain: tuple[str, ...], late_only: tuple[str, ...] = (),
                 what: str = "this backbone") -> list[str]:
     """What is wrong with a list of probe heads for a family whose heads are ``plain`` (and ``late_only``, trained
-    by late masking alone: :attr:`bgmask.backbones.BackboneAdapter.heads`); empty: nothing."""
+    by late masking alone: :attr:`bgmask.models.backbones.BackboneAdapter.heads`); empty: nothing."""
     if not heads:
         return ["--probe_heads is empty; give a comma list such as cls,mean,late:mean."]
     errors = []

@@ -12,10 +12,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bgmask import heads
-from bgmask.backbones import adapter_for
-from bgmask.masking import NEAREST, MaskGrid
-from bgmask.weights import ModelSpec, create_backbone
+from bgmask.models import heads
+from bgmask.models.backbones import adapter_for
+from bgmask.models.masking import NEAREST, MaskGrid
+from bgmask.models.weights import ModelSpec, create_backbone
 
 HEAD_NORM_RULES = ("head", "backbone")
 HEAD_INITS = ("upstream", "timm", "torch")
@@ -37,7 +37,7 @@ class Classifier(nn.Module):
             ViTs' DINOv2 heads hold no parameters before the classifier, so this changes nothing for them.
         head_init: how the new linear layer starts, see :func:`init_head`.
         pool_module: CNNs: pool through this copy of timm's head module instead of the backbone's own (a probe
-            head's view of a shared backbone, :meth:`bgmask.probes.ProbeHeads.single_head_model`).
+            head's view of a shared backbone, :meth:`bgmask.models.probes.ProbeHeads.single_head_model`).
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int, vit_head: str = "cls_mean",
@@ -50,8 +50,8 @@ class Classifier(nn.Module):
             raise ValueError(f"head_norm must be one of {HEAD_NORM_RULES}, got {head_norm!r}")
         self.backbone = backbone
         self.adapter = adapter_for(backbone)
-        self.head_kind = self.adapter.head_for(vit_head)  # how the head pools (bgmask.heads); a CNN's: pool
-        # The RNG state the head's init starts from: probe heads (bgmask.probes) draw theirs from it too.
+        self.head_kind = self.adapter.head_for(vit_head)  # how the head pools (bgmask.models.heads); a CNN's: pool
+        # The RNG state the head's init starts from: probe heads (bgmask.models.probes) draw theirs from it too.
         self.head_rng_state = torch.get_rng_state()
         self.head_init = head_init
         self.head = self.new_head(self.head_kind, num_classes)
@@ -74,7 +74,7 @@ class Classifier(nn.Module):
 
     @property
     def layout(self) -> str:
-        """The backbone's feature layout (``NCHW``, ``NHWC`` or ``tokens``, :mod:`bgmask.backbones`)."""
+        """The backbone's feature layout (``NCHW``, ``NHWC`` or ``tokens``, :mod:`bgmask.models.backbones`)."""
         return self.adapter.layout
 
     def new_head(self, kind: str, num_classes: int) -> nn.Linear:
@@ -117,7 +117,7 @@ class Classifier(nn.Module):
     def pool(self, feats: torch.Tensor, masks: torch.Tensor | None = None, kind: str | None = None,
              cnn_pool: nn.Module | None = None, to_grid: MaskGrid = NEAREST) -> torch.Tensor:
         """Features -> the input of a head of ``kind`` (default: this classifier's), pooled by the adapter
-        (:meth:`bgmask.backbones.BackboneAdapter.pool`). ``cnn_pool`` replaces the CNN's own timm head module (a
+        (:meth:`bgmask.models.backbones.BackboneAdapter.pool`). ``cnn_pool`` replaces the CNN's own timm head module (a
         probe head's copy); ``to_grid`` brings the masks of a foreground-mean head to the token grid."""
         cnn_pool = cnn_pool if cnn_pool is not None else self.pool_module
         return self.adapter.pool(kind or self.head_kind, feats, masks=masks, cnn_pool=cnn_pool, to_grid=to_grid)
