@@ -14,7 +14,7 @@ from bgmask.engine import evaluate
 from bgmask.errors import PeerFailure
 from bgmask.models import heads
 from bgmask.models.heads import LATE
-from bgmask.run_model import RunModel
+from bgmask.run_model import RunModel, reports_every_head
 from bgmask.session import Session
 from bgmask.strategies import ModelInput, Strategy
 
@@ -23,24 +23,24 @@ GALLERY_IMAGES = 6  # attribution maps kept per run for collect_results' gallery
 
 def safe_diagnostics(session: Session, model: RunModel, strategy: Strategy, benchmark: Benchmark,
                      data: BenchmarkData) -> dict:
-    """The diagnostics, or ``{"failed": reason}`` when they raise (reported, never fatal to the run)."""
+    """Every head's diagnostics, or ``{"failed": reason}`` for each when they raise (reported, never fatal to the
+    run)."""
     try:
         return run_diagnostics(session, model, strategy, benchmark, data)
     except Exception as e:  # noqa: BLE001 - optional step: any failure is recorded, the metrics stay
         reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:500]
         warnings.warn(f"background diagnostics failed ({reason}); results.json keeps the metrics and records the "
                       f"failure. Rerun with --eval_only to compute them again.", stacklevel=2)
-        return {"failed": reason}
+        return {head: {"failed": reason} for head in heads.names_of(model.module)}
 
 
-def add_diagnostics(results: dict, diagnostics: dict) -> None:
-    """Every probe head's own diagnostics; the top level holds the first head's, as its metrics."""
-    if "probes" in results:
-        per_head = {head: diagnostics for head in results["probes"]} if "failed" in diagnostics else diagnostics
-        for head, head_diagnostics in per_head.items():
+def add_diagnostics(results: dict, per_head: dict[str, dict]) -> None:
+    """The one writer of the diagnostics in results.json, as of the metrics: the first head's at the top level,
+    every probe head's own under ``probes``."""
+    for head, head_diagnostics in per_head.items():
+        if head in results.get("probes", {}):
             results["probes"][head]["diagnostics"] = head_diagnostics
-        diagnostics = per_head[next(iter(per_head))]
-    results["diagnostics"] = diagnostics
+    results["diagnostics"] = next(iter(per_head.values()))
 
 
 def head_input(head: str, strategy_input: ModelInput) -> ModelInput:
@@ -58,10 +58,11 @@ def run_diagnostics(session: Session, model: RunModel, strategy: Strategy, bench
     Every test image is scored once per view on any number of processes; rank 0 keeps a few attribution maps, with
     their true and predicted classes, in ``attribution_gallery.pt`` for ``collect_results`` (of every head, with
     probe heads: :func:`~bgmask.diagnostics.gallery_path`). With probe heads the
-    result is ``{head: diagnostics}``: each head is scored as its single-head run's model would be.
+    result is ``{head: diagnostics}`` (a single-head run's: a dict of one); a probe head is scored as its
+    single-head run's model would be.
     """
     cfg, info = session.cfg, session.info
-    names = heads.names_of(model.module)
+    names, every_head = heads.names_of(model.module), reports_every_head(session.cfg)
     skipped = None
     if cfg.diagnostics.diagnostics == "none":
         skipped = {"skipped": "--diagnostics none"}
@@ -72,8 +73,8 @@ def run_diagnostics(session: Session, model: RunModel, strategy: Strategy, bench
     if isinstance(base, str):
         skipped = {"skipped": base}
     if skipped is not None:
-        return {head: dict(skipped) for head in names} if model.probes else skipped
-    per_head = {head: head_input(head, strategy.diagnostics_input) for head in names} if model.probes \
+        return {head: dict(skipped) for head in names}
+    per_head = {head: head_input(head, strategy.diagnostics_input) for head in names} if every_head \
         else {names[0]: strategy.diagnostics_input}
     # The views go through the model once for every head; masks come with them when any head takes them.
     kinds = set(per_head.values())
@@ -88,7 +89,7 @@ def run_diagnostics(session: Session, model: RunModel, strategy: Strategy, bench
                     info.device)
         galleries = {}
         for head, kind in per_head.items():
-            head_model = model.module.single_head_model(head) if model.probes else model.module
+            head_model = model.module.single_head_model(head) if every_head else model.module
             keep = GALLERY_IMAGES if info.is_main else 0
             share, counted, gallery = diagnostics.fg_attribution(
                 head_model, session.eval_loader(ds, attribution_batch_size(cfg)), info.device, kind, gallery=keep,
@@ -98,21 +99,21 @@ def run_diagnostics(session: Session, model: RunModel, strategy: Strategy, bench
             result["bg_gap"] = result["mixed_same"]["top1"] - result["mixed_rand"]["top1"]
             result.update(fg_attribution=share, fg_attribution_images=counted,
                           attribution=diagnostics.attribution_method(head_model),
-                          model=f"{strategy.name}, probe head {head}" if model.probes else strategy.name)
+                          model=f"{strategy.name}, probe head {head}" if every_head else strategy.name)
             if keep:
                 galleries[head] = {**gallery, "paths": [ds.base.paths[i] for i in gallery["index"]]}
         if galleries:  # the first head's maps at the top level; every head's (same images) under "heads"
             first = galleries[next(iter(galleries))]
             heads_maps = {h: {k: g[k] for k in ("maps", "labels", "predictions")} for h, g in galleries.items()}
-            atomic_torch_save({**first, **({"heads": heads_maps} if model.probes else {})},
+            atomic_torch_save({**first, **({"heads": heads_maps} if every_head else {})},
                               diagnostics.gallery_path(session.snapshot_dir))
     except PeerFailure as e:
         # Every process gets here at the same stage: the run goes on to write results.json, none waits.
         failure = {"failed": str(e)[:500], "completed": list(done), "skipped": [s for s in stages if s not in done]}
         warnings.warn(f"background diagnostics stopped at {failure['skipped'][0]!r} on every process ({e}); "
                       f"results.json names the skipped views.", stacklevel=2)
-        return {head: dict(failure) for head in names} if model.probes else failure
-    return out if model.probes else out[names[0]]
+        return {head: dict(failure) for head in names}
+    return out
 
 
 def scored_views(session: Session, model: RunModel, base, views_input, eval_tf, seed: int, names: list[str],

@@ -22,13 +22,13 @@ from bgmask.data.sampling import SeededAugmentation, WithGroups
 from bgmask.distributed import DistInfo
 from bgmask.engine import train_one_epoch
 from bgmask.errors import NonFiniteLossError
-from bgmask.evaluation import brief, evaluate_sets
+from bgmask.evaluation import brief, evaluate_heads, evaluate_sets, results_layout
 from bgmask.logging import RunLogger, save_args
 from bgmask.losses import TrainingLoss
 from bgmask.mixup import MaskMixup
 from bgmask.optim import build_optimizer, build_scheduler, set_schedule_position
 from bgmask.preemption import REQUEUE_EXIT_CODE, PreemptionFlag
-from bgmask.run_model import RunModel
+from bgmask.run_model import RunModel, reports_every_head
 from bgmask.selection import is_better, selection_key, selection_note
 from bgmask.session import Session
 from bgmask.strategies import Strategy
@@ -232,32 +232,33 @@ class EpochLoop:
             # Before the end only the selection set is scored (the paper's runs would otherwise spend most of their
             # compute on evaluation); every set at the end.
             sets = self.data.sets_to_score(done == cfg.optim.epochs, cfg.data.eval_mode, cfg.run.eval_ood_each_time)
-            metrics = evaluate_sets(self.session, self.model, sets)
+            per_head = evaluate_heads(self.session, self.model, sets)
+            every_head = reports_every_head(cfg)
+            metrics, first = results_layout(per_head, every_head), next(iter(per_head.values()))
             selected_on, metric = self.selected_on, self.data.selection_metric
             # An epoch trained at lr 0 is never selected (bgmask.selection), unless nothing else can be: the last.
             trained = self.epoch_max_lr > 0
-            key = selection_key(metrics[selected_on], metric)
+            key = selection_key(first[selected_on], metric)
             progress.history.append({"epoch": done, "score": key[0], "trained": trained})
             is_best = (trained and is_better(key, progress.best_key)) or (
                 done == cfg.optim.epochs and progress.best_key is None)
             if is_best:
                 progress.best_top1, progress.best_epoch, progress.best_metrics = key[0], done, metrics
                 progress.best_key = key
-            if "probes" in metrics:
+            if every_head:
                 # Each head has its own best epoch, so no one best.pt can stand for the run: probe runs keep last.pt.
                 progress.best_probes = progress.best_probes or {}
-                for head, head_metrics in metrics["probes"].items():
+                for head, head_sets in per_head.items():
                     previous = progress.best_probes.get(head, {"top1": -1.0})
-                    if trained and head_metrics[selected_on][metric] > previous["top1"]:
-                        progress.best_probes[head] = {"epoch": done, "top1": head_metrics[selected_on][metric]}
+                    if trained and head_sets[selected_on][metric] > previous["top1"]:
+                        progress.best_probes[head] = {"epoch": done, "top1": head_sets[selected_on][metric]}
                 is_best = False
-            record.update({name: brief(m) for name, m in metrics.items() if name != "probes"})
-            if "probes" in metrics:
-                record["probes"] = {h: {n: brief(m) for n, m in ms.items()} for h, ms in metrics["probes"].items()}
+                record["probes"] = {h: {n: brief(m) for n, m in ms.items()} for h, ms in per_head.items()}
+            record.update({name: brief(m) for name, m in first.items()})
             if info.is_main:
                 summary = ", ".join(f"{n} {m['top1']:.2f}%" + (f" (worst group {m['worst_group']:.1f}%)"
                                                                if m.get("worst_group") is not None else "")
-                                    for n, m in metrics.items() if n != "probes")
+                                    for n, m in first.items())
                 print(f"epoch {done}/{cfg.optim.epochs}: loss {stats['loss']:.4f}, {summary}", flush=True)
         self.logger.log(record, step=done)
         # Only rank 0 writes; the others go on (the next epoch's first gradient all-reduce waits for it). A

@@ -29,7 +29,6 @@ class RunModel:
     ddp: nn.Module
     frozen_backbone: bool = False
     weights_identity: dict | None = None  # with a frozen backbone: what checkpoints (which omit it) build on
-    probes: bool = False  # probe heads (bgmask.models.probes): results.json reports every head under "probes"
 
     @property
     def for_eval(self) -> nn.Module:
@@ -88,7 +87,7 @@ def build_model(session: Session, strategy: Strategy, num_classes: int, image_si
     frozen = session.cfg.model.freeze_backbone
     identity = weights_identity(session.cfg.model.spec(num_classes, image_size), weights, session.cfg.run.seed) \
         if frozen else None
-    return RunModel(model, ddp, frozen, identity, probes=session.cfg.model.probe_heads is not None), weights
+    return RunModel(model, ddp, frozen, identity), weights
 
 
 def load_model_state(model: nn.Module, state: dict, path, partial: bool = False) -> None:
@@ -113,6 +112,12 @@ def load_model_state(model: nn.Module, state: dict, path, partial: bool = False)
                           f"another --model_arch, head or class count; use a matching checkpoint or a new "
                           f"--snapshot_dir.")
     model.load_state_dict(state, strict=not partial)
+
+
+def reports_every_head(cfg: TrainConfig) -> bool:
+    """A probe-heads run (bgmask.models.probes) reports every head (``probes`` in results.json) and has no one best
+    epoch; any other run, its one head."""
+    return cfg.model.probe_heads is not None
 
 
 def check_probe_masks(cfg: TrainConfig, needs: DataNeeds) -> None:

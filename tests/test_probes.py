@@ -59,6 +59,7 @@ def test_each_probe_head_equals_its_single_head_run(tiny_cub_root, tmp_path, arc
         else:
             assert early_main(single_argv) == 0
         single = json.loads((run / "results.json").read_text())
+        assert "probes" not in single and "probes" not in single["best"]  # one head: the run's, at the top level
         for split in ("cub_test", "waterbirds"):
             assert probes["probes"][head][split] == single[split], (head, split)
         prefix = "classifier.head" if kind == "late" else "head"
