@@ -6,19 +6,19 @@ Writes OUT/results.md, results.csv, results.json and results.png (CUB vs Waterbi
 of the paper's benchmark, and OUT/group_results.md, .csv and .png (worst group, adjusted and plain average) for runs
 of a group-protocol benchmark (--dataset waterbirds or csv). Also OUT/claims.md and claims.json: every comparison the
 result paragraphs rest on (the paper's three claims per table row, each method against the baseline in the group
-protocol), with its 95 % interval and a verdict from one fixed rule (bgmask/claims.py). A single-seed difference is
-judged against the seed spread of its regime, read from --seed_spread (default docs/seed_spread.json, measured by
-scripts/study/seeds.sh).
+protocol), with its 95 % interval and a verdict from one fixed rule (bgmask/reporting/claims.py). A single-seed
+difference is judged against the seed spread of its regime, read from --seed_spread (default docs/seed_spread.json,
+measured by scripts/study/seeds.sh).
 """
 
 import sys
 from pathlib import Path
 
 from bgmask.argparsing import parser_from_doc
-from bgmask.claims import group_claims, load_spread, number, paper_claims, write_claims
-from bgmask.group_results import is_group_protocol, load_group_run
-from bgmask.report import write_group_outputs, write_outputs
-from bgmask.results import load_runs
+from bgmask.reporting.claims import group_claims, load_spread, number, paper_claims, write_claims
+from bgmask.reporting.group_results import is_group_protocol, load_group_run
+from bgmask.reporting.outputs import write_group_outputs, write_outputs
+from bgmask.reporting.results import load_runs
 
 DEFAULT_SPREAD = Path(__file__).resolve().parents[1] / "docs" / "seed_spread.json"
 

@@ -13,8 +13,8 @@ from bgmask.argparsing import parser_from_doc
 from bgmask.data.cub import WATERBIRDS_SUB_PATH, CUBIndex, load_rgb, mask_path_for
 from bgmask.data.masks import MASK_FOLDERS
 from bgmask.errors import DatasetError
-from bgmask.figures import data_note, strategy_colour
-from bgmask.results import is_synthetic_cub
+from bgmask.reporting.figures import data_note, strategy_colour
+from bgmask.reporting.results import is_synthetic_cub
 
 
 def main(argv=None) -> int:

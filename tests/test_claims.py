@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bgmask.claims import (
+from bgmask.data.groups import difference_interval
+from bgmask.reporting.claims import (
     CLAIM_EARLY,
     CLAIM_GAP,
     CLAIM_OOD,
@@ -21,8 +22,7 @@ from bgmask.claims import (
     load_spread,
     paper_claims,
 )
-from bgmask.data.groups import difference_interval
-from bgmask.results import load_runs
+from bgmask.reporting.results import load_runs
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,5 +1,6 @@
-"""What the figures show, checked on their plans (bgmask.figures, bgmask.gallery): the chance line, one colour per
-strategy in every figure, "synthetic" in the titles exactly when the data is, the attribution gallery's rows."""
+"""What the figures show, checked on their plans (bgmask.reporting.figures, bgmask.reporting.gallery): the chance
+line, one colour per strategy in every figure, "synthetic" in the titles exactly when the data is, the attribution
+gallery's rows."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ import pytest
 import torch
 import yaml
 
-from bgmask.figures import diagnostics_plan, group_plan, results_plan, strategy_colour
-from bgmask.gallery import gallery_plan
-from bgmask.group_results import GroupRunResult
-from bgmask.report import write_group_outputs, write_outputs
-from bgmask.results import is_synthetic_cub, load_runs, weights_label
+from bgmask.reporting.figures import diagnostics_plan, group_plan, results_plan, strategy_colour
+from bgmask.reporting.gallery import gallery_plan
+from bgmask.reporting.group_results import GroupRunResult
+from bgmask.reporting.outputs import write_group_outputs, write_outputs
+from bgmask.reporting.results import is_synthetic_cub, load_runs, weights_label
 from tests.test_results import fake_run
 
 VIEWS = ("only_fg", "only_bg_b", "only_bg_t", "mixed_same", "mixed_rand")

@@ -88,7 +88,8 @@ def test_the_downsampling_flag_reaches_the_late_model_and_the_probe_heads(tiny_c
     session = SimpleNamespace(cfg=probe_cfg, info=SimpleNamespace(device=torch.device("cpu"), is_main=False,
                                                                   distributed=False))
     built, _ = build_model(session, probe_strategy, 3, 28)
-    assert built.probes and built.module.single_head_model("late:mean").to_grid == MaskGrid("area", 0.25)
+    assert isinstance(built.module, ProbeHeads)
+    assert built.module.single_head_model("late:mean").to_grid == MaskGrid("area", 0.25)
     area = probes(strategy.mask_grid(cfg))
     # the area mask changes the late heads' logits on a mask that nearest-exact reads otherwise (2x2 token grid)
     images, masks = torch.randn(2, 3, 28, 28), torch.zeros(2, 28, 28)

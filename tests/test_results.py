@@ -7,8 +7,8 @@ import json
 import pytest
 import yaml
 
-from bgmask.report import write_outputs
-from bgmask.results import accuracy, build_table, load_run, wilson_interval
+from bgmask.reporting.outputs import write_outputs
+from bgmask.reporting.results import accuracy, build_table, load_run, wilson_interval
 
 
 def fake_run(tmp_path, name, masking="none", seed=0, cub=(300, 400), wb=(100, 400), arch="convnext_atto",

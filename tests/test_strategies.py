@@ -9,9 +9,10 @@ import pytest
 import torch
 
 import bgmask.strategies
-from bgmask import cli, results, strategies
+from bgmask import cli, strategies
 from bgmask.errors import ConfigError
 from bgmask.models import ModelSpec, create_classifier
+from bgmask.reporting import results
 from tests.test_classifier import train_argv
 from tests.toy_strategy import NoiseBackground, NoiseBackgroundModel
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 r"""The grid study's control, analysed: late masking at one input size with the grid varied alone (the mask placed
 before the last 0, 1 or 2 ConvNeXt stages), against the baseline and against each other, seeds paired. Writes
-OUT/claims.md and claims.json (the verdict rule of bgmask/claims.py) and prints the table.
+OUT/claims.md and claims.json (the verdict rule of bgmask/reporting/claims.py) and prints the table.
 
     python scripts/study/grid_control.py runs/seeds/runs/convnext_*_baseline_s* runs/grid_control/runs/* \
         --out runs/grid_control
@@ -11,8 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from bgmask.claims import Measure, compare, number, write_claims
-from bgmask.results import load_runs
+from bgmask.reporting.claims import Measure, compare, number, write_claims
+from bgmask.reporting.results import load_runs
 
 GRIDS = {"last": "2x2", "second_last": "4x4", "third_last": "8x8"}  # ConvNeXt-atto at 64 px
 CLAIM_WB = "5. At one input size, late masking beats the baseline on Waterbirds (grid varied alone)"

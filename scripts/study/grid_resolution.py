@@ -6,7 +6,7 @@ Example: python scripts/study/grid_resolution.py --study_dir runs/grid_resolutio
 Reads the runs under STUDY_DIR/grid<G>/ (one folder per run, results.json + args.yaml) and the wall times in
 STUDY_DIR/logs/timings.tsv; measures on each grid's CUB test masks how the bird meets the feature grid. Writes
 OUT/grid_resolution.md, .csv, .json and .png, and the trends across grids as claims (OUT/claims.md, claims.json; ids
-T8.k and T9.k, the verdict rule of bgmask/claims.py).
+T8.k and T9.k, the verdict rule of bgmask/reporting/claims.py).
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from bgmask.claims import Measure, compare, compare_change, load_spread, number, write_claims
 from bgmask.data.cub import GT_MASK_SUB_PATH, CUBDataset
 from bgmask.data.groups import difference_interval, wilson_interval
 from bgmask.data.transforms import build_eval_transform
-from bgmask.figures import data_note, strategy_colour
 from bgmask.models.masking import NEAREST, MaskGrid, grid_fractions, grid_statistics
-from bgmask.results import RunResult, is_synthetic_cub, load_runs
+from bgmask.reporting.claims import Measure, compare, compare_change, load_spread, number, write_claims
+from bgmask.reporting.figures import data_note, strategy_colour
+from bgmask.reporting.results import RunResult, is_synthetic_cub, load_runs
 
 # The study's backbones: the masked map's stride (input pixels per feature) and a label.
 BACKBONES = {"convnext_atto": (16, "ConvNeXt-atto (second-last stage)"), "vit_small_patch14_dinov2": (14, "ViT-S/14")}
@@ -37,7 +37,7 @@ BACKBONES = {"convnext_atto": (16, "ConvNeXt-atto (second-last stage)"), "vit_sm
 # tiles it exactly), a ViT/14 at 518 px has 37x37 tokens.
 PAPER_GRIDS = (("ConvNeXt, last stage, paper (512 px)", 512, 16), ("ViT/14, paper (518 px)", 518, 37))
 AREA = MaskGrid("area", 0.5)
-# The study's strategy names and the strategy keys of the shared colours (bgmask.figures.strategy_colour).
+# The study's strategy names and the strategy keys of the shared colours (bgmask.reporting.figures.strategy_colour).
 DEFAULT_SPREAD = Path(__file__).resolve().parents[2] / "docs" / "seed_spread.json"
 CONFOUNDED = "image size, input resolution and pretrained weights change with the grid"
 CLAIM_GAIN_GROWS = f"8. Late masking's Waterbirds gain over the baseline grows with the grid ({CONFOUNDED})"
@@ -155,9 +155,10 @@ def gains(cells: list[Cell]) -> list[dict]:
 
 def trend_claims(cells: list[Cell], spread: dict[tuple, float]) -> list:
     """Claims 8 and 9 across grids, for every late-masking variant of a (model, regime, head) row and every pair of
-    grids (coarse, fine): the change of its Waterbirds gain over the baseline (:func:`bgmask.claims.compare_change`)
-    and the change of its own top-1 (:func:`bgmask.claims.compare`). Single-seed verdicts use the seed spread of the
-    row's baseline regime, measured at the demo's grid (4x4)."""
+    grids (coarse, fine): the change of its Waterbirds gain over the baseline
+    (:func:`bgmask.reporting.claims.compare_change`) and the change of its own top-1
+    (:func:`bgmask.reporting.claims.compare`). Single-seed verdicts use the seed spread of the row's baseline regime,
+    measured at the demo's grid (4x4)."""
     by_key: dict[tuple, list[Measure]] = {}
     for c in cells:
         if c.wb is not None:

@@ -110,7 +110,7 @@ echo "==> Study results"
 "$PY" scripts/study/grid_resolution.py --study_dir "$OUT" --data_root "$DATA_ROOT" --grids $GRIDS --out "$OUT"
 # The trends across grids as claims (T8: late masking's gain grows, T9: its own top-1 rises): OUT/claims.md
 [[ -f "$OUT/claims.md" ]] && echo "across grids: $(grep -h '^Verdicts' "$OUT/claims.md" | paste -sd ' ' -)"
-# Each grid's claims (the paper's three per row, with the verdict rule of bgmask/claims.py): OUT/gridG/tables/claims.md
+# Each grid's claims (the paper's three per row, with the verdict rule of bgmask/reporting/claims.py): OUT/gridG/tables/claims.md
 for g in $GRIDS; do
   "$PY" scripts/collect_results.py "$OUT/grid$g"/*_s* --out "$OUT/grid$g/tables" --note "grid ${g}x${g}" > /dev/null
   echo "grid ${g}x${g}: $(grep -h '^Verdicts' "$OUT/grid$g/tables/claims.md" | paste -sd ' ' -)"

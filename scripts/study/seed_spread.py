@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The seed-to-seed spread of baseline runs: per (model, regime, head) and evaluation set, the mean and standard
 deviation of top-1 over seeds. Writes OUT/seed_spread.json (read by scripts/collect_results.py --seed_spread, see
-bgmask/claims.py) and OUT/seed_spread.md.
+bgmask/reporting/claims.py) and OUT/seed_spread.md.
 
     python scripts/study/seed_spread.py runs/seeds/runs/* --out runs/seeds
 """
@@ -12,8 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-from bgmask.claims import SEED_RULE, seed_spread
-from bgmask.results import load_runs
+from bgmask.reporting.claims import SEED_RULE, seed_spread
+from bgmask.reporting.results import load_runs
 
 
 def main(argv=None) -> int:

@@ -1,5 +1,5 @@
 """What ``scripts/collect_results.py`` writes: the results tables (markdown, CSV, JSON) and the figures beside them
-(drawn by :mod:`bgmask.figures` and :mod:`bgmask.gallery`)."""
+(drawn by :mod:`bgmask.reporting.figures` and :mod:`bgmask.reporting.gallery`)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import json
 import os
 from pathlib import Path
 
-from bgmask.figures import diagnostics_plan, draw, group_plan, results_plan
-from bgmask.gallery import plot_attribution_gallery
-from bgmask.group_results import GroupRunResult, group_markdown, group_table
-from bgmask.results import Accuracy, RunResult, accuracy, build_table, diagnostics_table, to_markdown
+from bgmask.reporting.figures import diagnostics_plan, draw, group_plan, results_plan
+from bgmask.reporting.gallery import plot_attribution_gallery
+from bgmask.reporting.group_results import GroupRunResult, group_markdown, group_table
+from bgmask.reporting.results import Accuracy, RunResult, accuracy, build_table, diagnostics_table, to_markdown
 
 
 def write_outputs(runs: list[RunResult], out_dir: str | os.PathLike, note: str = "") -> dict[str, Path]:

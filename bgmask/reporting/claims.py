@@ -238,10 +238,10 @@ PLAIN_HEAD = {head_names.label(h): head_names.label(h.replace("masked_mean", "me
 
 
 def paper_claims(runs, spread: dict[tuple, float] | None = None) -> list[Evidence]:
-    """Claims 1-3 on table entries (:class:`bgmask.results.RunResult`, seeds of a cell pooled by seed), in the
+    """Claims 1-3 on table entries (:class:`bgmask.reporting.results.RunResult`, seeds of a cell pooled by seed), in the
     table's order (rows sorted, strategies in column order), so a claim's id does not depend on the order the run
     folders were given in."""
-    from bgmask.results import group_cells, strategy_columns
+    from bgmask.reporting.results import group_cells, strategy_columns
 
     spread = spread or {}
     evidence = []
@@ -281,7 +281,7 @@ def paper_claims(runs, spread: dict[tuple, float] | None = None) -> list[Evidenc
 def group_claims(group_runs) -> list[Evidence]:
     """Claim 4: every method against the plain baseline of its block, on the test split's worst group (in the group
     table's order)."""
-    from bgmask.group_results import table_order
+    from bgmask.reporting.group_results import table_order
 
     blocks: dict[tuple, dict[str, list]] = {}
     for r in sorted(group_runs, key=table_order):

@@ -19,7 +19,15 @@ from pathlib import Path
 
 from bgmask import strategies
 from bgmask.data.groups import wilson_interval
-from bgmask.results import _data_root, _fmt, _head_of, _regime_of, is_synthetic_cub, to_markdown, weights_label
+from bgmask.reporting.results import (
+    _data_root,
+    _fmt,
+    _head_of,
+    _regime_of,
+    is_synthetic_cub,
+    to_markdown,
+    weights_label,
+)
 
 GROUP_FIGURES = ("worst_group", "adjusted_average", "average")
 
@@ -39,8 +47,8 @@ class GroupRunResult:
     best: dict
     balance: str = ""  # the imbalance options the run used ("class-balanced sampler", "group reweighting")
     last_epoch: dict | None = None  # the last epoch's sets when the selected epoch is reported
-    synthetic: bool = False  # the data is the synthetic benchmark (:func:`bgmask.results.is_synthetic_cub`)
-    weights: str = "random init"  # where the backbone's weights came from (:func:`bgmask.results.weights_label`)
+    synthetic: bool = False  # the data is the synthetic benchmark (bgmask.reporting.results.is_synthetic_cub)
+    weights: str = "random init"  # where the backbone's weights came from (results.weights_label)
 
     @property
     def row_key(self) -> tuple[str, str, str, str]:

@@ -1,11 +1,7 @@
-"""The bar figures beside the tables (results.png, diagnostics.png, group_results.png) and what every figure shares.
-
-Shared by every figure: one colour per strategy (:func:`strategy_colour`, keyed by the table's strategy column),
-titles that say when the data is the synthetic benchmark and where the backbone's weights came from
-(:func:`panel_title`, :func:`data_note`), a chance line at 100 / number of classes, 95 % intervals and a value
-label on every bar. Each figure is first planned (:class:`FigurePlan`: values, errors, colours, chance, titles),
-then drawn by :func:`draw`; the plans are what the tests check.
-"""
+"""The bar figures beside the tables (results.png, diagnostics.png, group_results.png). Every figure has one colour
+per strategy (:func:`strategy_colour`), titles that say when the data is synthetic and whose weights the backbone
+has (:func:`panel_title`, :func:`data_note`), a chance line, 95 % intervals and a value on every bar. A figure is
+planned (:class:`FigurePlan`), then drawn (:func:`draw`); the tests check the plans."""
 
 from __future__ import annotations
 
@@ -18,16 +14,22 @@ from pathlib import Path
 from bgmask import strategies
 from bgmask.data.groups import wilson_interval
 from bgmask.diagnostics import VIEWS
-from bgmask.group_results import GROUP_FIGURES, GroupRunResult, chance, collapsed_onto, group_class, reference_rows
-from bgmask.results import RunResult, accuracy, column_label, group_cells, strategy_columns
+from bgmask.reporting.group_results import (
+    GROUP_FIGURES,
+    GroupRunResult,
+    chance,
+    collapsed_onto,
+    group_class,
+    reference_rows,
+)
+from bgmask.reporting.results import RunResult, accuracy, column_label, group_cells, strategy_columns
 
 # ----------------------------------------------------------------------------------- one colour per strategy
 STRATEGY_COLOURS = {
     "none": "#4878d0", "none+class-balanced sampler": "#82c6e2", "none+group reweighting": "#2a3f8f",
     "early": "#6acc64",
     "late": "#d65f5f", "late:second_last": "#9c2f2f", "late:area": "#ee854a", "late:second_last:area": "#b35a1f",
-    "late:fg_mean": "#dc7ec0", "late:fg_mean:area": "#a0508a",
-    "dfr": "#956cb4", "groupdro": "#8c613c",
+    "late:fg_mean": "#dc7ec0", "late:fg_mean:area": "#a0508a", "dfr": "#956cb4", "groupdro": "#8c613c",
 }
 _SPARE_COLOURS = ("#d5bb67", "#17becf", "#bcbd22", "#e377c2", "#2ca02c", "#7f3c8d", "#11a579", "#f2b701")
 CHANCE_STYLE = {"color": "black", "ls": "--", "lw": 0.9}

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from bgmask.diagnostics import gallery_path
-from bgmask.figures import arch_name, data_note, strategy_colour
-from bgmask.results import RunResult, column_label, strategy_columns
+from bgmask.reporting.figures import arch_name, data_note, strategy_colour
+from bgmask.reporting.results import RunResult, column_label, strategy_columns
 
 CELL_INCHES = 1.6  # at the saved 100 dpi: 160 px per image
 MAX_IMAGES = 6
