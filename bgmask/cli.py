@@ -21,7 +21,7 @@ from bgmask import benchmarks, strategies
 from bgmask.argparsing import BoolFlag, parser_from_doc, plain
 from bgmask.config import GROUPS, TrainConfig
 from bgmask.errors import BgmaskError, ConfigError, ConfigFileError
-from bgmask.trainer import run
+from bgmask.run.trainer import run
 
 BASE_KEY = "_base_"
 

@@ -100,7 +100,7 @@ def run_model(cfg, strategy, state: dict, path: Path, head: str | None) -> nn.Mo
     from bgmask.models.heads import parse_heads
     from bgmask.models.probes import ProbeHeads
     from bgmask.models.weights import weights_identity
-    from bgmask.run_model import load_model_state
+    from bgmask.run.model import load_model_state
 
     num_classes = state["num_classes"]
     frozen = state.get("weights_identity") is not None

@@ -97,7 +97,7 @@ def training_threads() -> int | None:
     """The intra-op thread count the pretraining trains with on CPU (``None`` on a GPU): CPU kernels split their
     reductions by thread, so one and two threads give different weights (measured: 12.2 % and 11.8 % corpus top-1
     for the demo ViT)."""
-    from bgmask.session import cpu_threads
+    from bgmask.run.session import cpu_threads
 
     return cpu_threads(num_workers=0) if versions()["device"] == "cpu" else None  # the recipe's --num_workers 0
 

@@ -33,7 +33,7 @@ class SignalHandlers(Dataset):
 
 def test_loader_workers_ignore_the_preemption_signals(tiny_cub_root, tmp_path):
     from bgmask.config import TrainConfig
-    from bgmask.session import start_session
+    from bgmask.run.session import start_session
 
     cfg = TrainConfig()
     cfg.data.data_path, cfg.run.snapshot_dir, cfg.run.device, cfg.data.num_workers = (

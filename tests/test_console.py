@@ -16,8 +16,8 @@ import pytest
 
 from bgmask import cli, strategies
 from bgmask.argparsing import BoolFlag, plain
-from bgmask.console import ConsoleLog, summary
 from bgmask.errors import ConfigError
+from bgmask.run.console import ConsoleLog, summary
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -178,7 +178,7 @@ def test_a_run_states_its_recipe_ends_with_its_summary_and_keeps_train_log_acros
 
 def test_a_run_with_a_config_file_and_weights_gets_no_warning():
     from bgmask.config import TrainConfig
-    from bgmask.console import recipe_warning
+    from bgmask.run.console import recipe_warning
 
     cfg = TrainConfig.from_flat({"data_path": "d", "snapshot_dir": "s", "masking": "none"}, None)
     none = {"source": "none", "location": None, "resampled": None}

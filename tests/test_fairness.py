@@ -385,7 +385,7 @@ def closed_form_lr(name: str, epoch: int, epochs: int = 6, lr: float = 1e-2, min
 def test_the_trainers_lr_per_epoch_is_the_closed_form_across_a_resume(tiny_cub_root, tmp_path, monkeypatch, name):
     """The lr each epoch trained with, as log.jsonl records it, for a run stopped after epoch 3 and resumed."""
     from bgmask import cli
-    from bgmask.fit import EpochLoop
+    from bgmask.run.fit import EpochLoop
 
     argv = ["--data_path", str(tiny_cub_root), "--snapshot_dir", str(tmp_path / "r"), "--model_arch", "convnext_atto",
             "--image_size", "32", "--batch_size", "4", "--num_workers", "0", "--epochs", "6", "--seed", "0",

@@ -19,7 +19,7 @@ from bgmask.data.groups import difference_interval
 from bgmask.models import ModelSpec, create_classifier
 from bgmask.models.masking import NEAREST, MaskGrid, grid_fractions, grid_statistics, mask_features
 from bgmask.models.probes import ProbeHeads
-from bgmask.run_model import build_model
+from bgmask.run.model import build_model
 from bgmask.strategies.late import LateMaskedClassifier
 
 REPO = Path(__file__).resolve().parents[1]

@@ -66,7 +66,7 @@ def wb_argv(root, run, *extra):
 def test_an_epoch_trained_at_lr_0_is_never_selected(tiny_cub_root, tmp_path, monkeypatch):
     """A warm-up from 0 stepped per epoch trains its first epoch at lr 0: the starting model, never selected, even
     when it scores best (here every epoch scores lower than the one before)."""
-    import bgmask.fit as fit
+    import bgmask.run.fit as fit
 
     scores = iter([(0.0, 0.0, -1.0), (0.0, 0.0, -2.0), (0.0, 0.0, -3.0)])
     monkeypatch.setattr(fit, "selection_key", lambda metrics, metric: next(scores))
@@ -205,7 +205,7 @@ def test_groupdro_trains_through_the_trainer_and_resumes_its_weights(tiny_cub_ro
 
 def stop_in_epoch_2(argv, monkeypatch) -> None:
     """Run ``argv`` and interrupt it at the start of epoch 2 (last.pt then holds epoch 1)."""
-    import bgmask.fit as fit
+    import bgmask.run.fit as fit
 
     real, calls = fit.train_one_epoch, [0]
 
@@ -324,7 +324,7 @@ def test_a_grid_that_cannot_choose_is_flagged():
 
 
 def test_dfr_starts_from_the_final_checkpoint(tmp_path):
-    from bgmask.refit import load_source
+    from bgmask.run.refit import load_source
 
     class Model:
         loaded = None

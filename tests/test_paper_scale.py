@@ -83,7 +83,7 @@ def test_bf16_autocast_computes_in_bf16():
 
 # --------------------------------------------------------------------------------------- results, diagnostics
 def test_metrics_are_written_before_the_diagnostics_and_survive_their_failure(tiny_cub_root, tmp_path, monkeypatch):
-    import bgmask.diagnose as diagnose
+    import bgmask.run.diagnose as diagnose
 
     run = tmp_path / "run"
     seen = {}

@@ -148,7 +148,7 @@ def test_the_cache_key_follows_code_not_comments(tmp_path):
 
 
 def test_the_cache_key_holds_the_thread_count_the_weights_are_trained_with(cache, monkeypatch):
-    import bgmask.session as session
+    import bgmask.run.session as session
 
     monkeypatch.delenv("OMP_NUM_THREADS")
     keys = {}

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_cub_root, tmp_path, monkeypatch):
-    import bgmask.fit as fit
+    import bgmask.run.fit as fit
 
     calls = {"n": 0}
 
@@ -80,7 +80,7 @@ def test_failing_worker_does_not_hang_the_others(tiny_cub_root, tmp_path):
     script = tmp_path / "faulty_train.py"
     script.write_text(textwrap.dedent(f"""
         import os, sys, torch
-        import bgmask.fit as fit
+        import bgmask.run.fit as fit
         sys.path.insert(0, {str(REPO)!r})
         real = fit.build_criterion
         def faulty(*args):

@@ -54,7 +54,7 @@ def test_a_run_started_from_python_trains_on_what_the_command_line_would(tiny_cu
 
     from bgmask.config import TrainConfig
     from bgmask.data.masks import write_gt_masked_folders
-    from bgmask.trainer import run
+    from bgmask.run.trainer import run
 
     root = tmp_path / "CUB_200_2011"
     shutil.copytree(tiny_cub_root, root)
@@ -74,7 +74,7 @@ def test_a_run_started_from_python_trains_on_what_the_command_line_would(tiny_cu
 
 def test_a_strategy_names_its_run_phase_and_an_unknown_one_is_refused_before_anything_is_built(tiny_cub_root,
                                                                                                 tmp_path):
-    from bgmask.trainer import PHASES, run
+    from bgmask.run.trainer import PHASES, run
 
     class Distilled(strategies.get("none")):
         phase = "distil"

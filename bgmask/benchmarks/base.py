@@ -119,7 +119,7 @@ def resolve_head_init(cfg: TrainConfig, benchmark: Benchmark) -> TrainConfig:
 def resolve_config(cfg: TrainConfig, benchmark: Benchmark, needs: DataNeeds) -> TrainConfig:
     """The settings whose default depends on the benchmark and the strategy: the folders the strategy's data needs
     (:meth:`Benchmark.resolve`, e.g. early masking's masked image folders) and ``--head_init auto``
-    (:func:`resolve_head_init`). :func:`bgmask.trainer.run` calls it, so a config built in Python trains on what the
+    (:func:`resolve_head_init`). :func:`bgmask.run.trainer.run` calls it, so a config built in Python trains on what the
     same command line would; resolving twice changes nothing."""
     return resolve_head_init(benchmark.resolve(cfg, needs), benchmark)
 

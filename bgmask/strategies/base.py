@@ -11,7 +11,7 @@ A strategy is one module: a :class:`Strategy` subclass decorated with :func:`reg
 * how its model takes the diagnostics' test views (``diagnostics_input``, a :class:`ModelInput`).
 
 Everything else (augmentation draws, mixup, optimiser, schedule, evaluation, diagnostics) is shared by
-:func:`bgmask.trainer.run`, which is what makes the strategies comparable.
+:func:`bgmask.run.trainer.run`, which is what makes the strategies comparable.
 """
 
 from __future__ import annotations
@@ -50,9 +50,9 @@ class Strategy:
     # How the diagnostics feed the test views to the model; None: no diagnostics (recorded in results.json).
     diagnostics_input: ClassVar[ModelInput | None] = ModelInput.IMAGE
     Options: ClassVar[type | None] = None  # a dataclass of strategy-specific settings (fields become flags)
-    # The run phase between building the model and writing results.json (bgmask.trainer.PHASES): "train", the
+    # The run phase between building the model and writing results.json (bgmask.run.trainer.PHASES): "train", the
     # shared training loop; "refit_last_layer", no training: the last layer of the model it starts from is fitted
-    # again on the selection split by refit_last_layer (bgmask.refit).
+    # again on the selection split by refit_last_layer (bgmask.run.refit).
     phase: ClassVar[str] = "train"
 
     def check(self, cfg: TrainConfig) -> None:
@@ -87,7 +87,7 @@ class Strategy:
     def refit_last_layer(self, cfg: TrainConfig, features, labels, groups, num_classes: int, train_features=None):
         """The ``refit_last_layer`` phase's fit: the new last layer ``(weight num_classes x d, bias, report)`` from the
         selection set's embeddings, labels and group ids (numpy arrays), and the training split's embeddings
-        without augmentation where the benchmark has them; see :mod:`bgmask.refit`."""
+        without augmentation where the benchmark has them; see :mod:`bgmask.run.refit`."""
         raise NotImplementedError
 
 

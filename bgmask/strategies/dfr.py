@@ -53,7 +53,7 @@ class DeepFeatureReweighting(Strategy):
                "validation data (L1 logistic regression)")
     diagnostics_input = ModelInput.IMAGE
     Options = DFROptions
-    phase = "refit_last_layer"  # no training (bgmask.refit)
+    phase = "refit_last_layer"  # no training (bgmask.run.refit)
 
     def check(self, cfg: TrainConfig) -> None:
         opts: DFROptions = cfg.strategy_options

@@ -3,9 +3,9 @@ background is removed) and a model — and writes results.json.
 
 Strategies (:mod:`bgmask.strategies`) differ only in what they ask of the data and the model wrapper; everything
 else (data, augmentation, optimiser, evaluation, diagnostics) is shared, which is what keeps their comparison fair.
-The phases live in their own modules: :mod:`bgmask.session` (processes, device, seeds), :mod:`bgmask.run_model`
-(the model on the device, checkpoint loading), :mod:`bgmask.fit` (training, resume, preemption),
-:mod:`bgmask.evaluation` and :mod:`bgmask.diagnose`.
+The phases live in their own modules: :mod:`bgmask.run.session` (processes, device, seeds), :mod:`bgmask.run.model`
+(the model on the device, checkpoint loading), :mod:`bgmask.run.fit` (training, resume, preemption),
+:mod:`bgmask.run.evaluation` and :mod:`bgmask.run.diagnose`.
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ from bgmask import benchmarks, distributed
 from bgmask.benchmarks import resolve_config
 from bgmask.checkpoint import CheckpointManager
 from bgmask.config import TrainConfig
-from bgmask.console import ConsoleLog, banner, recipe_warning, summary
-from bgmask.diagnose import add_diagnostics, safe_diagnostics
 from bgmask.errors import ConfigError
-from bgmask.evaluation import evaluate_checkpoint
-from bgmask.fit import train
 from bgmask.logging import write_json_atomic
-from bgmask.refit import refit
-from bgmask.run_model import build_model, check_probe_masks
-from bgmask.session import Session, check_run_folder, resolve_image_size, start_session
+from bgmask.run.console import ConsoleLog, banner, recipe_warning, summary
+from bgmask.run.diagnose import add_diagnostics, safe_diagnostics
+from bgmask.run.evaluation import evaluate_checkpoint
+from bgmask.run.fit import train
+from bgmask.run.model import build_model, check_probe_masks
+from bgmask.run.refit import refit
+from bgmask.run.session import Session, check_run_folder, resolve_image_size, start_session
 from bgmask.strategies import Strategy
 
 # A strategy's run phase (Strategy.phase): what happens between building the model and writing results.json.
@@ -38,7 +38,7 @@ def run(cfg: TrainConfig, strategy: Strategy, config_files: Sequence[str] | None
 
     The console of rank 0 is kept in the run folder (``train.log``), between a banner line with the recipe and a
     summary block; ``config_files`` (the command line's ``--config`` files) only words the warning given for a
-    run without pretrained weights (:func:`bgmask.console.recipe_warning`)."""
+    run without pretrained weights (:func:`bgmask.run.console.recipe_warning`)."""
     cfg.check(torch.cuda.is_available())
     strategy.check(cfg)
     if strategy.phase not in PHASES:

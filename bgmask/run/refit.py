@@ -13,11 +13,11 @@ from torch.utils.data import DataLoader
 from bgmask.benchmarks import BenchmarkData
 from bgmask.checkpoint import CheckpointManager, atomic_torch_save, load_checkpoint
 from bgmask.errors import ConfigError
-from bgmask.evaluation import evaluate_sets
 from bgmask.logging import save_args
 from bgmask.progress import progress_bar
-from bgmask.run_model import RunModel
-from bgmask.session import Session
+from bgmask.run.evaluation import evaluate_sets
+from bgmask.run.model import RunModel
+from bgmask.run.session import Session
 from bgmask.strategies import Strategy
 
 

@@ -16,7 +16,7 @@ from bgmask.models import create_classifier
 from bgmask.models.heads import needs_masks, parse_heads
 from bgmask.models.probes import ProbeHeads
 from bgmask.models.weights import weights_identity
-from bgmask.session import Session
+from bgmask.run.session import Session
 from bgmask.strategies import Strategy
 
 

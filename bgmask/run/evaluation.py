@@ -9,8 +9,8 @@ from bgmask.benchmarks import BenchmarkData, EvalSet
 from bgmask.checkpoint import CheckpointManager, load_checkpoint
 from bgmask.engine import evaluate
 from bgmask.errors import ConfigError
-from bgmask.run_model import RunModel, reports_every_head
-from bgmask.session import Session
+from bgmask.run.model import RunModel, reports_every_head
+from bgmask.run.session import Session
 
 
 def evaluate_heads(session: Session, model: RunModel, sets: dict[str, EvalSet]) -> dict[str, dict[str, dict]]:

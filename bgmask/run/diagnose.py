@@ -14,8 +14,8 @@ from bgmask.engine import evaluate
 from bgmask.errors import PeerFailure
 from bgmask.models import heads
 from bgmask.models.heads import LATE
-from bgmask.run_model import RunModel, reports_every_head
-from bgmask.session import Session
+from bgmask.run.model import RunModel, reports_every_head
+from bgmask.run.session import Session
 from bgmask.strategies import ModelInput, Strategy
 
 GALLERY_IMAGES = 6  # attribution maps kept per run for collect_results' gallery

@@ -22,15 +22,15 @@ from bgmask.data.sampling import SeededAugmentation, WithGroups
 from bgmask.distributed import DistInfo
 from bgmask.engine import train_one_epoch
 from bgmask.errors import NonFiniteLossError
-from bgmask.evaluation import brief, evaluate_heads, evaluate_sets, results_layout
 from bgmask.logging import RunLogger, save_args
 from bgmask.losses import TrainingLoss
 from bgmask.mixup import MaskMixup
 from bgmask.optim import build_optimizer, build_scheduler, set_schedule_position
 from bgmask.preemption import REQUEUE_EXIT_CODE, PreemptionFlag
-from bgmask.run_model import RunModel, reports_every_head
+from bgmask.run.evaluation import brief, evaluate_heads, evaluate_sets, results_layout
+from bgmask.run.model import RunModel, reports_every_head
+from bgmask.run.session import Session
 from bgmask.selection import is_better, selection_key, selection_note
-from bgmask.session import Session
 from bgmask.strategies import Strategy
 
 
