@@ -35,7 +35,7 @@ LOG_DIR="$OUT/logs"
 PIPELINE_START=$DEMO_START
 
 # Data made by another version of the generator: every stage is redone (as --force).
-GEN_KEY="$("$PY" -c 'from bgmask.pretrain_cache import corpus_source_digest; print(corpus_source_digest()[:12])')"
+GEN_KEY="$("$PY" -c 'from bgmask.pretraining.cache import corpus_source_digest; print(corpus_source_digest()[:12])')"
 if [[ -e "$CUB/images.txt" && ! -e "$DATA/.generator-$GEN_KEY" && "$FORCE" == 0 ]]; then
   echo "==> $DATA was made by another version of the synthetic generator: redoing every stage (as --force)"
   FORCE=1
@@ -63,7 +63,7 @@ stage gallery "$OUT/mask_gallery.png" \
 
 # Pretrained backbones (no weights can be downloaded offline): the demo's ConvNeXt-atto (64 px) and DINOv2-style
 # ViT-S/14 (56 px) pretrained on a synthetic corpus of other species with species-independent backgrounds
-# (bgmask/pretrain.py), cached outside the clone and loaded through --pretrained_path like downloaded weights.
+# (bgmask/pretraining/pretrain.py), cached outside the clone and loaded through --pretrained_path like downloaded weights.
 stage pretrain "$OUT/logs/.pretrain-never-skipped" "$PY" scripts/pretrain_synthetic.py
 weights_of() {  # the cached weights file of one backbone (its messages go to the pretrain log)
   "$PY" scripts/pretrain_synthetic.py --print_path "$1" 2>>"$OUT/logs/pretrain.log" \

@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Pretrain backbones on the synthetic pretraining corpus and write timm weights folders, cached per machine.
 
-The corpus holds species unlike the benchmark's on backgrounds independent of species (bgmask/pretrain.py). Each
-backbone is trained from random initialisation as a plain classifier by the project's trainer (baseline, no
-masking), and its weights are written as model.safetensors + config.json, the layout of timm's published weights.
-A second call with the same settings finds them in the cache and returns at once.
+The corpus holds species unlike the benchmark's on backgrounds independent of species
+(bgmask/pretraining/pretrain.py). Each backbone is trained from random initialisation as a plain classifier by the
+project's trainer (baseline, no masking), and its weights are written as model.safetensors + config.json, the layout
+of timm's published weights. A second call with the same settings finds them in the cache and returns at once.
 
 Examples:
   python scripts/pretrain_synthetic.py                      # the demo's two backbones; prints their weight files
@@ -28,7 +28,7 @@ DEMO_ARCHS = ("convnext_atto", "vit_small_patch14_dinov2")
 
 def build_parser() -> argparse.ArgumentParser:
     from bgmask.argparsing import parser_from_doc
-    from bgmask.pretrain import AUGMENTATIONS, DEMO_RECIPES, Corpus
+    from bgmask.pretraining.pretrain import AUGMENTATIONS, DEMO_RECIPES, Corpus
 
     corpus = Corpus()
 
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     if args.cache_dir:
         os.environ["BGMASK_CACHE"] = args.cache_dir
     from bgmask.errors import PretrainError
-    from bgmask.pretrain import Corpus, default_recipe, pretrained_weights
+    from bgmask.pretraining.pretrain import Corpus, default_recipe, pretrained_weights
 
     if args.print_path and args.arch:
         p.error("give --print_path ARCH or --arch ARCH ..., not both")

@@ -15,9 +15,11 @@ import timm
 import torch
 from safetensors.torch import load_file
 
-from bgmask import cli, pretrain, pretrain_cache
+from bgmask import cli
 from bgmask.data.synthetic import SyntheticConfig, appearance, balanced_habitats, disjoint_species, make_species
 from bgmask.models import ModelSpec, create_classifier
+from bgmask.pretraining import cache as pretrain_cache
+from bgmask.pretraining import pretrain
 
 # 4 species x 20 images at 32 px: 16 train images per species (2 per habitat), 4 test images.
 TINY_CORPUS = pretrain.Corpus(num_classes=4, images_per_class=20, image_size=32, seed=7)

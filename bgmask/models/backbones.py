@@ -83,7 +83,7 @@ class BackboneAdapter:
     late_only_heads: tuple[str, ...] = ()  # heads only late masking trains (they average the kept features)
     upstream_head_init = "kaiming"  # --head_init upstream: the official CNN trainers' kaiming_normal_ (fan_out)
     attribution = GRAD_CAM  # how the diagnostics attribute a prediction
-    recipe_family = "convnext_atto"  # whose demo recipe a model of this family borrows (bgmask.pretrain)
+    recipe_family = "convnext_atto"  # whose demo recipe a model of this family borrows (bgmask.pretraining.pretrain)
     num_prefix_tokens = 0  # token layouts: CLS/register tokens before the patch tokens
     grid_size = None  # token layouts: the patch grid
 

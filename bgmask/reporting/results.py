@@ -127,7 +127,7 @@ def _data_root(args: dict, run_dir: Path) -> Path | None:
 
 def weights_label(args: dict) -> str:
     """Where a run's backbone weights came from, for titles: ``synthetic-pretrained`` (a weights folder written by
-    :mod:`bgmask.pretrain`, whose ``config.json`` says so, or a path in its cache), ``hub-pretrained``
+    :mod:`bgmask.pretraining.pretrain`, whose ``config.json`` says so, or a path in its cache), ``hub-pretrained``
     (``--start_weights DEFAULT``), ``local weights`` (another ``--pretrained_path``) or ``random init``."""
     path = args.get("pretrained_path")
     if path:

@@ -35,7 +35,7 @@ PY="$VENV/bin/python"
 LOG_DIR="$OUT/logs"
 mkdir -p "$LOG_DIR"
 PIPELINE_START=$SECONDS
-GEN_KEY="$("$PY" -c 'from bgmask.pretrain_cache import corpus_source_digest; print(corpus_source_digest()[:12])')"
+GEN_KEY="$("$PY" -c 'from bgmask.pretraining.cache import corpus_source_digest; print(corpus_source_digest()[:12])')"
 FINEST="$(printf '%s\n' $GRIDS | sort -n | tail -1)"
 RUNS=()
 

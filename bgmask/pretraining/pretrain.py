@@ -42,7 +42,7 @@ from bgmask.data.synthetic import HABITAT_NAMES, SyntheticConfig, disjoint_speci
 from bgmask.data.transforms import AUGMENTATIONS
 from bgmask.errors import PretrainError, timm_name_hint
 from bgmask.io import atomic_write_text
-from bgmask.pretrain_cache import (
+from bgmask.pretraining.cache import (
     _locked,
     _plain,
     corpus_dir,
@@ -300,7 +300,7 @@ def export(checkpoint: Path, recipe: Recipe, out_dir: Path, note: dict | None = 
             "fixed_input_size": takes_img_size(recipe.arch), "interpolation": aug.eval_interpolation,
             "crop_pct": aug.crop_pct, "crop_mode": "center", "mean": list(IMAGENET_DEFAULT_MEAN),
             "std": list(IMAGENET_DEFAULT_STD), "num_classes": 0, "classifier": None},
-        "bgmask": {"made_by": "bgmask.pretrain: supervised pretraining on the synthetic pretraining corpus",
+        "bgmask": {"made_by": "bgmask.pretraining.pretrain: supervised pretraining on the synthetic pretraining corpus",
                    **(note or {})},
     }
     atomic_write_text(out_dir / "config.json", json.dumps(config, indent=2) + "\n")

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from bgmask.pretrain import Corpus, Recipe
+    from bgmask.pretraining.pretrain import Corpus, Recipe
 
-LIBRARY = Path(__file__).resolve().parent
+LIBRARY = Path(__file__).resolve().parents[1]  # bgmask/
 SCRIPT = LIBRARY.parent / "scripts" / "pretrain_synthetic.py"  # absent in an installed copy of the library
 
 
