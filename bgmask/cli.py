@@ -26,14 +26,17 @@ from bgmask.run.trainer import run
 BASE_KEY = "_base_"
 
 
-def add_options(parser: argparse.ArgumentParser, options_cls: type) -> None:
-    """One argument group from a config dataclass: a flag per field, with its default, type, choices and help.
+def add_options(parser: argparse.ArgumentParser, options_cls: type, skip: set[str] = frozenset()) -> None:
+    """One argument group from a config dataclass: a flag per field (but those in ``skip``), with its default, type,
+    choices and help.
 
     On/off fields become ``--name`` / ``--no_name``.
     """
     group = parser.add_argument_group(getattr(options_cls, "section", options_cls.__name__))
     hints = typing.get_type_hints(options_cls)
     for f in dataclasses.fields(options_cls):
+        if f.name in skip:
+            continue
         kind = _flag_type(hints[f.name])
         text = plain(f.metadata.get("help"))
         meta = {"default": f.default, "help": text.replace("%", "%%") if text else None}  # argparse formats help
@@ -84,6 +87,12 @@ def build_parser(strategy_names: Sequence[str], description: str | None = None,
     for cls in classes:
         if cls.Options is not None:
             add_options(p, cls.Options)
+    added = {a.dest for a in p._actions}
+    for name in benchmarks.names():  # every benchmark's folders; fields shared between benchmarks once
+        options = benchmarks.get(name).Options
+        if options is not None and not {f.name for f in dataclasses.fields(options)} <= added:
+            add_options(p, options, skip=added)
+            added |= {f.name for f in dataclasses.fields(options)}
     p.set_defaults(strategy_names=list(strategy_names))
     return p
 
@@ -109,10 +118,11 @@ def load_config_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
     return merged
 
 
-def parse_with_config(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
-    """timm-style parsing: ``--config`` YAML keys become defaults, explicit flags override them."""
+def parse_with_config(parser: argparse.ArgumentParser, argv=None, settings: dict | None = None) -> argparse.Namespace:
+    """timm-style parsing: ``--config`` YAML keys become defaults (after ``settings``, e.g. a run's ``args.yaml``),
+    explicit flags override them."""
     known, _ = parser.parse_known_args(argv)
-    values = {}
+    values = dict(settings or {})
     try:
         for path in known.config or []:
             values.update(load_config_file(path))
@@ -121,36 +131,59 @@ def parse_with_config(parser: argparse.ArgumentParser, argv=None) -> argparse.Na
     valid = {a.dest for a in parser._actions} - {"help", "config"}
     unknown = sorted(set(values) - valid)
     if unknown:
-        parser.error(f"--config {', '.join(known.config)} has unknown key(s) {', '.join(unknown)}; keys are flag "
-                     f"names without the leading -- (see --help)")
+        source = f"--config {', '.join(known.config)}" if known.config else "the saved settings"
+        parser.error(f"{source} has unknown key(s) {', '.join(unknown)}; keys are flag names without the leading -- "
+                     f"(see --help)")
     parser.set_defaults(**values)
     return parser.parse_args(argv)
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, strategies.Strategy]:
-    """The library's view of a parsed command line: the typed config (strategy defaults resolved) and strategy."""
+    """The library's view of a parsed command line: the typed config (strategy and benchmark defaults resolved) and
+    the strategy."""
     values = {k: v for k, v in vars(args).items() if k not in ("config", "strategy_names")}
     names = getattr(args, "strategy_names", None) or [values.get("masking", "none")]
     name = values.pop("masking", names[0])
     strategy = strategies.get(name)()
-    own = {f.name for f in dataclasses.fields(strategy.Options)} if strategy.Options else set()
-    # Options of the other strategies an entry point offers: dropped, but refused when set (they would be ignored).
-    other_defaults = {f.name: (n, f.default) for n in names if n != name and strategies.get(n).Options
-                      for f in dataclasses.fields(strategies.get(n).Options) if f.name not in own}
-    unused = [f"--{k} ({other_defaults[k][0]})" for k, v in values.items()
-              if k in other_defaults and v != other_defaults[k][1]]
-    if unused:
-        raise ConfigError(f"--masking {name} does not use {', '.join(unused)}: these are options of another "
-                          f"strategy; drop them or pick that strategy with --masking.")
-    values = {k: v for k, v in values.items() if k not in other_defaults}
-    cfg = TrainConfig.from_flat({**values, "masking": name}, strategy.Options)
-    benchmark = benchmarks.get(cfg.data.dataset)()
+    benchmark = benchmarks.get(values.get("dataset", "cub"))()
+    values = _own_options(values, strategy.Options, {n: strategies.get(n).Options for n in names if n != name},
+                          f"--masking {name}", "strategy", "pick that strategy with --masking")
+    values = _own_options(values, benchmark.Options, {n: benchmarks.get(n).Options for n in benchmarks.names()},
+                          f"--dataset {benchmark.name}", "benchmark", "pick that benchmark with --dataset")
+    cfg = TrainConfig.from_flat({**values, "masking": name}, strategy.Options, benchmark.Options)
     return benchmarks.resolve_config(cfg, benchmark, strategy.needs(cfg)), strategy
 
 
-def parse_config(strategy_names: Sequence[str], argv=None, description: str | None = None):
-    """Parse a command line of an entry point into ``(TrainConfig, Strategy)``."""
-    return config_from_args(parse_with_config(build_parser(strategy_names, description), argv))
+def _own_options(values: dict, own_cls: type | None, others: dict[str, type | None], chosen: str, axis: str,
+                 fix: str) -> dict:
+    """``values`` without the options of the other strategies (or benchmarks) an entry point offers: dropped at
+    their defaults, refused when set (they would be ignored)."""
+    own = {f.name for f in dataclasses.fields(own_cls)} if own_cls else set()
+    defaults = {f.name: (n, f.default) for n, cls in others.items() if cls
+                for f in dataclasses.fields(cls) if f.name not in own}
+    unused = [f"--{k} ({defaults[k][0]})" for k, v in values.items() if k in defaults and v != defaults[k][1]]
+    if unused:
+        raise ConfigError(f"{chosen} does not use {', '.join(unused)}: these are options of another {axis}; drop "
+                          f"them or {fix}.")
+    return {k: v for k, v in values.items() if k not in defaults}
+
+
+def parse_config(strategy_names: Sequence[str], argv=None, description: str | None = None,
+                 settings: dict | None = None):
+    """Parse a command line of an entry point (and ``settings``, flag name -> value, under it) into
+    ``(TrainConfig, Strategy)``."""
+    return config_from_args(parse_with_config(build_parser(strategy_names, description), argv, settings))
+
+
+def saved_settings(path: str | Path) -> dict:
+    """A run's ``args.yaml``, read as today's flags. Files written before benchmarks owned their options hold every
+    benchmark's folders (a waterbirds or csv run's, the cub benchmark's too): keys of another benchmark are dropped."""
+    values = load_config_file(path)
+    own = benchmarks.get(values.get("dataset", "cub")).Options
+    own_names = {f.name for f in dataclasses.fields(own)} if own else set()
+    others = {f.name for n in benchmarks.names() if benchmarks.get(n).Options
+              for f in dataclasses.fields(benchmarks.get(n).Options)} - own_names
+    return {k: v for k, v in values.items() if k not in others}
 
 
 def main(strategy_names: Sequence[str], argv=None, description: str | None = None, prog: str | None = None) -> int:

@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from bgmask.config_checks import config_errors
-from bgmask.data.cub import GT_MASK_SUB_PATH, WATERBIRDS_SUB_PATH
-from bgmask.data.masks import MASK_FOLDERS
 from bgmask.data.transforms import AUGMENTATIONS, INTERPOLATIONS
 from bgmask.errors import ConfigError
 from bgmask.models import HEAD_INITS, HEAD_NORM_RULES, WEIGHT_DECAY_RULES, ModelSpec
@@ -36,16 +34,6 @@ class DataConfig:
     dataset: str = option("cub", "the benchmark (bgmask/benchmarks/): cub = CUB-200-2011, tested on CUB and "
                                  "Waterbirds (the paper); waterbirds = the group_DRO protocol (2 classes, worst "
                                  "group); csv = your own dataset as one CSV (filename, split, y[, a, mask])")
-    # The folders of the cub benchmark, each relative to data_path (bgmask/benchmarks/cub.py resolves them).
-    image_sub_path_train: str = option("images", "training image folder under data_path")
-    image_sub_path_test: str = option("images", "CUB test image folder under data_path")
-    ood_image_sub_path: str = option(WATERBIRDS_SUB_PATH, "Waterbirds (OOD) image folder under data_path")
-    mask_sub_path: str = option(MASK_FOLDERS["images"][0], "precomputed masks for the CUB images (same relative "
-                                                           "paths, .png), for strategies that load predicted masks")
-    ood_mask_sub_path: str = option(MASK_FOLDERS[WATERBIRDS_SUB_PATH][0], "precomputed masks for the Waterbirds "
-                                                                          "images")
-    skip_ood_eval: bool = option(False, "train and test without the Waterbirds evaluation (recorded in results.json); "
-                                        "without it a missing Waterbirds folder stops the run before training")
     train_split: float = option(1.0, "fraction of the CUB train split used for training; the rest is the "
                                      "validation set")
     selection_metric: str = option("auto", "what selects the best epoch on the benchmark's selection set: auto = "
@@ -190,8 +178,6 @@ class DiagnosticsConfig:
                               ("auto", "none"))
     diagnostics_batch_size: int = option(0, "images per attribution pass (0: the training batch, an eighth of it "
                                             "with a frozen backbone; see docs/scale.md)")
-    diagnostics_mask_sub_path: str = option(GT_MASK_SUB_PATH, "bird masks for the diagnostics: CUB's segmentations/ "
-                                                             "(> 0 is bird) or a mask folder")
 
 
 @dataclass
@@ -203,7 +189,6 @@ class RunConfig:
                                       "once; a crash loses up to N epochs)")
     eval_every: int = option(1, "score the model-selection set (CUB test, or val with --eval_mode val) every N "
                                 "epochs; every evaluation set, at the end")
-    eval_ood_each_time: bool = option(False, "score Waterbirds at every evaluation, not only at the end")
     resume_training: bool = option(False, "resume from <snapshot_dir>/last.pt (always done when it exists)")
     eval_only: bool = option(False, "evaluate <snapshot_dir>/best.pt (or --checkpoint; a --probe_heads run: "
                                     "last.pt) and write results.json")
@@ -242,7 +227,8 @@ def field_names(cls) -> list[str]:
 @dataclass
 class TrainConfig:
     """Everything a classifier run needs. ``masking`` names the strategy; ``strategy_options`` holds its own
-    settings (a dataclass declared by the strategy, or None)."""
+    settings (a dataclass declared by the strategy, or None), ``benchmark_options`` those of ``--dataset``'s
+    benchmark (its folders; None: its defaults, filled in by ``bgmask.benchmarks.resolve_config``)."""
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -252,27 +238,35 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
     masking: str = "none"
     strategy_options: Any = None
+    benchmark_options: Any = None
 
     @classmethod
-    def from_flat(cls, values: dict, options_cls: type | None = None) -> TrainConfig:
-        """From flag-named settings (a parsed command line or an ``args.yaml``); unknown keys are refused."""
+    def from_flat(cls, values: dict, options_cls: type | None = None,
+                  benchmark_options_cls: type | None = None) -> TrainConfig:
+        """From flag-named settings (a parsed command line or an ``args.yaml``), with the strategy's and the
+        benchmark's options classes; unknown keys are refused."""
         names = {g: field_names(g) for g in GROUPS}
         known = {n for ns in names.values() for n in ns} | {"masking"}
         option_names = field_names(options_cls) if options_cls is not None else []
-        unknown = sorted(set(values) - known - set(option_names))
+        benchmark_names = field_names(benchmark_options_cls) if benchmark_options_cls is not None else []
+        unknown = sorted(set(values) - known - set(option_names) - set(benchmark_names))
         if unknown:
             raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; settings are the flag names without the "
                               f"leading -- (see --help).")
         groups = {g: g(**{n: values[n] for n in ns if n in values}) for g, ns in names.items()}
         options = options_cls(**{n: values[n] for n in option_names if n in values}) if options_cls else None
+        benchmark_options = benchmark_options_cls(**{n: values[n] for n in benchmark_names if n in values}) \
+            if benchmark_options_cls else None
         return cls(data=groups[DataConfig], model=groups[ModelConfig], optim=groups[OptimConfig],
                    aug=groups[AugConfig], diagnostics=groups[DiagnosticsConfig], run=groups[RunConfig],
-                   masking=values.get("masking", "none"), strategy_options=options)
+                   masking=values.get("masking", "none"), strategy_options=options,
+                   benchmark_options=benchmark_options)
 
     def flat(self) -> dict:
         """Flag name -> value for every setting (``args.yaml``, resume checks, experiment trackers)."""
         out = {"masking": self.masking}
-        for part in (self.data, self.model, self.optim, self.aug, self.diagnostics, self.run, self.strategy_options):
+        for part in (self.data, self.model, self.optim, self.aug, self.diagnostics, self.run, self.strategy_options,
+                     self.benchmark_options):
             if part is not None:
                 out.update({f.name: getattr(part, f.name) for f in dataclasses.fields(part)})
         return dict(sorted(out.items()))

@@ -80,7 +80,7 @@ def run_config(run_dir: Path):
     args = run_dir / "args.yaml"
     if not args.is_file():
         raise ExportError(f"{run_dir} has no args.yaml: export needs the run's settings (written at its start).")
-    return cli.parse_config(strategies.names(), ["--config", str(args)])
+    return cli.parse_config(strategies.names(), [], settings=cli.saved_settings(args))
 
 
 def label_names(data_path: str, num_classes: int) -> list[str]:
@@ -116,14 +116,12 @@ def run_model(cfg, strategy, state: dict, path: Path, head: str | None) -> nn.Mo
             raise ExportError(f"{path} holds a head trained on a frozen backbone from {state['weights_identity']}, "
                               f"but the backbone available here is {identity}: make the run's --pretrained_path "
                               f"(or the timm cache) available, then export again.")
+    opts = cfg.strategy_options
+    if getattr(opts, "mask_source", None) == "segmenter":  # the segmenter is no part of the classifier
+        cfg = dataclasses.replace(cfg, strategy_options=dataclasses.replace(opts, mask_source="precomputed"))
+    model = strategy.wrap_model(cfg, classifier)
     if cfg.model.probe_heads is not None:
-        model = ProbeHeads(classifier, parse_heads(cfg.model.probe_heads), num_classes,
-                           to_grid=strategy.mask_grid(cfg))
-    else:
-        opts = cfg.strategy_options
-        if getattr(opts, "mask_source", None) == "segmenter":  # the segmenter is no part of the classifier
-            cfg = dataclasses.replace(cfg, strategy_options=dataclasses.replace(opts, mask_source="precomputed"))
-        model = strategy.wrap_model(cfg, classifier)
+        model = ProbeHeads.around(model, parse_heads(cfg.model.probe_heads), num_classes)
     load_model_state(model, state["model"], path, partial=frozen)
     model.eval()
     if isinstance(model, ProbeHeads):

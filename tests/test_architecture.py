@@ -12,8 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from bgmask import benchmarks, cli
+from bgmask.benchmarks.cub import CUBOptions, WaterbirdsFolders
+from bgmask.config import TrainConfig
 from bgmask.data.masks import write_gt_masked_folders
 from bgmask.errors import ConfigError
 from bgmask.models import ModelSpec, create_classifier
@@ -77,6 +80,28 @@ def test_a_benchmark_in_one_file_trains_and_is_scored_per_group(tiny_cub_root, t
     early = ["--masking", "early", *train_argv(tiny_cub_root, tmp_path / "early", "--dataset", "cub_genera")]
     assert cli.main(["none", "early", "late"], early) == 2
     assert "cub_genera has original images" in capsys.readouterr().err
+    # its own options are flags and args.yaml keys; the cub benchmark's folders are not (refused when set)
+    args = yaml.safe_load((tmp_path / "none" / "args.yaml").read_text())
+    assert args["genera_image_sub_path"] == "images" and not {"image_sub_path_train", "skip_ood_eval"} & set(args)
+    for dataset, flag, owner in (("cub_genera", "--skip_ood_eval", "cub"),
+                                 ("cub", "--genera_image_sub_path=x", "cub_genera")):
+        argv = train_argv(tiny_cub_root, tmp_path / "refused", "--dataset", dataset, flag)
+        assert cli.main(["none"], argv) == 2
+        assert f"does not use {flag.split('=')[0]} ({owner})" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
+
+
+def test_a_run_folder_written_before_benchmarks_owned_their_options_still_reads(tmp_path):
+    """args.yaml of older runs held every benchmark's folders (a waterbirds run's the cub folders too, early
+    masking's resolved to the masked ones): they are dropped, the run's own are kept."""
+    old = {**TrainConfig(benchmark_options=CUBOptions()).flat(), "dataset": "waterbirds", "data_path": "d",
+           "image_sub_path_train": "images_masked", "ood_image_sub_path": "wb_masked", "masking": "none"}
+    (tmp_path / "args.yaml").write_text(yaml.safe_dump(old))
+    with pytest.raises(ConfigError, match=r"--dataset waterbirds does not use --image_sub_path_train \(cub\)"):
+        cli.parse_config(["none", "late"], ["--config", str(tmp_path / "args.yaml")])
+    cfg, _ = cli.parse_config(["none", "late"], [], settings=cli.saved_settings(tmp_path / "args.yaml"))
+    assert type(cfg.benchmark_options) is WaterbirdsFolders and cfg.benchmark_options.ood_image_sub_path == "wb_masked"
+    assert "image_sub_path_train" not in cfg.flat()
 
 
 def test_a_backbone_family_in_one_file_is_served_by_its_adapter():

@@ -90,7 +90,7 @@ def test_the_downsampling_flag_reaches_the_late_model_and_the_probe_heads(tiny_c
     built, _ = build_model(session, probe_strategy, 3, 28)
     assert isinstance(built.module, ProbeHeads)
     assert built.module.single_head_model("late:mean").to_grid == MaskGrid("area", 0.25)
-    area = probes(strategy.mask_grid(cfg))
+    area = probes(built.module.to_grid)
     # the area mask changes the late heads' logits on a mask that nearest-exact reads otherwise (2x2 token grid)
     images, masks = torch.randn(2, 3, 28, 28), torch.zeros(2, 28, 28)
     masks[:, :14, 14:18] = 1  # cell (0, 1): 4/14 of its columns bird; nearest samples column 21 (background)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pkgutil
 
@@ -52,6 +53,7 @@ def test_a_run_started_from_python_trains_on_what_the_command_line_would(tiny_cu
     masked image folders, as ``--masking early`` on the command line does (and --head_init auto is resolved)."""
     import shutil
 
+    from bgmask.benchmarks.cub import CUBOptions
     from bgmask.config import TrainConfig
     from bgmask.data.masks import write_gt_masked_folders
     from bgmask.run.trainer import run
@@ -62,9 +64,10 @@ def test_a_run_started_from_python_trains_on_what_the_command_line_would(tiny_cu
     argv = train_argv(root, tmp_path / "cli", "--masking", "early", "--epochs", "1", "--diagnostics", "none")
     assert cli.main(["none", "early", "late"], argv) == 0
     cfg, _ = cli.parse_config(["none", "early", "late"], argv)
-    flat = {**cfg.flat(), "snapshot_dir": str(tmp_path / "python"), "image_sub_path_train": "images",
-            "image_sub_path_test": "images", "ood_image_sub_path": TrainConfig().data.ood_image_sub_path,
-            "head_init": "auto"}  # the defaults a config built in Python starts from
+    # the defaults a config built in Python starts from: no benchmark options (their defaults), --head_init auto
+    folder_flags = {f.name for f in dataclasses.fields(CUBOptions)}
+    flat = {**{k: v for k, v in cfg.flat().items() if k not in folder_flags}, "snapshot_dir": str(tmp_path / "python"),
+            "head_init": "auto"}
     out = run(TrainConfig.from_flat(flat), strategies.get("early")())
     by_cli = json.loads((tmp_path / "cli" / "results.json").read_text())
     folders = ("image_sub_path_train", "image_sub_path_test", "ood_image_sub_path")

@@ -11,13 +11,15 @@ e.g. ``python -c "import tests.toy_benchmark, sys; from bgmask.cli import main; 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 from torch.utils.data import Dataset
 
 from bgmask.benchmarks import Benchmark, BenchmarkData, DataNeeds, EvalSet, register
-from bgmask.config import TrainConfig
+from bgmask.config import TrainConfig, option
 from bgmask.data.cub import GT_MASK_SUB_PATH, CUBDataset
 from bgmask.data.groups import Groups
 from bgmask.errors import ConfigError
@@ -47,12 +49,21 @@ class Relabelled(Dataset):
         return (*item, int(self.mapping[label]))
 
 
+@dataclass
+class GeneraOptions:
+    """The benchmark's own settings: each field is a flag (``--genera_image_sub_path``) and an args.yaml key."""
+
+    section: ClassVar[str] = "benchmark: cub_genera"
+    genera_image_sub_path: str = option("images", "image folder under data_path")
+
+
 @register
 class CUBGenera(Benchmark):
     name = "cub_genera"
     label = "CUB genera"
     summary = "CUB's images labelled by genus; groups are the species"
     selection = "test"
+    Options = GeneraOptions
 
     def check(self, cfg: TrainConfig, needs: DataNeeds) -> None:
         if needs.images != "original" or needs.masks == "predicted":
@@ -63,8 +74,9 @@ class CUBGenera(Benchmark):
         masks = GT_MASK_SUB_PATH if needs.masks else None
         train_tf, eval_tf = self.transforms(cfg, image_size, device_tail)
         genus, genus_names, species = genera(root)
-        train = Relabelled(CUBDataset(root, "train", "images", masks, transform=train_tf), genus)
-        test = CUBDataset(root, "test", "images", masks, transform=eval_tf)
+        images = self.options(cfg).genera_image_sub_path
+        train = Relabelled(CUBDataset(root, "train", images, masks, transform=train_tf), genus)
+        test = CUBDataset(root, "test", images, masks, transform=eval_tf)
         groups = Groups(test.labels, tuple(species))
         return BenchmarkData(train=train, eval_sets={"test": EvalSet(Relabelled(test, genus), groups)},
                              num_classes=len(genus_names), image_size=image_size, selection=self.selection,

@@ -1,8 +1,9 @@
 """What a benchmark is, and the registry that names them (the same shape as :mod:`bgmask.strategies`).
 
 A benchmark is one module: a :class:`Benchmark` subclass decorated with :func:`register`. It is the one place that
-knows a dataset's files. Given what the strategy asks for (:class:`DataNeeds`: original or masked images, masks or
-not) it builds
+knows a dataset's files, and it owns the settings that name them (``Options``: a dataclass whose fields become
+flags, as a strategy's do; the run reads them as ``cfg.benchmark_options``). Given what the strategy asks for
+(:class:`DataNeeds`: original or masked images, masks or not) it builds
 
 * the training split (and, with ``--train_split < 1``, a validation part of it),
 * a dict of named evaluation sets (:class:`EvalSet`), each with optional per-item groups (:class:`Groups`) from
@@ -49,6 +50,7 @@ class BenchmarkData:
     image_size: int
     selection: str  # the evaluation set scored every epoch and used for model selection
     selection_metric: str = "top1"  # what selects there: top1, or worst_group on a set with groups
+    score_all_each_time: bool = False  # score every evaluation set at each evaluation, not only at the end
     # The selection set is a validation split (not a test set): the run then reports every set with the weights of
     # the selected epoch (the last epoch's figures go to "last_epoch"), and DFR may fit on it.
     validation_selection: bool = False
@@ -58,10 +60,11 @@ class BenchmarkData:
     # The training split with the evaluation transform (no augmentation): DFR fits its feature scaler on it.
     train_plain: Dataset | None = None
 
-    def sets_to_score(self, final: bool, eval_mode: str, all_each_time: bool) -> dict[str, EvalSet]:
+    def sets_to_score(self, final: bool, eval_mode: str) -> dict[str, EvalSet]:
         """What an evaluation scores: every set at the end; before it, the selection set only (the validation part
-        with ``--eval_mode val``) unless ``all_each_time``."""
-        sets = self.eval_sets if final or all_each_time else {self.selection: self.eval_sets[self.selection]}
+        with ``--eval_mode val``) unless the benchmark scores all each time."""
+        each_time = self.score_all_each_time
+        sets = self.eval_sets if final or each_time else {self.selection: self.eval_sets[self.selection]}
         return {"val": EvalSet(self.val), **(self.eval_sets if final else {})} if eval_mode == "val" else sets
 
 
@@ -76,6 +79,14 @@ class Benchmark:
     # (std sqrt(2 / K): 0.1 for 200 classes); the group benchmarks have 2 classes (std 1.0), so they start their heads
     # as group_DRO, DFR and SubpopBench do (timm's trunc_normal_(0.02)).
     default_head_init: ClassVar[str] = "timm"
+    Options: ClassVar[type | None] = None  # a dataclass of this benchmark's settings (fields become flags)
+
+    def options(self, cfg: TrainConfig):
+        """This benchmark's settings in ``cfg`` (its ``Options``' defaults when the config holds none)."""
+        opts = cfg.benchmark_options
+        if self.Options is None:
+            return None
+        return opts if isinstance(opts, self.Options) else self.Options()
 
     def resolve(self, cfg: TrainConfig, needs: DataNeeds) -> TrainConfig:
         """Fill in settings whose default depends on what the strategy needs (e.g. the masked image folders)."""
@@ -120,7 +131,15 @@ def resolve_config(cfg: TrainConfig, benchmark: Benchmark, needs: DataNeeds) -> 
     """The settings whose default depends on the benchmark and the strategy: the folders the strategy's data needs
     (:meth:`Benchmark.resolve`, e.g. early masking's masked image folders) and ``--head_init auto``
     (:func:`resolve_head_init`). :func:`bgmask.run.trainer.run` calls it, so a config built in Python trains on what the
-    same command line would; resolving twice changes nothing."""
+    same command line would; resolving twice changes nothing. A config without this benchmark's options gets their
+    defaults (a config built in Python)."""
+    opts = benchmark.options(cfg)
+    if opts is not cfg.benchmark_options:
+        if cfg.benchmark_options is not None:
+            own = benchmark.Options.__name__ if benchmark.Options else "none"
+            raise ConfigError(f"the config holds {type(cfg.benchmark_options).__name__} settings; --dataset "
+                              f"{benchmark.name} takes {own}.")
+        cfg = dataclasses.replace(cfg, benchmark_options=opts)
     return resolve_head_init(benchmark.resolve(cfg, needs), benchmark)
 
 

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 from torch.utils.data import Subset
@@ -36,13 +38,53 @@ from bgmask.benchmarks.base import (
     selection_metric,
     split_train_val,
 )
-from bgmask.config import DataConfig, TrainConfig
+from bgmask.config import TrainConfig, option
 from bgmask.data.cub import GT_MASK_SUB_PATH, WATERBIRDS_SUB_PATH, CUBDataset, missing_folder_hint
 from bgmask.data.groups import Groups
 from bgmask.data.masks import MASK_FOLDERS
 from bgmask.errors import ConfigError, DatasetError
 
 IMAGE_FLAGS = ("image_sub_path_train", "image_sub_path_test", "ood_image_sub_path")
+
+
+@dataclass
+class WaterbirdsFolders:
+    """The Waterbirds folders under ``--data_path`` (the cub benchmark's OOD set, the waterbirds benchmark's data)."""
+
+    section: ClassVar[str] = "benchmark folders (cub, waterbirds)"
+    ood_image_sub_path: str = option(WATERBIRDS_SUB_PATH, "Waterbirds (OOD) image folder under data_path")
+    ood_mask_sub_path: str = option(MASK_FOLDERS[WATERBIRDS_SUB_PATH][0], "precomputed masks for the Waterbirds "
+                                                                          "images")
+
+
+@dataclass
+class CUBOptions(WaterbirdsFolders):
+    """The cub benchmark's settings: its folders, each relative to ``--data_path``, and its Waterbirds evaluation."""
+
+    section: ClassVar[str] = "benchmark: cub"
+    image_sub_path_train: str = option("images", "training image folder under data_path")
+    image_sub_path_test: str = option("images", "CUB test image folder under data_path")
+    mask_sub_path: str = option(MASK_FOLDERS["images"][0], "precomputed masks for the CUB images (same relative "
+                                                           "paths, .png), for strategies that load predicted masks")
+    skip_ood_eval: bool = option(False, "train and test without the Waterbirds evaluation (recorded in results.json); "
+                                        "without it a missing Waterbirds folder stops the run before training")
+    eval_ood_each_time: bool = option(False, "score Waterbirds at every evaluation, not only at the end")
+    diagnostics_mask_sub_path: str = option(GT_MASK_SUB_PATH, "bird masks for the diagnostics: CUB's segmentations/ "
+                                                             "(> 0 is bird) or a mask folder")
+
+
+def masked_folders(opts, needs: DataNeeds):
+    """Masked images: the image folders of ``opts`` left at their defaults switch to the masked folders of
+    generate_masks.py (explicit flags win)."""
+    if needs.images != "masked":
+        return opts
+    masked = {"images": MASK_FOLDERS["images"][1], WATERBIRDS_SUB_PATH: MASK_FOLDERS[WATERBIRDS_SUB_PATH][1]}
+    defaults, changes = type(opts)(), {}
+    for flag in (f.name for f in dataclasses.fields(opts) if f.name in IMAGE_FLAGS):
+        value = getattr(opts, flag)
+        if value == getattr(defaults, flag) and value in masked:
+            changes[flag] = masked[value]
+    return dataclasses.replace(opts, **changes)
 
 
 def waterbirds_groups(y, places, num_places: int | None = None,
@@ -65,18 +107,11 @@ class CUBWithWaterbirds(Benchmark):
     selection = "cub_test"
     default_head_init = "upstream"  # the paper's protocol: upstream's kaiming init (docs/fidelity.md)
 
+    Options = CUBOptions
+
     def resolve(self, cfg: TrainConfig, needs: DataNeeds) -> TrainConfig:
         """Masked images: image folders left at their defaults switch to the masked folders of generate_masks.py."""
-        if needs.images != "masked":
-            return cfg
-        masked = {"images": MASK_FOLDERS["images"][1], WATERBIRDS_SUB_PATH: MASK_FOLDERS[WATERBIRDS_SUB_PATH][1]}
-        defaults = DataConfig()
-        changes = {}
-        for flag in IMAGE_FLAGS:
-            value = getattr(cfg.data, flag)
-            if value == getattr(defaults, flag) and value in masked:
-                changes[flag] = masked[value]
-        return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **changes))
+        return dataclasses.replace(cfg, benchmark_options=masked_folders(self.options(cfg), needs))
 
     def check(self, cfg: TrainConfig, needs: DataNeeds) -> None:
         if not Path(cfg.data.data_path).is_dir():
@@ -85,13 +120,13 @@ class CUBWithWaterbirds(Benchmark):
 
     def folders(self, cfg: TrainConfig, needs: DataNeeds) -> tuple[tuple[str, str, str | None], tuple | None]:
         """(train, test, Waterbirds) image folders and mask folders (None: no masks)."""
-        data = cfg.data
-        images = (data.image_sub_path_train, data.image_sub_path_test, data.ood_image_sub_path)
+        opts: CUBOptions = self.options(cfg)
+        images = (opts.image_sub_path_train, opts.image_sub_path_test, opts.ood_image_sub_path)
         if needs.masks is None:
             return images, None
         if needs.masks == "ground_truth":
             return images, (GT_MASK_SUB_PATH,) * 3
-        return images, (data.mask_sub_path, data.mask_sub_path, data.ood_mask_sub_path)
+        return images, (opts.mask_sub_path, opts.mask_sub_path, opts.ood_mask_sub_path)
 
     def build(self, cfg: TrainConfig, needs: DataNeeds, image_size: int, device_tail: bool = False) -> BenchmarkData:
         """Train (+ validation part), CUB test and, unless skipped, Waterbirds.
@@ -101,7 +136,7 @@ class CUBWithWaterbirds(Benchmark):
         the training images come as uint8 :class:`~bgmask.data.transforms.RawImage` and
         ``BenchmarkData.train_tail`` finishes them on the device.
         """
-        data = cfg.data
+        data, opts = cfg.data, self.options(cfg)
         (train_dir, test_dir, ood_dir), masks = self.folders(cfg, needs)
         train_masks, test_masks, ood_masks = masks or (None, None, None)
         train_tf, eval_tf = self.transforms(cfg, image_size, device_tail)
@@ -111,7 +146,7 @@ class CUBWithWaterbirds(Benchmark):
             val = Subset(CUBDataset(data.data_path, "train", train_dir, train_masks, transform=eval_tf), val.indices)
         sets = {"cub_test": self.eval_set(CUBDataset(data.data_path, "test", test_dir, test_masks,
                                                      transform=eval_tf))}
-        if data.skip_ood_eval:
+        if opts.skip_ood_eval:
             warnings.warn("Waterbirds (OOD) evaluation is skipped (--skip_ood_eval); results.json records it.",
                           stacklevel=2)
         else:
@@ -120,7 +155,7 @@ class CUBWithWaterbirds(Benchmark):
                 sets["waterbirds"] = self.eval_set(waterbirds, waterbirds=True)
         return BenchmarkData(train=train, eval_sets=sets, num_classes=full_train.num_classes, image_size=image_size,
                              selection=self.selection, selection_metric=selection_metric(cfg, grouped=False), val=val,
-                             train_tail=train_tf.device_tail)
+                             train_tail=train_tf.device_tail, score_all_each_time=opts.eval_ood_each_time)
 
     @staticmethod
     def eval_set(ds: CUBDataset, waterbirds: bool = False) -> EvalSet:
@@ -131,7 +166,7 @@ class CUBWithWaterbirds(Benchmark):
         return EvalSet(ds, groups, notes)
 
     def diagnostics_images(self, cfg: TrainConfig):
-        root, sub = Path(cfg.data.data_path), cfg.diagnostics.diagnostics_mask_sub_path
+        root, sub = Path(cfg.data.data_path), self.options(cfg).diagnostics_mask_sub_path
         if not (root / sub).is_dir():
             warnings.warn(f"background diagnostics skipped: no bird masks in {root / sub}. "
                           f"{missing_folder_hint(root, sub)}", stacklevel=2)
@@ -139,8 +174,9 @@ class CUBWithWaterbirds(Benchmark):
         return CUBDataset(root, "test", "images", sub, transform=None, mask_threshold=None)
 
     def results_info(self, cfg: TrainConfig, needs: DataNeeds) -> dict:
-        info = {flag: getattr(cfg.data, flag) for flag in IMAGE_FLAGS} if needs.masks is None else {}
-        return {**info, **({"waterbirds": {"skipped": "--skip_ood_eval"}} if cfg.data.skip_ood_eval else {})}
+        opts = self.options(cfg)
+        info = {flag: getattr(opts, flag) for flag in IMAGE_FLAGS} if needs.masks is None else {}
+        return {**info, **({"waterbirds": {"skipped": "--skip_ood_eval"}} if opts.skip_ood_eval else {})}
 
 
 def waterbirds_data(data_path: str, ood_sub: str | None, ood_masks: str | None, eval_tf) -> CUBDataset | None:

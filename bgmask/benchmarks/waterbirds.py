@@ -16,10 +16,11 @@ CUB position).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from bgmask.benchmarks.base import Benchmark, BenchmarkData, DataNeeds, EvalSet, register, selection_metric
-from bgmask.benchmarks.cub import CUBWithWaterbirds, waterbirds_groups
+from bgmask.benchmarks.cub import WaterbirdsFolders, masked_folders, waterbirds_groups
 from bgmask.config import TrainConfig
 from bgmask.data.cub import GT_MASK_SUB_PATH, WATERBIRDS_SUB_PATH, WaterbirdsMetadata, mask_path_for
 from bgmask.data.groups import Groups
@@ -34,19 +35,19 @@ class WaterbirdsLayout:
     """Where the Waterbirds images, metadata and masks of a run are, and the split table."""
 
     def __init__(self, cfg: TrainConfig, needs: DataNeeds):
-        root = Path(cfg.data.data_path)
+        root, folders = Path(cfg.data.data_path), Waterbirds().options(cfg)
         if (root / "metadata.csv").is_file() and not (root / "images.txt").is_file():
             # --data_path is the Waterbirds folder itself; masked images are its masked twin beside it
             root, image_dir = root.parent, root
             self.original_dir = image_dir
             if needs.images == "masked":
-                image_dir = root / cfg.data.ood_image_sub_path
+                image_dir = root / folders.ood_image_sub_path
                 if not (image_dir / "metadata.csv").is_file():
                     raise DatasetError(f"masked Waterbirds images are read from {image_dir} (--ood_image_sub_path), "
                                        f"which holds no metadata.csv; write it with mmsegmentation/tools/"
                                        f"generate_masks.py, or pass --ood_image_sub_path.")
         else:
-            image_dir = root / cfg.data.ood_image_sub_path
+            image_dir = root / folders.ood_image_sub_path
             self.original_dir = root / WATERBIRDS_SUB_PATH if (root / WATERBIRDS_SUB_PATH).is_dir() else image_dir
         self.root, self.image_dir = root, image_dir
         original = image_dir if (image_dir / "metadata.csv").is_file() else root / WATERBIRDS_SUB_PATH
@@ -60,7 +61,7 @@ class WaterbirdsLayout:
         if needs.masks == "ground_truth":
             self.mask_dir = root / GT_MASK_SUB_PATH
         elif needs.masks == "predicted":
-            self.mask_dir = root / cfg.data.ood_mask_sub_path
+            self.mask_dir = root / folders.ood_mask_sub_path
         else:
             self.mask_dir = None
         self.rows = {split: sorted(p for p, s in self.metadata.split.items() if s == k) for split, k in SPLITS.items()}
@@ -115,16 +116,16 @@ class Waterbirds(Benchmark):
     label = "Waterbirds (group_DRO protocol)"
     summary = "2 classes on Waterbirds' own splits, selected and reported by worst group"
     selection = "val"
+    Options = WaterbirdsFolders
 
     def resolve(self, cfg: TrainConfig, needs: DataNeeds) -> TrainConfig:
-        return CUBWithWaterbirds().resolve(cfg, needs)  # masked images: the masked Waterbirds folder by default
+        """Masked images: the masked Waterbirds folder by default (as the cub benchmark's)."""
+        return dataclasses.replace(cfg, benchmark_options=masked_folders(self.options(cfg), needs))
 
     def check(self, cfg: TrainConfig, needs: DataNeeds) -> None:
         if cfg.data.train_split < 1 or cfg.data.eval_mode == "val":
             raise ConfigError("--dataset waterbirds selects on the release's own validation split (1): leave "
                               "--train_split and --eval_mode at their defaults.")
-        if cfg.data.skip_ood_eval:
-            raise ConfigError("--skip_ood_eval is for the cub benchmark; --dataset waterbirds has no OOD set to skip.")
         WaterbirdsLayout(cfg, needs).check_files()
 
     def build(self, cfg: TrainConfig, needs: DataNeeds, image_size: int, device_tail: bool = False) -> BenchmarkData:

@@ -60,6 +60,14 @@ class ProbeHeads(nn.Module):
         for p in trained_norm:
             p.requires_grad_(False)
 
+    @classmethod
+    def around(cls, model: nn.Module, heads: list[str], num_classes: int) -> ProbeHeads:
+        """Probe heads on a strategy's model: its classifier's frozen backbone and, for the late heads, its rule of
+        how masks reach the feature grid (a late-masked model's ``to_grid``; nearest-exact for any other model)."""
+        if isinstance(model, LateMaskedClassifier):
+            return cls(model.classifier, heads, num_classes, to_grid=model.to_grid)
+        return cls(model, heads, num_classes)
+
     def new_parameters(self) -> list[nn.Parameter]:
         return list(self.probes.parameters()) + (list(self.pools.parameters()) if self.pools is not None else [])
 

@@ -231,7 +231,7 @@ class EpochLoop:
         if done % cfg.run.eval_every == 0 or done == cfg.optim.epochs:
             # Before the end only the selection set is scored (the paper's runs would otherwise spend most of their
             # compute on evaluation); every set at the end.
-            sets = self.data.sets_to_score(done == cfg.optim.epochs, cfg.data.eval_mode, cfg.run.eval_ood_each_time)
+            sets = self.data.sets_to_score(done == cfg.optim.epochs, cfg.data.eval_mode)
             per_head = evaluate_heads(self.session, self.model, sets)
             every_head = reports_every_head(cfg)
             metrics, first = results_layout(per_head, every_head), next(iter(per_head.values()))

@@ -62,11 +62,10 @@ def build_model(session: Session, strategy: Strategy, num_classes: int, image_si
     if info.is_main:
         print(f"weights: {weights['source']}" + (f" ({weights['location']})" if weights["location"] else "")
               + (f", resampled: {weights['resampled']}" if weights["resampled"] else ""), flush=True)
-    if session.cfg.model.probe_heads is not None:
-        model = ProbeHeads(classifier, parse_heads(session.cfg.model.probe_heads), num_classes,
-                           to_grid=strategy.mask_grid(session.cfg)).to(info.device)
-    else:
-        model = strategy.wrap_model(session.cfg, classifier).to(info.device)
+    model = strategy.wrap_model(session.cfg, classifier)
+    if session.cfg.model.probe_heads is not None:  # the heads read the strategy's model's backbone and mask rule
+        model = ProbeHeads.around(model, parse_heads(session.cfg.model.probe_heads), num_classes)
+    model = model.to(info.device)
     if info.distributed and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         if info.device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)

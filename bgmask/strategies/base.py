@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, ClassVar
 from torch import nn
 
 from bgmask.data.needs import DataNeeds
-from bgmask.models.masking import NEAREST, MaskGrid
 from bgmask.registry import Registry
 
 if TYPE_CHECKING:
@@ -70,10 +69,6 @@ class Strategy:
         returns a module with ``needs_groups = True`` (the batches then carry each image's training group). Default:
         the loss every strategy shares (:mod:`bgmask.losses`)."""
         return loss
-
-    def mask_grid(self, cfg: TrainConfig) -> MaskGrid:
-        """How masks reach a feature grid, for the late probe heads of a ``--probe_heads`` run (nearest-exact)."""
-        return NEAREST
 
     def results_info(self, cfg: TrainConfig) -> dict:
         """Extra keys for results.json (e.g. where the masks came from)."""

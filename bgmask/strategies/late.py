@@ -67,7 +67,7 @@ class LateMasking(Strategy):
                     raise ConfigError(f"--mask_source segmenter needs --{flag} pointing at an existing file "
                                       f"(got {value!r}).")
         try:
-            self.mask_grid(cfg)
+            self._mask_grid(cfg)
         except ValueError as e:
             raise ConfigError(f"--mask_downsample/--mask_area_threshold: {e}.") from None
         if opts.fm_blocks_after_mask < 0 or (opts.fm_second_last_block and opts.fm_blocks_after_mask not in (0, 1)):
@@ -101,7 +101,7 @@ class LateMasking(Strategy):
 
             provider = SegmenterMaskProvider(opts.seg_model_config_path, opts.seg_model_checkpoint_path)
         return LateMaskedClassifier(classifier, masked_mean=opts.masked_mean, mask_provider=provider,
-                                    to_grid=self.mask_grid(cfg), after=self.blocks_after_mask(cfg))
+                                    to_grid=self._mask_grid(cfg), after=self.blocks_after_mask(cfg))
 
     @staticmethod
     def blocks_after_mask(cfg: TrainConfig) -> int:
@@ -109,7 +109,7 @@ class LateMasking(Strategy):
         opts: LateOptions = cfg.strategy_options
         return 1 if opts.fm_second_last_block else opts.fm_blocks_after_mask
 
-    def mask_grid(self, cfg: TrainConfig) -> MaskGrid:
+    def _mask_grid(self, cfg: TrainConfig) -> MaskGrid:
         opts: LateOptions = cfg.strategy_options
         return MaskGrid(opts.mask_downsample, opts.mask_area_threshold)
 
