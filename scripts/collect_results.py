@@ -16,9 +16,8 @@ from pathlib import Path
 
 from bgmask.argparsing import parser_from_doc
 from bgmask.reporting.claims import group_claims, load_spread, number, paper_claims, write_claims
-from bgmask.reporting.group_results import is_group_protocol, load_group_run
 from bgmask.reporting.outputs import write_group_outputs, write_outputs
-from bgmask.reporting.results import load_runs
+from bgmask.reporting.runs import in_paper_table, load_runs
 
 DEFAULT_SPREAD = Path(__file__).resolve().parents[1] / "docs" / "seed_spread.json"
 
@@ -31,17 +30,16 @@ def main(argv=None) -> int:
     p.add_argument("--seed_spread", default=str(DEFAULT_SPREAD),
                    help="seed spread per regime for single-seed verdicts (default: %(default)s; none: no file)")
     args = p.parse_args(argv)
-    runs, group_runs, skipped = [], [], []
+    entries, skipped = [], []
     for run_dir in args.run_dirs:
         if not Path(run_dir).is_dir():
             continue
         try:
-            if is_group_protocol(run_dir):
-                group_runs.append(load_group_run(run_dir))
-            else:
-                runs.extend(load_runs(run_dir))
+            entries.extend(load_runs(run_dir))
         except FileNotFoundError as e:
             skipped.append(str(e))
+    runs = [r for r in entries if in_paper_table(r)]  # scored on CUB's test set: the paper's table
+    group_runs = [r for r in entries if not in_paper_table(r)]
     for message in skipped:
         print(f"warning: skipped {message}", file=sys.stderr)
     if not runs and not group_runs:

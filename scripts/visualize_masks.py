@@ -14,7 +14,7 @@ from bgmask.data.cub import WATERBIRDS_SUB_PATH, CUBIndex, load_rgb, mask_path_f
 from bgmask.data.masks import MASK_FOLDERS
 from bgmask.errors import DatasetError
 from bgmask.reporting.figures import data_note, strategy_colour
-from bgmask.reporting.results import is_synthetic_cub
+from bgmask.reporting.runs import is_synthetic_cub
 
 
 def main(argv=None) -> int:

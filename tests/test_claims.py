@@ -22,7 +22,7 @@ from bgmask.reporting.claims import (
     load_spread,
     paper_claims,
 )
-from bgmask.reporting.results import load_runs
+from bgmask.reporting.runs import load_runs
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,9 +13,8 @@ import yaml
 
 from bgmask.reporting.figures import diagnostics_plan, group_plan, results_plan, strategy_colour
 from bgmask.reporting.gallery import gallery_plan
-from bgmask.reporting.group_results import GroupRunResult
 from bgmask.reporting.outputs import write_group_outputs, write_outputs
-from bgmask.reporting.results import is_synthetic_cub, load_runs, weights_label
+from bgmask.reporting.runs import RunResult, is_synthetic_cub, load_runs, weights_label
 from tests.test_results import fake_run
 
 VIEWS = ("only_fg", "only_bg_b", "only_bg_t", "mixed_same", "mixed_rand")
@@ -51,8 +50,8 @@ def group_run(masking, seed=0, balance="", synthetic=False, worst=0.0):
     groups = {f"y{c}_place{p}": {"top1": 50.0, "num_images": 10, "correct": 5} for c in (0, 1) for p in (0, 1)}
     test = {"groups": groups, "worst_group": worst, "adjusted_average": 60.0, "average": 55.0,
             "intervals": {"worst_group": (0.0, 27.8), "adjusted_average": (40.0, 78.0), "average": (35.0, 73.0)}}
-    return GroupRunResult(f"missing/{masking}{balance}{seed}", "waterbirds", "convnext_atto", "-", "frozen", masking,
-                          seed, {"test": test}, {}, balance, None, synthetic, "random init")
+    return RunResult(f"missing/{masking}{balance}{seed}", "convnext_atto", "frozen", "-", masking, {"test": test},
+                     dataset="waterbirds", seed=seed, balance=balance, synthetic=synthetic, weights="random init")
 
 
 def all_titles(plan) -> str:

@@ -19,7 +19,8 @@ from bgmask.data.sampling import WeightedResumableSampler, balancing_weights
 from bgmask.data.synthetic import SyntheticConfig, generate
 from bgmask.losses import GroupDROLoss, TrainingLoss, balanced_class_weights
 from bgmask.models import ModelSpec, create_classifier
-from bgmask.reporting.group_results import GroupRunResult, collapsed_onto, constant_predictor, group_table
+from bgmask.reporting.group_results import collapsed_onto, constant_predictor, group_table
+from bgmask.reporting.runs import RunResult
 from bgmask.selection import ZERO_WORST_GROUP_NOTE, is_better, selection_key, selection_note
 from bgmask.strategies import dfr
 from tests.test_classifier import train_argv
@@ -268,8 +269,8 @@ def test_constant_predictor_and_collapsed_marking():
     const = constant_predictor(collapsed, 0, {"y0_place0": 70, "y0_place1": 10, "y1_place0": 5, "y1_place1": 15})
     assert const["worst_group"] == 0.0 and const["average"] == pytest.approx(100 * 100 / 160)
     assert const["adjusted_average"] == pytest.approx(80.0)
-    runs = [GroupRunResult(f"r{s}", "waterbirds", "convnext_atto", "-", "frozen", "none", s,
-                           {"test": m}, {"epoch": 3, "selected_on": "val", "worst_group": 10.0})
+    runs = [RunResult(f"r{s}", "convnext_atto", "frozen", "-", "none", {"test": m}, dataset="waterbirds", seed=s,
+                      best={"epoch": 3, "selected_on": "val", "worst_group": 10.0})
             for s, m in enumerate((collapsed, working))]
     header, table = group_table(runs)
     col = header.index("collapsed")

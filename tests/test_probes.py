@@ -10,7 +10,8 @@ import torch
 from bgmask.checkpoint import load_checkpoint
 from bgmask.models.backbones import TokenAdapter
 from bgmask.models.heads import head_errors, parse_heads
-from bgmask.reporting.results import build_table, load_runs
+from bgmask.reporting.results import build_table
+from bgmask.reporting.runs import load_runs
 from early_masking_and_baseline.train import main as early_main
 from late_masking.train import main as late_main
 

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from bgmask.reporting.outputs import write_outputs
-from bgmask.reporting.results import accuracy, build_table, load_run, wilson_interval
+from bgmask.reporting.results import accuracy, build_table, wilson_interval
+from bgmask.reporting.runs import in_paper_table, load_run
 
 
 def fake_run(tmp_path, name, masking="none", seed=0, cub=(300, 400), wb=(100, 400), arch="convnext_atto",
@@ -77,3 +78,31 @@ def test_late_masking_with_area_downsampling_is_its_own_column(tmp_path):
     row = dict(zip(header, table[0]))
     assert row["late masking (second-last) CUB"].startswith("70.0")
     assert row["late masking (second-last, area) CUB"].startswith("75.0")
+
+
+def test_one_reader_for_every_benchmark_keys_each_entry_by_its_evaluation_sets(tmp_path):
+    """A paper run and a group-protocol run are read by the same function into the same entry type, each with its
+    evaluation sets by name; the paper's table takes the runs scored on cub_test, the group table the others."""
+    paper = load_run(fake_run(tmp_path, "cub", wb=(100, 400), dataset="cub", best={"epoch": 2, "top1": 75.0},
+                              weights={"source": "none", "location": None, "resampled": None}))
+    groups = {"y0_place0": {"top1": 90.0, "correct": 9, "num_images": 10},
+              "y1_place0": {"top1": 20.0, "correct": 2, "num_images": 10}}
+    grouped = {"top1": 55.0, "correct": 11, "num_images": 20, "groups": groups, "worst_group": 20.0,
+               "average": 55.0, "adjusted_average": 80.0}
+    run = tmp_path / "wb"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps({
+        "model_arch": "convnext_atto", "masking": "none", "dataset": "waterbirds", "val": grouped, "test": grouped,
+        "best": {"epoch": 3, "selected_on": "val", "worst_group": 20.0}, "last_epoch": {"test": grouped},
+        "train_group_sizes": {"y0_place0": 10, "y1_place0": 1}, "weights": {"source": "none"}}))
+    (run / "args.yaml").write_text(yaml.safe_dump({"seed": 1, "class_balance": "sampler"}))
+    group = load_run(run)
+    assert type(paper) is type(group)
+    assert set(paper.sets) == {"cub_test", "waterbirds"} and set(group.sets) == {"val", "test"}
+    assert in_paper_table(paper) and not in_paper_table(group)
+    # keyed by the sets, not the benchmark's name: a user's benchmark scored on cub_test joins the paper's table
+    assert in_paper_table(load_run(fake_run(tmp_path, "own", dataset="cub_subset")))
+    assert (paper.cub_top1, paper.cub_correct, paper.wb_top1, paper.wb_images) == (75.0, 300, 25.0, 400)
+    assert group.figure("worst_group") == 20.0 and group.figure("adjusted_average", "val") == 80.0
+    assert group.block == ("waterbirds", "convnext_atto", "-", "from scratch") and group.seed == 1
+    assert group.label == "baseline + class-balanced sampler" and group.best["selected_on"] == "val"

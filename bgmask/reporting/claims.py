@@ -285,7 +285,7 @@ def group_claims(group_runs) -> list[Evidence]:
 
     blocks: dict[tuple, dict[str, list]] = {}
     for r in sorted(group_runs, key=table_order):
-        blocks.setdefault(r.row_key, {}).setdefault(r.label, []).append(r)
+        blocks.setdefault(r.block, {}).setdefault(r.label, []).append(r)
     evidence = []
     for (dataset, arch, _head, regime), methods in blocks.items():
         base_label = next((label for label, rs in methods.items() if rs[0].masking == "none" and not rs[0].balance),

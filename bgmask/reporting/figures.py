@@ -16,13 +16,13 @@ from bgmask.data.groups import wilson_interval
 from bgmask.diagnostics import VIEWS
 from bgmask.reporting.group_results import (
     GROUP_FIGURES,
-    GroupRunResult,
     chance,
     collapsed_onto,
     group_class,
     reference_rows,
 )
-from bgmask.reporting.results import RunResult, accuracy, column_label, group_cells, strategy_columns
+from bgmask.reporting.results import accuracy, column_label, group_cells, strategy_columns
+from bgmask.reporting.runs import RunResult
 
 # ----------------------------------------------------------------------------------- one colour per strategy
 STRATEGY_COLOURS = {
@@ -62,7 +62,7 @@ def _shade(colour: str, factor: float) -> str:
     return "#" + "".join(f"{min(255, round(c)):02x}" for c in rgb)
 
 
-def group_key(run: GroupRunResult) -> str:
+def group_key(run: RunResult) -> str:
     """A group run's strategy key: its strategy, ``+`` the imbalance options it trained with."""
     return f"{run.masking}+{run.balance}" if run.balance else run.masking
 
@@ -219,14 +219,14 @@ def _view_top1(cell: list[RunResult], view: str) -> tuple[float, tuple[float, fl
     return values[0], _wilson(correct, total, values[0])
 
 
-def group_plan(runs: list[GroupRunResult]) -> FigurePlan:
+def group_plan(runs: list[RunResult]) -> FigurePlan:
     """group_results.png: per dataset/architecture/head/regime, each strategy's worst group (solid), adjusted
     average (hatched) and average (dotted) in the strategy's colour, baseline first; the mean over seeds with the
     min–max as error bars, or one run's Wilson intervals; runs collapsed onto one class outlined in black."""
     every = [r.synthetic for r in runs]
     panels = []
-    for key in sorted({r.row_key for r in runs}):
-        block = [r for r in runs if r.row_key == key]
+    for key in sorted({r.block for r in runs}):
+        block = [r for r in runs if r.block == key]
         keys = sorted({group_key(r) for r in block}, key=strategy_rank)
         width = 0.8 / len(GROUP_FIGURES)
         bars, notes, seeds = [], [], 1

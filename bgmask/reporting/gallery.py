@@ -17,7 +17,8 @@ import numpy as np
 
 from bgmask.diagnostics import gallery_path
 from bgmask.reporting.figures import arch_name, data_note, strategy_colour
-from bgmask.reporting.results import RunResult, column_label, strategy_columns
+from bgmask.reporting.results import column_label, strategy_columns
+from bgmask.reporting.runs import RunResult
 
 CELL_INCHES = 1.6  # at the saved 100 dpi: 160 px per image
 MAX_IMAGES = 6

@@ -11,92 +11,16 @@ their seed get a summary row: the mean and the min–max across seeds.
 from __future__ import annotations
 
 import json
-import os
 import re
 import statistics
-from dataclasses import dataclass
 from pathlib import Path
 
 from bgmask import strategies
 from bgmask.data.groups import wilson_interval
-from bgmask.reporting.results import (
-    _data_root,
-    _fmt,
-    _head_of,
-    _regime_of,
-    is_synthetic_cub,
-    to_markdown,
-    weights_label,
-)
+from bgmask.reporting.results import _fmt, to_markdown
+from bgmask.reporting.runs import RunResult
 
 GROUP_FIGURES = ("worst_group", "adjusted_average", "average")
-
-
-@dataclass(frozen=True)
-class GroupRunResult:
-    """A run of a group-robustness benchmark (``--dataset waterbirds`` or ``csv``): its evaluation sets' metrics."""
-
-    run_dir: str
-    dataset: str
-    model_arch: str
-    head: str
-    regime: str
-    masking: str
-    seed: int | None
-    sets: dict  # {set name: metrics with groups, worst_group, average, adjusted_average, intervals}
-    best: dict
-    balance: str = ""  # the imbalance options the run used ("class-balanced sampler", "group reweighting")
-    last_epoch: dict | None = None  # the last epoch's sets when the selected epoch is reported
-    synthetic: bool = False  # the data is the synthetic benchmark (bgmask.reporting.results.is_synthetic_cub)
-    weights: str = "random init"  # where the backbone's weights came from (results.weights_label)
-
-    @property
-    def row_key(self) -> tuple[str, str, str, str]:
-        return self.dataset, self.model_arch, self.head, self.regime
-
-    @property
-    def label(self) -> str:
-        name = strategies.label(self.masking)
-        return f"{name} + {self.balance}" if self.balance else name
-
-    def figure(self, name: str, split: str = "test") -> float | None:
-        return self.sets.get(split, {}).get(name)
-
-
-def is_group_protocol(run_dir: str | os.PathLike) -> bool:
-    """Whether a finished run is of a group-robustness benchmark (not the paper's CUB + Waterbirds one)."""
-    path = Path(run_dir) / "results.json"
-    return path.is_file() and json.loads(path.read_text()).get("dataset", "cub") != "cub"
-
-
-def balance_of(args: dict) -> str:
-    parts = []
-    if args.get("class_balance", "none") not in ("none", None):
-        parts.append(f"class-balanced {args['class_balance']}")
-    if args.get("reweight_groups"):
-        parts.append("group reweighting")
-    return ", ".join(parts)
-
-
-def load_group_run(run_dir: str | os.PathLike) -> GroupRunResult:
-    run_dir = Path(run_dir)
-    results = json.loads((run_dir / "results.json").read_text())
-    args = {}
-    if (run_dir / "args.yaml").is_file():
-        import yaml
-
-        args = yaml.safe_load((run_dir / "args.yaml").read_text()) or {}
-    sets = {name: m for name, m in results.items() if isinstance(m, dict) and "worst_group" in m}
-    model_args = args
-    source = Path(args["dfr_from"]) / "args.yaml" if args.get("dfr_from") else None
-    if source is not None and source.is_file():  # DFR stands in the block of the model it refits
-        import yaml
-
-        model_args = yaml.safe_load(source.read_text()) or {}
-    return GroupRunResult(str(run_dir), results["dataset"], results["model_arch"], _head_of(args, results),
-                          _regime_of(model_args), results["masking"], args.get("seed"), sets, results.get("best", {}),
-                          balance_of(args), results.get("last_epoch"), is_synthetic_cub(_data_root(args, run_dir)),
-                          weights_label(model_args))
 
 
 # ------------------------------------------------------------------------------------------- reference rows
@@ -150,7 +74,7 @@ def collapsed_onto(metrics: dict, classes: list[int]) -> int | None:
     return None
 
 
-def train_sizes_of(run: GroupRunResult) -> dict[str, int] | None:
+def train_sizes_of(run: RunResult) -> dict[str, int] | None:
     path = Path(run.run_dir) / "results.json"
     sizes = json.loads(path.read_text()).get("train_group_sizes") if path.is_file() else None
     return {str(k): int(v) for k, v in sizes.items()} if sizes else None
@@ -161,13 +85,13 @@ def _cell(value: float | None, interval=None) -> str:
     return _fmt(value) + (f" [{interval[0]:.1f}, {interval[1]:.1f}]" if interval else "")
 
 
-def table_order(r: GroupRunResult) -> tuple:
+def table_order(r: RunResult) -> tuple:
     """The group table's order of runs: block, strategy (registry order), imbalance options, seed."""
     order = strategies.names()
-    return r.row_key, order.index(r.masking) if r.masking in order else 99, r.balance, r.seed or 0
+    return r.block, order.index(r.masking) if r.masking in order else 99, r.balance, r.seed or 0
 
 
-def group_table(runs: list[GroupRunResult], split: str = "test") -> tuple[list[str], list[list[str]]]:
+def group_table(runs: list[RunResult], split: str = "test") -> tuple[list[str], list[list[str]]]:
     """Per block: the reference rows, then one row per run (the ``split`` set's worst group, adjusted average and
     average with their 95 % Wilson intervals, the last epoch's worst group, the selection and the selected epoch,
     ``collapsed`` when a constant predictor explains it), then per strategy with several seeds their mean and
@@ -176,8 +100,8 @@ def group_table(runs: list[GroupRunResult], split: str = "test") -> tuple[list[s
               *(f"{split} {f.replace('_', ' ')}" for f in GROUP_FIGURES), f"{split} worst group, last epoch",
               "selection", "epoch", "collapsed"]
     table = []
-    for key in sorted({r.row_key for r in runs}):
-        block = sorted((r for r in runs if r.row_key == key), key=table_order)
+    for key in sorted({r.block for r in runs}):
+        block = sorted((r for r in runs if r.block == key), key=table_order)
         table += reference_rows(key, block[0], split)
         for r in block:
             table.append(run_row(r, split))
@@ -189,7 +113,7 @@ def group_table(runs: list[GroupRunResult], split: str = "test") -> tuple[list[s
     return header, table
 
 
-def reference_rows(key: tuple, run: GroupRunResult, split: str) -> list[list[str]]:
+def reference_rows(key: tuple, run: RunResult, split: str) -> list[list[str]]:
     metrics = run.sets.get(split)
     if not metrics or not metrics.get("groups"):
         return []
@@ -203,7 +127,7 @@ def reference_rows(key: tuple, run: GroupRunResult, split: str) -> list[list[str
             [*key, f"chance (1/{len(classes)})", "–", *(_fmt(rand[f]) for f in GROUP_FIGURES), *blank]]
 
 
-def run_row(r: GroupRunResult, split: str) -> list[str]:
+def run_row(r: RunResult, split: str) -> list[str]:
     m = r.sets.get(split, {})
     cells = [_cell(m.get(f), (m.get("intervals") or {}).get(f)) for f in GROUP_FIGURES]
     last = (r.last_epoch or {}).get(split, {}).get("worst_group") if r.last_epoch else m.get("worst_group")
@@ -216,11 +140,11 @@ def run_row(r: GroupRunResult, split: str) -> list[str]:
         selection += " (tie-broken)"
     classes = sorted({group_class(g) for g in m.get("groups", {})})
     onto = collapsed_onto(m, classes) if classes else None
-    return [*r.row_key, r.label, str(r.seed), *cells, _fmt(last), selection, str(r.best.get("epoch", "–")),
+    return [*r.block, r.label, str(r.seed), *cells, _fmt(last), selection, str(r.best.get("epoch", "–")),
             "–" if onto is None else f"collapsed (class {onto})"]
 
 
-def seed_summary_row(key: tuple, label: str, runs: list[GroupRunResult], split: str) -> list[str]:
+def seed_summary_row(key: tuple, label: str, runs: list[RunResult], split: str) -> list[str]:
     cells = []
     for f in GROUP_FIGURES:
         values = [r.figure(f, split) for r in runs if r.figure(f, split) is not None]
@@ -229,7 +153,7 @@ def seed_summary_row(key: tuple, label: str, runs: list[GroupRunResult], split: 
     return [*key, label, f"mean of {len(runs)}", *cells, "–", "–", "–", f"{collapsed}/{len(runs)} collapsed"]
 
 
-def group_markdown(runs: list[GroupRunResult]) -> str:
+def group_markdown(runs: list[RunResult]) -> str:
     header, table = group_table(runs)
     return ("Group protocol (group_DRO): top-1 (%) on the test split: the worst (y, attribute) group, the adjusted "
             "average (each group's accuracy weighted by its size in training, as group_DRO / WILDS / DFR report it) "

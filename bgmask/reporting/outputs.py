@@ -10,8 +10,15 @@ from pathlib import Path
 
 from bgmask.reporting.figures import diagnostics_plan, draw, group_plan, results_plan
 from bgmask.reporting.gallery import plot_attribution_gallery
-from bgmask.reporting.group_results import GroupRunResult, group_markdown, group_table
-from bgmask.reporting.results import Accuracy, RunResult, accuracy, build_table, diagnostics_table, to_markdown
+from bgmask.reporting.group_results import group_markdown, group_table
+from bgmask.reporting.results import Accuracy, accuracy, build_table, diagnostics_table, to_markdown
+from bgmask.reporting.runs import RunResult
+
+# The keys of an entry in OUT/results.json (the paper table's runs), in this order.
+TABLE_ENTRY = ("run_dir", "model_arch", "regime", "head", "masking", "mask_source", "cub_top1", "cub_images", "wb_top1",
+               "wb_images", "wb_worst_group", "cub_correct", "wb_correct", "seed", "diagnostics", "data_path",
+               "image_size", "variant", "has_gallery", "wb_worst_counts", "mask_downsample", "num_classes",
+               "synthetic", "weights", "probe_head")
 
 
 def write_outputs(runs: list[RunResult], out_dir: str | os.PathLike, note: str = "") -> dict[str, Path]:
@@ -32,7 +39,7 @@ def write_outputs(runs: list[RunResult], out_dir: str | os.PathLike, note: str =
         writer.writerow(header)
         writer.writerows(table)
     paths["json"].write_text(json.dumps(
-        [r.__dict__ | {"ood_gap": r.ood_gap, "cub_interval": accuracy([r], "cub").__dict__,
+        [{k: getattr(r, k) for k in TABLE_ENTRY} | {"ood_gap": r.ood_gap, "cub_interval": accuracy([r], "cub").__dict__,
                        "wb_interval": (accuracy([r], "wb") or Accuracy(float("nan"))).__dict__} for r in runs],
         indent=2) + "\n")
     draw(results_plan(runs), paths["png"])
@@ -51,7 +58,7 @@ def write_outputs(runs: list[RunResult], out_dir: str | os.PathLike, note: str =
     return paths
 
 
-def write_group_outputs(runs: list[GroupRunResult], out_dir: str | os.PathLike) -> dict[str, Path]:
+def write_group_outputs(runs: list[RunResult], out_dir: str | os.PathLike) -> dict[str, Path]:
     """The group-protocol table (group_results.md / .csv) and its figure (group_results.png)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from bgmask.reporting.claims import Measure, compare, number, write_claims
-from bgmask.reporting.results import load_runs
+from bgmask.reporting.runs import load_runs
 
 GRIDS = {"last": "2x2", "second_last": "4x4", "third_last": "8x8"}  # ConvNeXt-atto at 64 px
 CLAIM_WB = "5. At one input size, late masking beats the baseline on Waterbirds (grid varied alone)"

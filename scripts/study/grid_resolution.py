@@ -29,7 +29,7 @@ from bgmask.data.transforms import build_eval_transform
 from bgmask.models.masking import NEAREST, MaskGrid, grid_fractions, grid_statistics
 from bgmask.reporting.claims import Measure, compare, compare_change, load_spread, number, write_claims
 from bgmask.reporting.figures import data_note, strategy_colour
-from bgmask.reporting.results import RunResult, is_synthetic_cub, load_runs
+from bgmask.reporting.runs import RunResult, is_synthetic_cub, load_runs
 
 # The study's backbones: the masked map's stride (input pixels per feature) and a label.
 BACKBONES = {"convnext_atto": (16, "ConvNeXt-atto (second-last stage)"), "vit_small_patch14_dinov2": (14, "ViT-S/14")}

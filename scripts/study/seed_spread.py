@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from bgmask.reporting.claims import SEED_RULE, seed_spread
-from bgmask.reporting.results import load_runs
+from bgmask.reporting.runs import load_runs
 
 
 def main(argv=None) -> int:
