@@ -18,10 +18,10 @@ from pathlib import Path
 import yaml
 
 from bgmask import benchmarks, strategies
-from bgmask.argparsing import BoolFlag, parser_from_doc, plain
 from bgmask.config import GROUPS, TrainConfig
 from bgmask.errors import BgmaskError, ConfigError, ConfigFileError
-from bgmask.run.trainer import run
+from bgmask.infra.argparsing import BoolFlag, parser_from_doc, plain
+from bgmask.run.pipeline import run
 
 BASE_KEY = "_base_"
 

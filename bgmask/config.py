@@ -88,7 +88,7 @@ class ModelConfig:
     def spec(self, num_classes: int, image_size: int) -> ModelSpec:
         if self.head_init == "auto":
             raise ConfigError("--head_init auto is the benchmark's default: resolve it first "
-                              "(bgmask.benchmarks.resolve_config; bgmask.run.trainer.run does).")
+                              "(bgmask.benchmarks.resolve_config; bgmask.run.pipeline.run does).")
         return ModelSpec(arch=self.model_arch, num_classes=num_classes, image_size=image_size,
                          pretrained=self.start_weights == "DEFAULT", pretrained_path=self.pretrained_path,
                          drop_path=self.drop_path, vit_head=self.vit_head, freeze_backbone=self.freeze_backbone,

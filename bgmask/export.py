@@ -35,8 +35,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN
 from timm.data import IMAGENET_DEFAULT_STD as IMAGENET_STD
 from torch import nn
 
-from bgmask.argparsing import parser_from_doc
 from bgmask.errors import BgmaskError, ExportError
+from bgmask.infra.argparsing import parser_from_doc
 
 FORMAT = "bgmask-export"
 FORMAT_VERSION = 1
@@ -166,7 +166,7 @@ def same_logits(a: nn.Module, b: nn.Module, image_size: int) -> float:
 
 def export_run(run_dir, out, checkpoint: str = "best", head: str | None = None, overwrite: bool = False) -> list[Path]:
     """Export a run folder (one folder per probe head with ``head="all"``); returns the folders written."""
-    from bgmask.checkpoint import load_checkpoint
+    from bgmask.infra.checkpoint import load_checkpoint
     from bgmask.models.heads import parse_heads
 
     run_dir, out = Path(run_dir), Path(out)

@@ -27,13 +27,13 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from bgmask.argparsing import parser_from_doc
 from bgmask.data.cub import load_mask, load_rgb
 from bgmask.data.masks import apply_mask
 from bgmask.data.transforms import build_eval_transform
 from bgmask.errors import BgmaskError, DatasetError, PredictError
 from bgmask.export import read_export
-from bgmask.progress import progress_bar
+from bgmask.infra.argparsing import parser_from_doc
+from bgmask.infra.progress import progress_bar
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 

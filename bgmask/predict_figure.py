@@ -12,7 +12,7 @@ import torch
 def attribution(model, images: torch.Tensor, masks: torch.Tensor | None, labels: torch.Tensor,
                 late: bool) -> tuple[torch.Tensor, str]:
     """``B,H,W`` maps and the method's name."""
-    from bgmask.diagnostics import attribution_maps, attribution_method, no_parameter_grads
+    from bgmask.diagnostics.attribution import attribution_maps, attribution_method, no_parameter_grads
     from bgmask.strategies import ModelInput
 
     if hasattr(model, "adapter"):  # the project's own model: the diagnostics' method

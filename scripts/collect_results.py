@@ -14,7 +14,7 @@ measured by scripts/study/seeds.sh).
 import sys
 from pathlib import Path
 
-from bgmask.argparsing import parser_from_doc
+from bgmask.infra.argparsing import parser_from_doc
 from bgmask.reporting.claims import group_claims, load_spread, number, paper_claims, write_claims
 from bgmask.reporting.outputs import write_group_outputs, write_outputs
 from bgmask.reporting.runs import in_paper_table, load_runs

@@ -6,8 +6,8 @@ Example: python scripts/make_synthetic_cub.py --out data/synthetic --seed 0
 
 import sys
 
-from bgmask.argparsing import parser_from_doc
 from bgmask.data.synthetic import BACKGROUNDS, SyntheticConfig, generate
+from bgmask.infra.argparsing import parser_from_doc
 
 
 def main(argv=None) -> int:

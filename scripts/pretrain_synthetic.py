@@ -27,7 +27,7 @@ DEMO_ARCHS = ("convnext_atto", "vit_small_patch14_dinov2")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bgmask.argparsing import parser_from_doc
+    from bgmask.infra.argparsing import parser_from_doc
     from bgmask.pretraining.pretrain import AUGMENTATIONS, DEMO_RECIPES, Corpus
 
     corpus = Corpus()

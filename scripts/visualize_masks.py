@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bgmask.argparsing import parser_from_doc
 from bgmask.data.cub import WATERBIRDS_SUB_PATH, CUBIndex, load_rgb, mask_path_for
 from bgmask.data.masks import MASK_FOLDERS
 from bgmask.errors import DatasetError
+from bgmask.infra.argparsing import parser_from_doc
 from bgmask.reporting.figures import data_note, strategy_colour
 from bgmask.reporting.runs import is_synthetic_cub
 

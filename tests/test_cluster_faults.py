@@ -13,11 +13,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from bgmask import diagnostics, preemption
 from bgmask.data.groups import Groups
 from bgmask.data.transforms import DeviceTail, RawImage
-from bgmask.engine import AmpSettings, IndexedDataset, evaluate
+from bgmask.diagnostics import attribution
+from bgmask.infra import preemption
 from bgmask.strategies import ModelInput
+from bgmask.training.engine import AmpSettings, IndexedDataset, evaluate
 
 
 class SignalHandlers(Dataset):
@@ -73,9 +74,9 @@ def test_an_out_of_memory_retry_frees_the_failed_attempt_first(monkeypatch):
         assert activations[0]() is None, "the failed attempt's activations are alive during the retry"
         return torch.zeros(len(images), 4, 4)
 
-    monkeypatch.setattr(diagnostics, "attribution_maps", attribution_maps)
+    monkeypatch.setattr(attribution, "attribution_maps", attribution_maps)
     images, masks, labels = torch.zeros(4, 3, 8, 8), torch.zeros(4, 8, 8), torch.zeros(4, dtype=torch.long)
-    out = diagnostics.attribution_in_chunks(None, images, masks, labels, ModelInput.IMAGE, None)
+    out = attribution.attribution_in_chunks(None, images, masks, labels, ModelInput.IMAGE, None)
     assert out.shape == (4, 4, 4) and calls == [4, 2, 2]
 
 
@@ -137,7 +138,7 @@ def test_one_ranks_diagnostics_failure_ends_the_run_on_every_rank_in_seconds(tin
     script.write_text(textwrap.dedent(f"""
         import os, sys
         sys.path.insert(0, {str(repo)!r})
-        import bgmask.diagnostics as d
+        import bgmask.diagnostics.views as d
         real = d.DiagnosticViews.__getitem__
         def faulty(self, i):
             if os.environ["RANK"] == "1" and self.view == "only_bg_t":

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from bgmask import cli, strategies
-from bgmask.argparsing import BoolFlag, plain
 from bgmask.errors import ConfigError
+from bgmask.infra.argparsing import BoolFlag, plain
 from bgmask.run.console import ConsoleLog, summary
 
 REPO = Path(__file__).resolve().parents[1]

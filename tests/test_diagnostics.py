@@ -11,12 +11,11 @@ import torch
 from torch import nn
 
 from bgmask.data.cub import CUBDataset
-from bgmask.diagnostics import (
+from bgmask.diagnostics.attribution import attribution_maps, fg_share
+from bgmask.diagnostics.views import (
     DiagnosticViews,
-    attribution_maps,
     bounding_box,
     composite,
-    fg_share,
     only_bg_b,
     only_bg_t,
     only_fg,

@@ -16,13 +16,13 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 import bgmask
-from bgmask.checkpoint import load_checkpoint
 from bgmask.data.cub import GT_MASK_SUB_PATH, CUBDataset
 from bgmask.data.groups import wilson_interval
 from bgmask.data.masks import write_gt_masked_folders
 from bgmask.data.transforms import build_eval_transform
 from bgmask.errors import ExportError
 from bgmask.export import export_run, read_export, run_config, run_model
+from bgmask.infra.checkpoint import load_checkpoint
 from bgmask.predict import main as predict_main
 from early_masking_and_baseline.train import main as early_main
 from late_masking.train import main as late_main

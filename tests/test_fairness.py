@@ -15,7 +15,7 @@ from timm.data.transforms import RandomResizedCropAndInterpolation
 from torchvision import transforms as T
 
 from bgmask.data.transforms import GEOMETRIC_AUGMENT_OPS, PairedTransform, build_eval_transform, build_train_transform
-from bgmask.mixup import MaskMixup
+from bgmask.training.mixup import MaskMixup
 
 
 def seed_all(seed: int) -> None:
@@ -294,7 +294,7 @@ def test_late_masking_refuses_a_cls_head_masked_after_the_last_block(tiny_cub_ro
 def two_group_optimizer(lr=1e-2):
     from bgmask.config import OptimConfig
     from bgmask.models import ModelSpec, create_classifier
-    from bgmask.optim import build_optimizer
+    from bgmask.training.optim import build_optimizer
 
     model = create_classifier(ModelSpec(arch="convnext_atto", num_classes=3))
     return build_optimizer(model, OptimConfig(lr=lr, scratch_lr_factor=10.0))
@@ -303,7 +303,7 @@ def two_group_optimizer(lr=1e-2):
 def schedule(name, epochs=12, updates_per_epoch=1, on_updates=False, **kw):
     """lr of both groups at the start of every epoch (and every update with on_updates)."""
     from bgmask.config import OptimConfig
-    from bgmask.optim import build_scheduler, set_schedule_position
+    from bgmask.training.optim import build_scheduler, set_schedule_position
 
     opt = two_group_optimizer()
     cfg = OptimConfig(lr=1e-2, min_lr=1e-4, scratch_lr_factor=10.0, scheduler_type=name, epochs=epochs,

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from bgmask.benchmarks.cub import waterbirds_groups
-from bgmask.engine import AmpSettings, IndexedDataset, ShardSampler, evaluate
+from bgmask.training.engine import AmpSettings, IndexedDataset, ShardSampler, evaluate
 
 NUM_CLASSES = 5
 # (waterbird y, place) -> (images, hits): 20 images, 14 hits

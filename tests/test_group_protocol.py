@@ -100,7 +100,8 @@ def test_the_waterbirds_protocol_trains_on_split_0_and_reports_val_and_test(tiny
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     val_worst = [r["val"]["worst_group"] for r in log if "val" in r]
     assert len(val_worst) == 2 and out["best"]["worst_group"] == max(val_worst)
-    # ties on the worst group break on the adjusted average, then on the lower validation loss (bgmask.selection)
+    # ties on the worst group break on the adjusted average, then on the lower validation loss
+    # (bgmask.training.selection)
     keys = [(r["val"]["worst_group"], r["val"]["adjusted_average"], -r["val"]["loss"]) for r in log if "val" in r]
     assert out["best"]["epoch"] == 1 + keys.index(max(keys))
     # every set is reported with the selected epoch's weights; the last epoch's figures are kept apart
@@ -273,7 +274,7 @@ def test_a_stub_model_with_known_hits_gives_every_group_figure_through_the_evalu
     import torch
     from torch.utils.data import DataLoader
 
-    from bgmask.engine import AmpSettings, IndexedDataset, ShardSampler, evaluate
+    from bgmask.training.engine import AmpSettings, IndexedDataset, ShardSampler, evaluate
     from tests.test_group_metrics import GROUPS, Stub, stub_data
 
     items, waterbird_y, places = stub_data()

@@ -17,12 +17,12 @@ from bgmask.benchmarks import resolve_head_init
 from bgmask.config import TrainConfig
 from bgmask.data.sampling import WeightedResumableSampler, balancing_weights
 from bgmask.data.synthetic import SyntheticConfig, generate
-from bgmask.losses import GroupDROLoss, TrainingLoss, balanced_class_weights
 from bgmask.models import ModelSpec, create_classifier
 from bgmask.reporting.group_results import collapsed_onto, constant_predictor, group_table
 from bgmask.reporting.runs import RunResult
-from bgmask.selection import ZERO_WORST_GROUP_NOTE, is_better, selection_key, selection_note
 from bgmask.strategies import dfr
+from bgmask.training.losses import GroupDROLoss, TrainingLoss, balanced_class_weights
+from bgmask.training.selection import ZERO_WORST_GROUP_NOTE, is_better, selection_key, selection_note
 from tests.test_classifier import train_argv
 
 STRATEGIES = ["none", "early", "late", "dfr", "groupdro"]

@@ -10,9 +10,9 @@ import json
 import pytest
 import torch
 
-from bgmask.checkpoint import atomic_torch_save, load_checkpoint
+from bgmask.infra.checkpoint import atomic_torch_save, load_checkpoint
+from bgmask.infra.progress import LineProgress, progress_bar
 from bgmask.models import ModelSpec, create_classifier
-from bgmask.progress import LineProgress, progress_bar
 from bgmask.strategies import ModelInput
 from bgmask.strategies.late import LateMaskedClassifier
 from early_masking_and_baseline.train import main as early_main
@@ -68,7 +68,7 @@ def test_bf16_autocast_trains_probe_heads_and_the_amp_flag_alone_keeps_cpu_runs_
 
 def test_bf16_autocast_computes_in_bf16():
     """The autocast really reaches the model: its logits differ from fp32's by bf16 rounding, not by nothing."""
-    from bgmask.engine import AmpSettings
+    from bgmask.training.engine import AmpSettings
 
     torch.manual_seed(0)
     model = create_classifier(ModelSpec(arch=VIT, num_classes=5, image_size=28)).eval()
@@ -83,7 +83,7 @@ def test_bf16_autocast_computes_in_bf16():
 
 # --------------------------------------------------------------------------------------- results, diagnostics
 def test_metrics_are_written_before_the_diagnostics_and_survive_their_failure(tiny_cub_root, tmp_path, monkeypatch):
-    import bgmask.run.diagnose as diagnose
+    import bgmask.run.bias_report as diagnose
 
     run = tmp_path / "run"
     seen = {}
@@ -103,7 +103,7 @@ def test_metrics_are_written_before_the_diagnostics_and_survive_their_failure(ti
 
 @pytest.mark.parametrize("arch,size,layout", [(VIT, 28, "tokens"), ("convnext_atto", 64, "NCHW")])
 def test_attribution_leaves_no_parameter_gradients(arch, size, layout):
-    from bgmask.diagnostics import attribution_maps
+    from bgmask.diagnostics.attribution import attribution_maps
 
     torch.manual_seed(0)
     model = create_classifier(ModelSpec(arch=arch, num_classes=3, image_size=size))  # fine-tuned: all train
@@ -115,7 +115,7 @@ def test_attribution_leaves_no_parameter_gradients(arch, size, layout):
 
 
 def test_attribution_halves_the_batch_on_out_of_memory(monkeypatch):
-    import bgmask.diagnostics as diagnostics
+    import bgmask.diagnostics.attribution as diagnostics
 
     sizes = []
     real = diagnostics.attribution_maps
@@ -262,7 +262,7 @@ def test_gpu_check_acceptance_runs_every_check_on_cpu_and_writes_its_figures(tmp
 
 
 def test_checkpoint_every_writes_last_pt_every_n_epochs_and_at_the_end(tiny_cub_root, tmp_path, monkeypatch):
-    import bgmask.checkpoint as checkpoint
+    import bgmask.infra.checkpoint as checkpoint
 
     written = []
     real_save = checkpoint.atomic_torch_save

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bgmask.checkpoint import CheckpointManager, atomic_torch_save, load_checkpoint
-from bgmask.preemption import REQUEUE_EXIT_CODE
+from bgmask.infra.checkpoint import CheckpointManager, atomic_torch_save, load_checkpoint
+from bgmask.infra.preemption import REQUEUE_EXIT_CODE
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,7 +70,7 @@ def test_signal_mid_epoch_saves_requeues_and_resumes_exactly(tiny_cub_root, tmp_
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
 def test_preemption_flag_catches_signals_and_restores_handlers(sig):
-    from bgmask.preemption import PreemptionFlag
+    from bgmask.infra.preemption import PreemptionFlag
 
     before = signal.getsignal(sig)
     flag = PreemptionFlag()
@@ -102,7 +102,7 @@ def test_killed_writer_leaves_no_partial_checkpoint(tmp_path):
     """A process killed (SIGKILL) in the middle of a large atomic save leaves last.pt untouched."""
     path = tmp_path / "last.pt"
     atomic_torch_save({"epoch": 1}, path)
-    code = ("import torch, sys; from bgmask.checkpoint import atomic_torch_save; "
+    code = ("import torch, sys; from bgmask.infra.checkpoint import atomic_torch_save; "
             "atomic_torch_save({'epoch': 2, 'w': torch.randn(32, 1024, 1024)}, sys.argv[1])")
     proc = subprocess.Popen([sys.executable, "-c", code, str(path)])
     deadline = time.time() + 60

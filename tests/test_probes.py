@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from bgmask.checkpoint import load_checkpoint
+from bgmask.infra.checkpoint import load_checkpoint
 from bgmask.models.backbones import TokenAdapter
 from bgmask.models.heads import head_errors, parse_heads
 from bgmask.reporting.results import build_table

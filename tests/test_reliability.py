@@ -47,7 +47,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_cub_root, tmp
 
 
 def test_checkpoint_of_another_class_count_is_refused(tiny_cub_root, tmp_path, capsys):
-    from bgmask.checkpoint import atomic_torch_save
+    from bgmask.infra.checkpoint import atomic_torch_save
     from bgmask.models import ModelSpec, create_classifier
 
     other = create_classifier(ModelSpec(arch="convnext_atto", num_classes=7))

@@ -14,6 +14,7 @@ from bgmask import cli, strategies
 from bgmask.errors import ConfigError
 from bgmask.models import ModelSpec, create_classifier
 from bgmask.reporting import results
+from bgmask.reporting.runs import load_run
 from tests.test_classifier import train_argv
 from tests.toy_strategy import NoiseBackground, NoiseBackgroundModel
 
@@ -43,7 +44,7 @@ def test_a_strategy_in_one_file_trains_and_is_collected(tiny_cub_root, tmp_path)
     assert out["masking"] == "noise_background" and out["noise_std"] == 0.5
     assert out["cub_test"]["num_images"] == 12 and out["waterbirds"]["num_images"] > 0
     assert "no diagnostics input" in out["diagnostics"]["skipped"]
-    header, table = results.build_table([results.load_run(run)])
+    header, table = results.build_table([load_run(run)])
     assert "noise background CUB" in header
     assert table[0][header.index("noise background CUB")] != "–"
 
@@ -56,7 +57,7 @@ def test_a_run_started_from_python_trains_on_what_the_command_line_would(tiny_cu
     from bgmask.benchmarks.cub import CUBOptions
     from bgmask.config import TrainConfig
     from bgmask.data.masks import write_gt_masked_folders
-    from bgmask.run.trainer import run
+    from bgmask.run.pipeline import run
 
     root = tmp_path / "CUB_200_2011"
     shutil.copytree(tiny_cub_root, root)
@@ -77,7 +78,7 @@ def test_a_run_started_from_python_trains_on_what_the_command_line_would(tiny_cu
 
 def test_a_strategy_names_its_run_phase_and_an_unknown_one_is_refused_before_anything_is_built(tiny_cub_root,
                                                                                                 tmp_path):
-    from bgmask.run.trainer import PHASES, run
+    from bgmask.run.pipeline import PHASES, run
 
     class Distilled(strategies.get("none")):
         phase = "distil"

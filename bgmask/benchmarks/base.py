@@ -25,7 +25,7 @@ from bgmask.data.groups import Groups
 from bgmask.data.needs import DataNeeds
 from bgmask.data.transforms import build_eval_transform, build_train_transform
 from bgmask.errors import ConfigError
-from bgmask.registry import Registry
+from bgmask.infra.registry import Registry
 
 if TYPE_CHECKING:
     from bgmask.config import TrainConfig
@@ -130,8 +130,8 @@ def resolve_head_init(cfg: TrainConfig, benchmark: Benchmark) -> TrainConfig:
 def resolve_config(cfg: TrainConfig, benchmark: Benchmark, needs: DataNeeds) -> TrainConfig:
     """The settings whose default depends on the benchmark and the strategy: the folders the strategy's data needs
     (:meth:`Benchmark.resolve`, e.g. early masking's masked image folders) and ``--head_init auto``
-    (:func:`resolve_head_init`). :func:`bgmask.run.trainer.run` calls it, so a config built in Python trains on what the
-    same command line would; resolving twice changes nothing. A config without this benchmark's options gets their
+    (:func:`resolve_head_init`). :func:`bgmask.run.pipeline.run` calls it, so a config built in Python trains on what
+    the same command line would; resolving twice changes nothing. A config without this benchmark's options gets their
     defaults (a config built in Python)."""
     opts = benchmark.options(cfg)
     if opts is not cfg.benchmark_options:

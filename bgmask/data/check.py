@@ -7,7 +7,6 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from bgmask.argparsing import parser_from_doc
 from bgmask.data.cub import (
     GT_MASK_SUB_PATH,
     WATERBIRDS_SUB_PATH,
@@ -18,6 +17,7 @@ from bgmask.data.cub import (
     missing_folder_hint,
 )
 from bgmask.data.masks import MASK_FOLDERS, PROVENANCE_FILE
+from bgmask.infra.argparsing import parser_from_doc
 
 # Optional parts of the tree and what needs them (masked folders: see mmsegmentation/tools/generate_masks.py).
 OPTIONAL_MASK_FOLDERS = {

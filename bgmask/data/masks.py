@@ -18,8 +18,8 @@ from bgmask.data.cub import (
     load_rgb,
     mask_path_for,
 )
+from bgmask.infra.progress import progress_bar
 from bgmask.io import atomic_write
-from bgmask.progress import progress_bar
 
 # Where generate_masks.py writes, per source image folder: (mask folder, masked-image folder), all relative to the
 # CUB root and at the same relative paths as the images (masks with a .png suffix).

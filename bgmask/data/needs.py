@@ -1,7 +1,9 @@
-"""What a strategy asks of the data, in words a benchmark resolves to its own files."""
+"""What a strategy asks of the data, in words a benchmark resolves to its own files, and how its model takes a test
+image (the diagnostics build their views from it)."""
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 IMAGES = ("original", "masked")
@@ -26,3 +28,11 @@ class DataNeeds:
         if self.images not in IMAGES or self.masks not in MASKS:
             raise ValueError(f"DataNeeds(images in {IMAGES}, masks in {MASKS}), got ({self.images!r}, "
                              f"{self.masks!r})")
+
+
+class ModelInput(enum.Enum):
+    """How a strategy's model takes an image it is tested on (the diagnostics build their views from it)."""
+
+    IMAGE = "image"  # the image as it is
+    MASKED_IMAGE = "masked_image"  # the image with its background removed (as early masking's folders hold it)
+    IMAGE_AND_MASK = "image_and_mask"  # the image and its bird mask: model(image, mask)

@@ -489,7 +489,7 @@ def generate(out_dir: str | os.PathLike, config: SyntheticConfig = SyntheticConf
 
 def _write_tree(root: Path, config: SyntheticConfig, species: list[Species], progress: bool,
                 habitat_counts: np.ndarray) -> tuple[int, int, int]:
-    from bgmask.progress import progress_bar
+    from bgmask.infra.progress import progress_bar
 
     wb_root = root / WATERBIRDS_SUB_PATH
     (root / "parts").mkdir(parents=True)

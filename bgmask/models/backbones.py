@@ -28,7 +28,7 @@ from bgmask.models.heads import CNN_HEADS, LATE, LATE_ONLY_HEADS, VIT_HEADS
 from bgmask.models.masking import NEAREST, MaskGrid, mask_features, mask_to_feature_grid
 
 LAYOUTS = ("NCHW", "NHWC", "tokens")
-# How the diagnostics attribute a prediction to input pixels (bgmask.diagnostics.attribution_maps).
+# How the diagnostics attribute a prediction to input pixels (bgmask.diagnostics.attribution.attribution_maps).
 GRAD_CAM = "Grad-CAM on the pooled feature map"
 INPUT_GRADIENT = "|gradient x input|"
 

@@ -122,7 +122,7 @@ class Classifier(nn.Module):
         cnn_pool = cnn_pool if cnn_pool is not None else self.pool_module
         return self.adapter.pool(kind or self.head_kind, feats, masks=masks, cnn_pool=cnn_pool, to_grid=to_grid)
 
-    # What the diagnostics ask of every model (bgmask.run.diagnose): the features an attribution is taken on, and the
+    # What the diagnostics ask of every model (bgmask.run.bias_report): the features an attribution is taken on, and the
     # rest of the forward from them.
     def attribution_features(self, images: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
         return self.features(images)

@@ -120,7 +120,7 @@ class LateMaskedClassifier(nn.Module):
         """Masked features -> head input (:func:`bgmask.models.heads.pool` with this model's head)."""
         return self.classifier.pool(feats, masks, kind=self.head_kind, to_grid=self.to_grid)
 
-    # What the diagnostics ask of every model (bgmask.run.diagnose).
+    # What the diagnostics ask of every model (bgmask.run.bias_report).
     def attribution_features(self, images: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
         return self.masked_features(images, masks)
 

@@ -275,8 +275,8 @@ def export(checkpoint: Path, recipe: Recipe, out_dir: Path, note: dict | None = 
     from safetensors.torch import save_file
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-    from bgmask.checkpoint import load_checkpoint
     from bgmask.config import AugConfig
+    from bgmask.infra.checkpoint import load_checkpoint
     from bgmask.models.backbones import takes_img_size
 
     state = load_checkpoint(checkpoint)["model"]

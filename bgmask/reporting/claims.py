@@ -238,7 +238,7 @@ PLAIN_HEAD = {head_names.label(h): head_names.label(h.replace("masked_mean", "me
 
 
 def paper_claims(runs, spread: dict[tuple, float] | None = None) -> list[Evidence]:
-    """Claims 1-3 on table entries (:class:`bgmask.reporting.results.RunResult`, seeds of a cell pooled by seed), in the
+    """Claims 1-3 on table entries (:class:`bgmask.reporting.runs.RunResult`, seeds of a cell pooled by seed), in the
     table's order (rows sorted, strategies in column order), so a claim's id does not depend on the order the run
     folders were given in."""
     from bgmask.reporting.results import group_cells, strategy_columns

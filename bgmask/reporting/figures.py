@@ -13,7 +13,7 @@ from pathlib import Path
 
 from bgmask import strategies
 from bgmask.data.groups import wilson_interval
-from bgmask.diagnostics import VIEWS
+from bgmask.diagnostics.views import VIEWS
 from bgmask.reporting.group_results import (
     GROUP_FIGURES,
     chance,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bgmask.diagnostics import gallery_path
+from bgmask.diagnostics.attribution import gallery_path
 from bgmask.reporting.figures import arch_name, data_note, strategy_colour
 from bgmask.reporting.results import column_label, strategy_columns
 from bgmask.reporting.runs import RunResult

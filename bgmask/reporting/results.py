@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from bgmask import strategies
 from bgmask.data.groups import wilson_interval
-from bgmask.diagnostics import VIEWS
+from bgmask.diagnostics.views import VIEWS
 from bgmask.reporting.runs import RunResult
 
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from bgmask.benchmarks import BenchmarkData, EvalSet
-from bgmask.checkpoint import CheckpointManager, load_checkpoint
-from bgmask.engine import evaluate
 from bgmask.errors import ConfigError
+from bgmask.infra.checkpoint import CheckpointManager, load_checkpoint
 from bgmask.run.model import RunModel, reports_every_head
 from bgmask.run.session import Session
+from bgmask.training.engine import evaluate
 
 
 def evaluate_heads(session: Session, model: RunModel, sets: dict[str, EvalSet]) -> dict[str, dict[str, dict]]:

@@ -13,25 +13,25 @@ from timm.utils import NativeScaler
 from torch import nn
 from torch.utils.data import DataLoader
 
-from bgmask import distributed
-from bgmask.balance import build_sampler, class_weights
 from bgmask.benchmarks import BenchmarkData
-from bgmask.checkpoint import CheckpointManager, load_checkpoint, rng_state, set_rng_state
 from bgmask.config import AugConfig
 from bgmask.data.sampling import SeededAugmentation, WithGroups
-from bgmask.distributed import DistInfo
-from bgmask.engine import train_one_epoch
 from bgmask.errors import NonFiniteLossError
-from bgmask.logging import RunLogger, save_args
-from bgmask.losses import TrainingLoss
-from bgmask.mixup import MaskMixup
-from bgmask.optim import build_optimizer, build_scheduler, set_schedule_position
-from bgmask.preemption import REQUEUE_EXIT_CODE, PreemptionFlag
+from bgmask.infra import distributed
+from bgmask.infra.checkpoint import CheckpointManager, load_checkpoint, rng_state, set_rng_state
+from bgmask.infra.distributed import DistInfo
+from bgmask.infra.logging import RunLogger, save_args
+from bgmask.infra.preemption import REQUEUE_EXIT_CODE, PreemptionFlag
 from bgmask.run.evaluation import brief, evaluate_heads, evaluate_sets, results_layout
 from bgmask.run.model import RunModel, reports_every_head
 from bgmask.run.session import Session
-from bgmask.selection import is_better, selection_key, selection_note
 from bgmask.strategies import Strategy
+from bgmask.training.balance import build_sampler, class_weights
+from bgmask.training.engine import train_one_epoch
+from bgmask.training.losses import TrainingLoss
+from bgmask.training.mixup import MaskMixup
+from bgmask.training.optim import build_optimizer, build_scheduler, set_schedule_position
+from bgmask.training.selection import is_better, selection_key, selection_note
 
 
 @dataclass
@@ -44,7 +44,7 @@ class Progress:
     best_epoch: int = 0
     best_metrics: dict | None = None
     best_probes: dict | None = None  # with probe heads: each head's best {"epoch", "top1"}
-    best_key: tuple | None = None  # the selected epoch's lexicographic score (bgmask.selection.selection_key)
+    best_key: tuple | None = None  # the selected epoch's lexicographic score (bgmask.training.selection.selection_key)
     history: list = field(default_factory=list)  # per evaluated epoch: {"epoch", "score", "trained"}
 
 
@@ -236,7 +236,8 @@ class EpochLoop:
             every_head = reports_every_head(cfg)
             metrics, first = results_layout(per_head, every_head), next(iter(per_head.values()))
             selected_on, metric = self.selected_on, self.data.selection_metric
-            # An epoch trained at lr 0 is never selected (bgmask.selection), unless nothing else can be: the last.
+            # An epoch trained at lr 0 is never selected (bgmask.training.selection), unless nothing else can be:
+            # the last.
             trained = self.epoch_max_lr > 0
             key = selection_key(first[selected_on], metric)
             progress.history.append({"epoch": done, "score": key[0], "trained": trained})
@@ -296,7 +297,7 @@ class EpochLoop:
 
 def build_criterion(smoothing: float, mixup_active: bool, class_weights=None) -> nn.Module:
     """The loss every strategy shares: timm's label-smoothing or soft-target cross-entropy; with ``class_weights``
-    (``--class_balance loss``) the class-weighted mean of the same per-sample losses (:mod:`bgmask.losses`)."""
+    (``--class_balance loss``) the class-weighted mean of the same per-sample losses (:mod:`bgmask.training.losses`)."""
     if class_weights is not None:
         return TrainingLoss(0.0 if mixup_active else smoothing, class_weights)
     if mixup_active:

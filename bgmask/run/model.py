@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bgmask.checkpoint import model_state, trained_state_keys
 from bgmask.config import TrainConfig
 from bgmask.data.needs import DataNeeds
 from bgmask.errors import ConfigError
+from bgmask.infra.checkpoint import model_state, trained_state_keys
 from bgmask.models import create_classifier
 from bgmask.models.heads import needs_masks, parse_heads
 from bgmask.models.probes import ProbeHeads
@@ -91,7 +91,7 @@ def build_model(session: Session, strategy: Strategy, num_classes: int, image_si
 
 def load_model_state(model: nn.Module, state: dict, path, partial: bool = False) -> None:
     """Load weights, with an error that says which checkpoint does not fit and why. A ``partial`` state holds
-    exactly what training changes (:func:`~bgmask.checkpoint.trained_state_keys`); the rest stays as built."""
+    exactly what training changes (:func:`~bgmask.infra.checkpoint.trained_state_keys`); the rest stays as built."""
     target = model.state_dict()
     if partial:
         target = {k: v for k, v in target.items() if k in trained_state_keys(model)}

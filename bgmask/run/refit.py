@@ -11,10 +11,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from bgmask.benchmarks import BenchmarkData
-from bgmask.checkpoint import CheckpointManager, atomic_torch_save, load_checkpoint
 from bgmask.errors import ConfigError
-from bgmask.logging import save_args
-from bgmask.progress import progress_bar
+from bgmask.infra.checkpoint import CheckpointManager, atomic_torch_save, load_checkpoint
+from bgmask.infra.logging import save_args
+from bgmask.infra.progress import progress_bar
 from bgmask.run.evaluation import evaluate_sets
 from bgmask.run.model import RunModel
 from bgmask.run.session import Session

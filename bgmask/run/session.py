@@ -14,12 +14,12 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
-from bgmask import distributed
 from bgmask.config import RUN_ONLY_SETTINGS, ModelConfig, TrainConfig
-from bgmask.distributed import DistInfo
-from bgmask.engine import AmpSettings, IndexedDataset, ShardSampler
 from bgmask.errors import ConfigError
-from bgmask.preemption import ignore_preemption_signals
+from bgmask.infra import distributed
+from bgmask.infra.distributed import DistInfo
+from bgmask.infra.preemption import ignore_preemption_signals
+from bgmask.training.engine import AmpSettings, IndexedDataset, ShardSampler
 
 AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 

@@ -11,31 +11,22 @@ A strategy is one module: a :class:`Strategy` subclass decorated with :func:`reg
 * how its model takes the diagnostics' test views (``diagnostics_input``, a :class:`ModelInput`).
 
 Everything else (augmentation draws, mixup, optimiser, schedule, evaluation, diagnostics) is shared by
-:func:`bgmask.run.trainer.run`, which is what makes the strategies comparable.
+:func:`bgmask.run.pipeline.run`, which is what makes the strategies comparable.
 """
 
 from __future__ import annotations
 
-import enum
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from torch import nn
 
-from bgmask.data.needs import DataNeeds
-from bgmask.registry import Registry
+from bgmask.data.needs import DataNeeds, ModelInput
+from bgmask.infra.registry import Registry
 
 if TYPE_CHECKING:
     from bgmask.config import TrainConfig
     from bgmask.data.groups import Groups
-
-
-class ModelInput(enum.Enum):
-    """How a strategy's model takes an image it is tested on (the diagnostics build their views from it)."""
-
-    IMAGE = "image"  # the image as it is
-    MASKED_IMAGE = "masked_image"  # the image with its background removed (as early masking's folders hold it)
-    IMAGE_AND_MASK = "image_and_mask"  # the image and its bird mask: model(image, mask)
 
 
 class Strategy:
@@ -49,7 +40,7 @@ class Strategy:
     # How the diagnostics feed the test views to the model; None: no diagnostics (recorded in results.json).
     diagnostics_input: ClassVar[ModelInput | None] = ModelInput.IMAGE
     Options: ClassVar[type | None] = None  # a dataclass of strategy-specific settings (fields become flags)
-    # The run phase between building the model and writing results.json (bgmask.run.trainer.PHASES): "train", the
+    # The run phase between building the model and writing results.json (bgmask.run.pipeline.PHASES): "train", the
     # shared training loop; "refit_last_layer", no training: the last layer of the model it starts from is fitted
     # again on the selection split by refit_last_layer (bgmask.run.refit).
     phase: ClassVar[str] = "train"
@@ -67,7 +58,7 @@ class Strategy:
     def training_loss(self, cfg: TrainConfig, loss: nn.Module, train_groups: Groups | None) -> nn.Module:
         """The training objective, called ``loss(logits, targets)``, or ``loss(logits, targets, groups)`` when this
         returns a module with ``needs_groups = True`` (the batches then carry each image's training group). Default:
-        the loss every strategy shares (:mod:`bgmask.losses`)."""
+        the loss every strategy shares (:mod:`bgmask.training.losses`)."""
         return loss
 
     def results_info(self, cfg: TrainConfig) -> dict:

@@ -1,10 +1,10 @@
 """GroupDRO (Sagawa et al., ICLR 2020) beside the masking strategies (``--masking groupdro``).
 
-Original images and the baseline's model, as the baseline; only the training objective differs: the loss of every
-(y, attribute) group of the batch, weighted online towards the worst group (:class:`bgmask.losses.GroupDROLoss`;
-group_DRO's ``LossComputer`` with its defaults: step size 0.01, no generalisation adjustment). It needs the
-training split's groups (``--dataset waterbirds``, a CSV with an ``a`` column). As in group_DRO, what makes it work
-is strong regularisation or early stopping: the best epoch is selected on the validation worst group.
+Original images and the baseline's model, as the baseline; only the training objective differs: the loss of every (y,
+attribute) group of the batch, weighted online towards the worst group (:class:`bgmask.training.losses.GroupDROLoss`;
+group_DRO's ``LossComputer`` with its defaults: step size 0.01, no generalisation adjustment). It needs the training
+split's groups (``--dataset waterbirds``, a CSV with an ``a`` column). As in group_DRO, what makes it work is strong
+regularisation or early stopping: the best epoch is selected on the validation worst group.
 
 GroupDRO is a strategy, not a second axis: ``--masking`` names what differs from the baseline, and for GroupDRO that
 is the objective; everything else (augmentation draws, optimiser, schedule, evaluation) is shared, so it stands in
@@ -21,8 +21,8 @@ from torch import nn
 from bgmask.config import TrainConfig, option
 from bgmask.data.groups import Groups
 from bgmask.errors import ConfigError
-from bgmask.losses import GroupDROLoss
 from bgmask.strategies.base import Strategy, register
+from bgmask.training.losses import GroupDROLoss
 
 
 @dataclass

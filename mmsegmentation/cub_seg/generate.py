@@ -206,7 +206,7 @@ def generate_predicted_masks(segmenter: Segmenter, cub_root: str | os.PathLike, 
     Returns:
         ``{image_dir: {'written': n, 'skipped': n}}`` for this process's share.
     """
-    from bgmask.progress import progress_bar
+    from bgmask.infra.progress import progress_bar
 
     cub_root = Path(cub_root)
     plans = plan_folders(cub_root, rank, world_size, overwrite)

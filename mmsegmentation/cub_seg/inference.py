@@ -35,7 +35,7 @@ from mmengine.model.utils import revert_sync_batchnorm
 from mmengine.runner import load_checkpoint
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from bgmask.distributed import resolve_device
+from bgmask.infra.distributed import resolve_device
 from cub_seg.checkpoint import trusted_local_checkpoints
 from cub_seg.runner import disable_pretrained
 
@@ -54,7 +54,8 @@ def load_segmenter(config: str | os.PathLike | Config, checkpoint: str | os.Path
     Args:
         config: config file (or a loaded Config) the checkpoint was trained with.
         checkpoint: local checkpoint file written by tools/train.py.
-        device: where the model goes; 'auto' picks CUDA when available (see :func:`bgmask.distributed.resolve_device`).
+        device: where the model goes; 'auto' picks CUDA when available (see
+            :func:`bgmask.infra.distributed.resolve_device`).
     """
     from mmseg.apis import init_model
 

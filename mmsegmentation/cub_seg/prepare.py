@@ -101,7 +101,7 @@ def prepare_cub_binary_seg(cub_root: str | os.PathLike, out: str | os.PathLike, 
     Returns:
         The manifest: counts per split, bird pixel fraction, sources and options.
     """
-    from bgmask.progress import progress_bar
+    from bgmask.infra.progress import progress_bar
 
     if link not in LINK_MODES:
         raise ValueError(f"link must be one of {LINK_MODES}, got {link!r}")

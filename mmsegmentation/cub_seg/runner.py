@@ -75,7 +75,7 @@ def add_wandb(cfg: Config, project: str, entity: str | None, name: str) -> None:
         import wandb  # noqa: F401
     except ImportError:
         raise ConfigError("--wandb needs the wandb package: pip install wandb (or drop --wandb).") from None
-    from bgmask.logging import wandb_mode
+    from bgmask.infra.logging import wandb_mode
 
     init_kwargs = dict(project=project, name=name, mode=wandb_mode())
     if entity:

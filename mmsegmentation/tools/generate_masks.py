@@ -22,10 +22,10 @@ import warnings
 
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")  # noise from mmengine's imports
 
-from bgmask.argparsing import parser_from_doc  # noqa: E402
 from bgmask.data.cub import CUBIndex  # noqa: E402
-from bgmask.distributed import resolve_device  # noqa: E402
 from bgmask.errors import DatasetError  # noqa: E402
+from bgmask.infra.argparsing import parser_from_doc  # noqa: E402
+from bgmask.infra.distributed import resolve_device  # noqa: E402
 from cub_seg.generate import (  # noqa: E402
     file_sha256,
     generate_gt_masks,

@@ -14,8 +14,8 @@ import argparse
 import os
 import sys
 
-from bgmask.argparsing import parser_from_doc
 from bgmask.errors import DatasetError
+from bgmask.infra.argparsing import parser_from_doc
 from cub_seg.prepare import LINK_MODES, prepare_cub_binary_seg
 
 

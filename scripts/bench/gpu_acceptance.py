@@ -57,11 +57,11 @@ from bgmask.data.cub import GT_MASK_SUB_PATH, CUBDataset  # noqa: E402
 from bgmask.data.sampling import SeededAugmentation  # noqa: E402
 from bgmask.data.synthetic import SyntheticConfig, generate  # noqa: E402
 from bgmask.data.transforms import build_train_transform  # noqa: E402
-from bgmask.engine import AmpSettings, train_one_epoch  # noqa: E402
+from bgmask.infra.preemption import ignore_preemption_signals  # noqa: E402
 from bgmask.models import create_classifier  # noqa: E402
-from bgmask.optim import build_optimizer  # noqa: E402
-from bgmask.preemption import ignore_preemption_signals  # noqa: E402
 from bgmask.run.fit import build_criterion, build_mixup  # noqa: E402
+from bgmask.training.engine import AmpSettings, train_one_epoch  # noqa: E402
+from bgmask.training.optim import build_optimizer  # noqa: E402
 
 PROJECTED_MFU = paper_scale.MFU[("vit", "fine-tuned")]
 # Dense bf16 peak (TFLOP/s) per GPU name fragment; --peak_tflops overrides.

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from bgmask.distributed import resolve_device
+from bgmask.infra.distributed import resolve_device
 from bgmask.models import ModelSpec, create_classifier, param_groups
 from bgmask.strategies.late import LateMaskedClassifier
 

@@ -36,7 +36,7 @@ warnings.filterwarnings("ignore")  # mmseg's construction-time advice would drow
 import torch  # noqa: E402
 
 from bgmask.data.cub import CUBIndex  # noqa: E402
-from bgmask.distributed import resolve_device  # noqa: E402
+from bgmask.infra.distributed import resolve_device  # noqa: E402
 from cub_seg.generate import predict_folder  # noqa: E402
 from cub_seg.inference import Segmenter, load_segmenter  # noqa: E402
 from cub_seg.runner import disable_pretrained  # noqa: E402

@@ -60,13 +60,14 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from bgmask import cli  # noqa: E402
-from bgmask.checkpoint import trained_state_keys  # noqa: E402
 from bgmask.config import TrainConfig  # noqa: E402
-from bgmask.diagnostics import VIEWS, attribution_maps, no_parameter_grads  # noqa: E402
+from bgmask.diagnostics.attribution import attribution_maps, no_parameter_grads  # noqa: E402
+from bgmask.diagnostics.views import VIEWS  # noqa: E402
+from bgmask.infra.checkpoint import trained_state_keys  # noqa: E402
 from bgmask.models import create_classifier  # noqa: E402
 from bgmask.models.heads import needs_masks, parse_heads  # noqa: E402
 from bgmask.models.probes import ProbeHeads  # noqa: E402
-from bgmask.run.diagnose import attribution_batch_size, head_input  # noqa: E402
+from bgmask.run.bias_report import attribution_batch_size, head_input  # noqa: E402
 
 CUB_TRAIN, CUB_TEST = 5994, 5794
 NUM_CLASSES = 200

@@ -3,7 +3,7 @@
 # The templates ask SLURM for a warning signal before the time limit: `#SBATCH --signal=B:USR1@180` sends SIGUSR1
 # to this batch shell 180 s ahead (B: = the batch shell only, so the launcher is not killed by a signal it does not
 # handle). The trap below forwards SIGTERM to the running step; torchrun passes SIGTERM to its workers, which save
-# last.pt after the current step (bgmask.preemption) and exit with code 75. The job is then requeued
+# last.pt after the current step (bgmask.infra.preemption) and exit with code 75. The job is then requeued
 # (`#SBATCH --requeue` must be set) and the next allocation resumes from last.pt automatically.
 REQUEUE_EXIT_CODE=75
 # Seconds between SLURM's warning signal and the kill: the templates' `#SBATCH --signal=B:USR1@180` (keep equal).

@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from bgmask.distributed import all_reduce_sum
+from bgmask.infra.distributed import all_reduce_sum
 
 REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: "temporary failure, try again"
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)

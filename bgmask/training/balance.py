@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING
 
 from bgmask.data.sampling import ResumableDistributedSampler, WeightedResumableSampler, balancing_weights, labels_of
 from bgmask.errors import ConfigError
-from bgmask.losses import balanced_class_weights
+from bgmask.training.losses import balanced_class_weights
 
 if TYPE_CHECKING:
     from bgmask.benchmarks import BenchmarkData
     from bgmask.config import TrainConfig
-    from bgmask.distributed import DistInfo
+    from bgmask.infra.distributed import DistInfo
 
 
 def class_weights(cfg: TrainConfig, data: BenchmarkData):

@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import warnings
 
-from bgmask import diagnostics
 from bgmask.benchmarks import Benchmark, BenchmarkData
-from bgmask.checkpoint import atomic_torch_save
 from bgmask.config import TrainConfig
-from bgmask.distributed import agree
-from bgmask.engine import evaluate
+from bgmask.diagnostics import attribution, views
 from bgmask.errors import PeerFailure
+from bgmask.infra.checkpoint import atomic_torch_save
+from bgmask.infra.distributed import agree
 from bgmask.models import heads
 from bgmask.models.heads import LATE
 from bgmask.run.model import RunModel, reports_every_head
 from bgmask.run.session import Session
 from bgmask.strategies import ModelInput, Strategy
+from bgmask.training.engine import evaluate
 
 GALLERY_IMAGES = 6  # attribution maps kept per run for collect_results' gallery
 
@@ -57,7 +57,7 @@ def run_diagnostics(session: Session, model: RunModel, strategy: Strategy, bench
 
     Every test image is scored once per view on any number of processes; rank 0 keeps a few attribution maps, with
     their true and predicted classes, in ``attribution_gallery.pt`` for ``collect_results`` (of every head, with
-    probe heads: :func:`~bgmask.diagnostics.gallery_path`). With probe heads the
+    probe heads: :func:`~bgmask.diagnostics.attribution.gallery_path`). With probe heads the
     result is ``{head: diagnostics}`` (a single-head run's: a dict of one); a probe head is scored as its
     single-head run's model would be.
     """
@@ -81,24 +81,24 @@ def run_diagnostics(session: Session, model: RunModel, strategy: Strategy, bench
     views_input = next(k for k in (ModelInput.IMAGE_AND_MASK, ModelInput.MASKED_IMAGE, ModelInput.IMAGE)
                        if k in kinds or k is ModelInput.IMAGE)
     seed, eval_tf = cfg.run.seed, data.eval_sets[data.selection].dataset.transform
-    stages = [*diagnostics.VIEWS, *(f"attribution {head}" for head in per_head)]
+    stages = [*views.VIEWS, *(f"attribution {head}" for head in per_head)]
     done: list[str] = []
     try:
         out = scored_views(session, model, base, views_input, eval_tf, seed, names, done)
-        ds = agreed(lambda: diagnostics.DiagnosticViews(base, "original", views_input, eval_tf, seed, with_mask=True),
+        ds = agreed(lambda: views.DiagnosticViews(base, "original", views_input, eval_tf, seed, with_mask=True),
                     info.device)
         galleries = {}
         for head, kind in per_head.items():
             head_model = model.module.single_head_model(head) if every_head else model.module
             keep = GALLERY_IMAGES if info.is_main else 0
-            share, counted, gallery = diagnostics.fg_attribution(
+            share, counted, gallery = attribution.fg_attribution(
                 head_model, session.eval_loader(ds, attribution_batch_size(cfg)), info.device, kind, gallery=keep,
                 progress=info.is_main, autocast=session.amp.autocast, agree_first=True)
             done.append(f"attribution {head}")
             result = out[head]
             result["bg_gap"] = result["mixed_same"]["top1"] - result["mixed_rand"]["top1"]
             result.update(fg_attribution=share, fg_attribution_images=counted,
-                          attribution=diagnostics.attribution_method(head_model),
+                          attribution=attribution.attribution_method(head_model),
                           model=f"{strategy.name}, probe head {head}" if every_head else strategy.name)
             if keep:
                 galleries[head] = {**gallery, "paths": [ds.base.paths[i] for i in gallery["index"]]}
@@ -106,7 +106,7 @@ def run_diagnostics(session: Session, model: RunModel, strategy: Strategy, bench
             first = galleries[next(iter(galleries))]
             heads_maps = {h: {k: g[k] for k in ("maps", "labels", "predictions")} for h, g in galleries.items()}
             atomic_torch_save({**first, **({"heads": heads_maps} if every_head else {})},
-                              diagnostics.gallery_path(session.snapshot_dir))
+                              attribution.gallery_path(session.snapshot_dir))
     except PeerFailure as e:
         # Every process gets here at the same stage: the run goes on to write results.json, none waits.
         failure = {"failed": str(e)[:500], "completed": list(done), "skipped": [s for s in stages if s not in done]}
@@ -120,8 +120,8 @@ def scored_views(session: Session, model: RunModel, base, views_input, eval_tf, 
                  done: list[str]) -> dict:
     """Top-1 of every head on every view; each view a stage the processes agree on (``done`` grows per view)."""
     out = {head: {} for head in names}
-    for view in diagnostics.VIEWS:
-        ds = agreed(lambda v=view: diagnostics.DiagnosticViews(base, v, views_input, eval_tf, seed),
+    for view in views.VIEWS:
+        ds = agreed(lambda v=view: views.DiagnosticViews(base, v, views_input, eval_tf, seed),
                     session.info.device)
         metrics = evaluate(model.module, session.eval_loader(ds), session.info.device, session.amp,
                            progress=session.info.is_main, desc=f"diagnostics {view}", agree_first=True)
@@ -150,7 +150,7 @@ def attribution_batch_size(cfg: TrainConfig) -> int:
     A fine-tuning step held the same activations at the training batch, plus gradients and optimiser state; a
     frozen backbone held none, so its attribution runs at an eighth of the batch (docs/scale.md measures both
     against the training step at the paper's sizes). An out-of-memory batch is halved anyway
-    (:func:`bgmask.diagnostics.attribution_in_chunks`)."""
+    (:func:`bgmask.diagnostics.attribution.attribution_in_chunks`)."""
     if cfg.diagnostics.diagnostics_batch_size:
         return cfg.diagnostics.diagnostics_batch_size
     return max(1, cfg.data.batch_size // 8) if cfg.model.freeze_backbone else cfg.data.batch_size

@@ -20,10 +20,10 @@ from torch import nn
 from torch.utils.data import Dataset, Sampler
 
 from bgmask.data.groups import Groups, group_metrics
-from bgmask.distributed import agree, all_reduce_sum
 from bgmask.errors import NonFiniteLossError
+from bgmask.infra.distributed import agree, all_reduce_sum
+from bgmask.infra.progress import progress_bar
 from bgmask.models import heads
-from bgmask.progress import progress_bar
 
 
 @dataclass
@@ -170,7 +170,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: AmpSettings, g
     image counts once whatever the number of processes or batch size. With ``groups`` (a group id per dataset
     position) it also reports top-1 per group, the worst group and the group unions the benchmark names
     (:func:`bgmask.data.groups.group_metrics`). With ``agree_first`` a failure on any process raises
-    :class:`~bgmask.distributed.PeerFailure` on every process before the counts are reduced (optional stages).
+    :class:`~bgmask.infra.distributed.PeerFailure` on every process before the counts are reduced (optional stages).
     """
     model.eval()
     names = heads.names_of(model)

@@ -5,7 +5,7 @@ Strategies (:mod:`bgmask.strategies`) differ only in what they ask of the data a
 else (data, augmentation, optimiser, evaluation, diagnostics) is shared, which is what keeps their comparison fair.
 The phases live in their own modules: :mod:`bgmask.run.session` (processes, device, seeds), :mod:`bgmask.run.model`
 (the model on the device, checkpoint loading), :mod:`bgmask.run.fit` (training, resume, preemption),
-:mod:`bgmask.run.evaluation` and :mod:`bgmask.run.diagnose`.
+:mod:`bgmask.run.evaluation` and :mod:`bgmask.run.bias_report`.
 """
 
 from __future__ import annotations
@@ -14,14 +14,15 @@ from collections.abc import Sequence
 
 import torch
 
-from bgmask import benchmarks, distributed
+from bgmask import benchmarks
 from bgmask.benchmarks import resolve_config
-from bgmask.checkpoint import CheckpointManager
 from bgmask.config import TrainConfig
 from bgmask.errors import ConfigError
-from bgmask.logging import write_json_atomic
+from bgmask.infra import distributed
+from bgmask.infra.checkpoint import CheckpointManager
+from bgmask.infra.logging import write_json_atomic
+from bgmask.run.bias_report import add_diagnostics, safe_diagnostics
 from bgmask.run.console import ConsoleLog, banner, recipe_warning, summary
-from bgmask.run.diagnose import add_diagnostics, safe_diagnostics
 from bgmask.run.evaluation import evaluate_checkpoint
 from bgmask.run.fit import train
 from bgmask.run.model import build_model, check_probe_masks
