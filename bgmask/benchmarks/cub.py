@@ -61,7 +61,7 @@ class WaterbirdsFolders:
 class CUBOptions(WaterbirdsFolders):
     """The cub benchmark's settings: its folders, each relative to ``--data_path``, and its Waterbirds evaluation."""
 
-    section: ClassVar[str] = "benchmark: cub"
+    section: ClassVar[str] = "benchmark: cub (waterbirds reads --ood_image_sub_path and --ood_mask_sub_path too)"
     image_sub_path_train: str = option("images", "training image folder under data_path")
     image_sub_path_test: str = option("images", "CUB test image folder under data_path")
     mask_sub_path: str = option(MASK_FOLDERS["images"][0], "precomputed masks for the CUB images (same relative "
