@@ -102,6 +102,10 @@ def test_a_run_folder_written_before_benchmarks_owned_their_options_still_reads(
     cfg, _ = cli.parse_config(["none", "late"], [], settings=cli.saved_settings(tmp_path / "args.yaml"))
     assert type(cfg.benchmark_options) is WaterbirdsFolders and cfg.benchmark_options.ood_image_sub_path == "wb_masked"
     assert "image_sub_path_train" not in cfg.flat()
+    # a config built in Python with another benchmark's options is refused, not read as this one's
+    with pytest.raises(ConfigError, match="holds CUBOptions settings; --dataset waterbirds takes WaterbirdsFolders"):
+        benchmarks.resolve_config(TrainConfig(benchmark_options=CUBOptions()), benchmarks.get("waterbirds")(),
+                                  benchmarks.DataNeeds())
 
 
 def test_a_backbone_family_in_one_file_is_served_by_its_adapter():

@@ -86,7 +86,7 @@ class Benchmark:
         opts = cfg.benchmark_options
         if self.Options is None:
             return None
-        return opts if isinstance(opts, self.Options) else self.Options()
+        return opts if type(opts) is self.Options else self.Options()  # a subclass is another benchmark's
 
     def resolve(self, cfg: TrainConfig, needs: DataNeeds) -> TrainConfig:
         """Fill in settings whose default depends on what the strategy needs (e.g. the masked image folders)."""
