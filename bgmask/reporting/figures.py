@@ -149,12 +149,9 @@ def _wilson(correct: int | None, total: int | None, value: float) -> tuple[float
 def results_plan(runs: list[RunResult]) -> FigurePlan:
     """results.png: per architecture/head/regime, each strategy's CUB test top-1 (solid) and Waterbirds top-1
     (hatched) in the strategy's colour, with 95 % Wilson intervals (one run) or ± std over seeds."""
-    rows, columns = group_cells(runs), strategy_columns(runs)
     every = [r.synthetic for r in runs]
     panels = []
-    for key in sorted(rows):
-        cells = rows[key]
-        present = [s for s in columns if s in cells]
+    for key, cells, present in table_blocks(runs):
         first = cells[present[0]][0]
         bars = []
         for i, s in enumerate(present):
@@ -166,11 +163,17 @@ def results_plan(runs: list[RunResult]) -> FigurePlan:
         panels.append(Panel(_mark(title, first.synthetic, every), bars,
                             [(i, column_label(s).replace(" (", "\n(")) for i, s in enumerate(present)],
                             _chance_of(cells[s][0] for s in present)))
-    seeds = max(len(c) for cells in rows.values() for c in cells.values())
+    seeds = max(len(c) for _, cells, _ in table_blocks(runs) for c in cells.values())
     return FigurePlan("Top-1 accuracy (%) per strategy: CUB test vs Waterbirds backgrounds" + data_note(every)
                       + ("\nerror bars: 95 % Wilson interval (one run); ± std over seeds where a cell has several"
                          if seeds > 1 else "\nerror bars: 95 % Wilson interval over the test images"),
                       panels, [("CUB test", "solid"), ("Waterbirds (OOD backgrounds)", "hatched")])
+
+
+def table_blocks(runs: list[RunResult]) -> list[tuple[tuple, dict, list[str]]]:
+    """Per architecture/head/regime, in order: its key, its cells by strategy column, the columns it has."""
+    rows, columns = group_cells(runs), strategy_columns(runs)
+    return [(key, rows[key], [s for s in columns if s in rows[key]]) for key in sorted(rows)]
 
 
 def _chance_of(runs) -> float | None:
@@ -182,12 +185,9 @@ def diagnostics_plan(runs: list[RunResult]) -> FigurePlan:
     """diagnostics.png: per architecture/head/regime, each strategy's top-1 on each view. Intervals: the 95 % Wilson
     interval of the view's ``correct`` / ``num_images`` (results.json ``diagnostics``); a run that recorded top-1
     only is taken over its CUB test images (every view scores each test image once). Several seeds: ± std."""
-    rows, columns = group_cells(runs), strategy_columns(runs)
     every = [r.synthetic for r in runs]
     panels = []
-    for key in sorted(rows):
-        cells = rows[key]
-        present = [s for s in columns if s in cells]
+    for key, cells, present in table_blocks(runs):
         width = 0.8 / len(present)
         bars, legend = [], []
         for k, s in enumerate(present):

@@ -69,21 +69,18 @@ class RunResult:
         """A figure (``top1``, ``worst_group``, ``adjusted_average``...) of an evaluation set; None where absent."""
         return self.sets.get(split, {}).get(name)
 
-    def _count(self, split: str, key: str):
-        return self.sets.get(split, {}).get(key)
-
     cub_top1 = property(lambda self: self.sets["cub_test"]["top1"])
     cub_images = property(lambda self: self.sets["cub_test"]["num_images"])
-    cub_correct = property(lambda self: self._count("cub_test", "correct"))
-    wb_top1 = property(lambda self: self._count("waterbirds", "top1"))
-    wb_images = property(lambda self: self._count("waterbirds", "num_images") or 0)
-    wb_correct = property(lambda self: self._count("waterbirds", "correct"))
-    wb_worst_group = property(lambda self: self._count("waterbirds", "worst_group"))
+    cub_correct = property(lambda self: self.figure("correct", "cub_test"))
+    wb_top1 = property(lambda self: self.figure("top1", "waterbirds"))
+    wb_images = property(lambda self: self.figure("num_images", "waterbirds") or 0)
+    wb_correct = property(lambda self: self.figure("correct", "waterbirds"))
+    wb_worst_group = property(lambda self: self.figure("worst_group", "waterbirds"))
 
     @property
     def wb_worst_counts(self) -> tuple[int, int] | None:
         """(correct, images) of the worst Waterbirds group."""
-        groups = [g for g in (self._count("waterbirds", "groups") or {}).values() if g.get("num_images")]
+        groups = [g for g in (self.figure("groups", "waterbirds") or {}).values() if g.get("num_images")]
         worst = min(groups, key=lambda g: g["correct"] / g["num_images"]) if groups else None
         return (worst["correct"], worst["num_images"]) if worst else None
 
